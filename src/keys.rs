@@ -1,0 +1,532 @@
+//! Versioned HMAC keys and lookup-key derivation: all of the crate's
+//! cryptography is in this file.
+//!
+//! A store never sees a cookie secret. It sees
+//! `HMAC-SHA256(key[v], DOMAIN || secret)`, the *lookup key*, computed under
+//! a versioned server key. A leaked store therefore yields nothing a client
+//! can present, and rotating the server key needs no logout: every accepted
+//! version yields a candidate, and a hit under an old version is re-keyed to
+//! the current one.
+
+use std::fmt;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::secret::SessionSecret;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Domain tag for session lookup keys. Any other use of the same keys (a CSRF
+/// token, say) must use its own tag, so that one derivation can never stand
+/// in for another.
+pub const LOOKUP_DOMAIN: &[u8] = b"tower-hmac-session/v1/session-lookup\0";
+
+/// The shortest server key accepted, in bytes.
+pub const MIN_KEY_LEN: usize = 32;
+
+/// The version number of a server key.
+///
+/// Versions are chosen by the operator; the number only identifies a key and
+/// implies no order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyVersion(pub u32);
+
+impl fmt::Display for KeyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+impl From<u32> for KeyVersion {
+    fn from(v: u32) -> Self {
+        Self(v)
+    }
+}
+
+/// `HMAC-SHA256(key[v], DOMAIN || secret)`: how a store finds a session.
+///
+/// Not a credential on its own (it cannot be turned back into the secret,
+/// and a client cannot present it), but it identifies a live session to
+/// whoever holds the store, so `Debug` redacts it and it is never logged.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LookupKey([u8; 32]);
+
+impl LookupKey {
+    /// Wraps raw bytes read back from a store.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Wraps a byte slice read back from a store; `None` unless 32 bytes long.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+
+    /// The raw bytes, for writing to a store.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for LookupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LookupKey(<redacted>)")
+    }
+}
+
+/// One lookup key a store should try, with the key version it was made under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// The key version the lookup key was derived under.
+    pub key_version: KeyVersion,
+    /// The derived lookup key.
+    pub lookup_key: LookupKey,
+}
+
+/// Why a [`KeyRing`] could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyRingError {
+    /// No key was given.
+    #[error("the key ring is empty: add at least one key")]
+    Empty,
+    /// A key is shorter than [`MIN_KEY_LEN`].
+    #[error("key {version} is {len} bytes long; at least {MIN_KEY_LEN} are required")]
+    KeyTooShort {
+        /// The offending version.
+        version: KeyVersion,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Two keys share a version.
+    #[error("key version {0} appears more than once")]
+    DuplicateVersion(KeyVersion),
+    /// The current version names no key in the ring.
+    #[error("the current version {0} is not in the key ring")]
+    CurrentNotInRing(KeyVersion),
+    /// No current version was chosen and the ring has more than one key.
+    #[error("the key ring has several keys: choose the current one with `current(version)`")]
+    NoCurrent,
+    /// A key was not valid hex or base64.
+    #[error("key {version} is not valid {encoding}")]
+    BadEncoding {
+        /// The offending version.
+        version: KeyVersion,
+        /// The encoding that was expected.
+        encoding: &'static str,
+    },
+    /// The environment variable is missing or malformed.
+    #[error("environment variable `{name}`: {reason}")]
+    Env {
+        /// The variable's name.
+        name: String,
+        /// What is wrong with it (never its value).
+        reason: &'static str,
+    },
+}
+
+/// One server key: the version and its precomputed keyed HMAC state.
+#[derive(Clone)]
+struct VersionedKey {
+    version: KeyVersion,
+    /// The HMAC state after keying it and absorbing [`LOOKUP_DOMAIN`]:
+    /// cloning it per request skips key setup (two SHA-256 blocks) and the
+    /// domain prefix. It holds the derived inner/outer pad states, not the
+    /// raw key; the raw key was zeroized after setup.
+    lookup_state: HmacSha256,
+}
+
+/// The server's versioned HMAC keys: exactly one current version for every
+/// new or re-keyed lookup key, the others accepted for lookup only.
+///
+/// `Debug` shows versions, never key bytes.
+///
+/// ```
+/// use tower_hmac_session::{KeyRing, KeyVersion};
+///
+/// let ring = KeyRing::builder()
+///     .key(2, [2u8; 32])
+///     .key(1, [1u8; 32])
+///     .current(2)
+///     .build()
+///     .unwrap();
+/// assert_eq!(ring.current(), KeyVersion(2));
+/// assert_eq!(format!("{ring:?}"), "KeyRing { current: v2, versions: [v2, v1] }");
+/// ```
+#[derive(Clone)]
+pub struct KeyRing {
+    /// Current key first, then the others in the order given.
+    keys: Vec<VersionedKey>,
+}
+
+impl KeyRing {
+    /// Starts building a key ring.
+    pub fn builder() -> KeyRingBuilder {
+        KeyRingBuilder::default()
+    }
+
+    /// Reads a key ring from an environment variable holding comma-separated
+    /// `version:key` entries, keys in base64 (standard or URL-safe alphabet,
+    /// padding optional), the **first entry current**:
+    /// `SESSION_KEYS="2:q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=,1:…"`.
+    ///
+    /// # Errors
+    ///
+    /// A missing variable, a malformed entry, or any [`KeyRingError`] of
+    /// [`KeyRingBuilder::build`]. Errors name the variable, never its value.
+    pub fn from_env(name: &str) -> Result<Self, KeyRingError> {
+        let env_err = |reason| KeyRingError::Env {
+            name: name.to_owned(),
+            reason,
+        };
+        let value = Zeroizing::new(std::env::var(name).map_err(|e| match e {
+            std::env::VarError::NotPresent => env_err("not set"),
+            std::env::VarError::NotUnicode(_) => env_err("not valid UTF-8"),
+        })?);
+        Self::parse_list(&value).map_err(|e| match e {
+            KeyRingError::Env { reason, .. } => env_err(reason),
+            other => other,
+        })
+    }
+
+    /// Parses the `version:base64key,…` list format of [`from_env`](Self::from_env).
+    ///
+    /// # Errors
+    ///
+    /// As [`from_env`](Self::from_env).
+    pub fn parse_list(list: &str) -> Result<Self, KeyRingError> {
+        let malformed = |reason| KeyRingError::Env {
+            name: String::new(),
+            reason,
+        };
+        let mut builder = Self::builder();
+        let mut first = None;
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (version, key) = entry
+                .split_once(':')
+                .ok_or_else(|| malformed("an entry is not of the form `version:key`"))?;
+            let version: u32 = version
+                .trim()
+                .parse()
+                .map_err(|_| malformed("a version is not a whole number"))?;
+            first.get_or_insert(version);
+            builder = builder.key_base64(version, key.trim());
+        }
+        match first {
+            Some(current) => builder.current(current).build(),
+            None => Err(KeyRingError::Empty),
+        }
+    }
+
+    /// The current version: every new or re-keyed lookup key uses it.
+    pub fn current(&self) -> KeyVersion {
+        self.keys[0].version
+    }
+
+    /// Every accepted version, current first.
+    pub fn versions(&self) -> impl ExactSizeIterator<Item = KeyVersion> + '_ {
+        self.keys.iter().map(|k| k.version)
+    }
+
+    /// Whether `version` is in the ring.
+    pub fn contains(&self, version: KeyVersion) -> bool {
+        self.keys.iter().any(|k| k.version == version)
+    }
+
+    /// One lookup key per accepted version, current first.
+    pub fn candidates(&self, secret: &SessionSecret) -> Vec<Candidate> {
+        self.keys.iter().map(|k| derive(k, secret)).collect()
+    }
+
+    /// The lookup key of `secret` under the current version: what new and
+    /// re-keyed records store.
+    pub fn current_candidate(&self, secret: &SessionSecret) -> Candidate {
+        derive(&self.keys[0], secret)
+    }
+
+    /// The lookup key of `secret` under `version`, if the ring has it.
+    pub fn lookup_key(&self, version: KeyVersion, secret: &SessionSecret) -> Option<LookupKey> {
+        self.keys
+            .iter()
+            .find(|k| k.version == version)
+            .map(|k| derive(k, secret).lookup_key)
+    }
+}
+
+/// `HMAC-SHA256(key[v], DOMAIN || secret)` from the precomputed state.
+fn derive(key: &VersionedKey, secret: &SessionSecret) -> Candidate {
+    let mut mac = key.lookup_state.clone();
+    mac.update(secret.expose_bytes());
+    Candidate {
+        key_version: key.version,
+        lookup_key: LookupKey(mac.finalize().into_bytes().into()),
+    }
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("current", &self.current())
+            .field("versions", &self.versions().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Builds a [`KeyRing`]; see [`KeyRing::builder`].
+///
+/// Errors are collected and reported by [`build`](Self::build), so calls chain.
+#[derive(Default)]
+pub struct KeyRingBuilder {
+    keys: Vec<(KeyVersion, Zeroizing<Vec<u8>>)>,
+    current: Option<KeyVersion>,
+    error: Option<KeyRingError>,
+}
+
+impl fmt::Debug for KeyRingBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRingBuilder")
+            .field(
+                "versions",
+                &self.keys.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+            )
+            .field("current", &self.current)
+            .finish()
+    }
+}
+
+impl KeyRingBuilder {
+    /// Adds a raw key (at least 32 bytes; 32 random bytes is right).
+    pub fn key(mut self, version: u32, key: impl AsRef<[u8]>) -> Self {
+        self.keys
+            .push((KeyVersion(version), Zeroizing::new(key.as_ref().to_vec())));
+        self
+    }
+
+    /// Adds a key given as hex.
+    pub fn key_hex(self, version: u32, key: &str) -> Self {
+        match hex::decode(key.trim()) {
+            Ok(bytes) => self.key(version, Zeroizing::new(bytes)),
+            Err(_) => self.fail(KeyRingError::BadEncoding {
+                version: KeyVersion(version),
+                encoding: "hex",
+            }),
+        }
+    }
+
+    /// Adds a key given as base64 (standard or URL-safe alphabet, with or
+    /// without padding).
+    pub fn key_base64(self, version: u32, key: &str) -> Self {
+        use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+        let trimmed = key.trim().trim_end_matches('=');
+        let decoded = STANDARD_NO_PAD
+            .decode(trimmed)
+            .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed));
+        match decoded {
+            Ok(bytes) => self.key(version, Zeroizing::new(bytes)),
+            Err(_) => self.fail(KeyRingError::BadEncoding {
+                version: KeyVersion(version),
+                encoding: "base64",
+            }),
+        }
+    }
+
+    /// Chooses the current version. Optional when the ring has one key.
+    pub fn current(mut self, version: u32) -> Self {
+        self.current = Some(KeyVersion(version));
+        self
+    }
+
+    fn fail(mut self, error: KeyRingError) -> Self {
+        self.error.get_or_insert(error);
+        self
+    }
+
+    /// Builds the ring.
+    ///
+    /// # Errors
+    ///
+    /// An empty ring, a key under 32 bytes, a duplicate version, a current
+    /// version not in the ring (or none chosen among several keys), or the
+    /// first bad hex/base64 key given.
+    pub fn build(self) -> Result<KeyRing, KeyRingError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        if self.keys.is_empty() {
+            return Err(KeyRingError::Empty);
+        }
+        let current = match self.current {
+            Some(v) => v,
+            None if self.keys.len() == 1 => self.keys[0].0,
+            None => return Err(KeyRingError::NoCurrent),
+        };
+        let mut keys: Vec<VersionedKey> = Vec::with_capacity(self.keys.len());
+        for (version, bytes) in &self.keys {
+            if bytes.len() < MIN_KEY_LEN {
+                return Err(KeyRingError::KeyTooShort {
+                    version: *version,
+                    len: bytes.len(),
+                });
+            }
+            if keys.iter().any(|k| k.version == *version) {
+                return Err(KeyRingError::DuplicateVersion(*version));
+            }
+            // HMAC accepts keys of any length; the length check above is ours.
+            let mut lookup_state = HmacSha256::new_from_slice(bytes)
+                .expect("HMAC-SHA256 accepts keys of every length");
+            lookup_state.update(LOOKUP_DOMAIN);
+            keys.push(VersionedKey {
+                version: *version,
+                lookup_state,
+            });
+        }
+        let position = keys
+            .iter()
+            .position(|k| k.version == current)
+            .ok_or(KeyRingError::CurrentNotInRing(current))?;
+        let current_key = keys.remove(position);
+        keys.insert(0, current_key);
+        // `self.keys` drops here: `Zeroizing` wipes the raw key bytes.
+        Ok(KeyRing { keys })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(current: u32, versions: &[u32]) -> KeyRing {
+        versions
+            .iter()
+            .fold(KeyRing::builder(), |b, &v| b.key(v, [v as u8; 32]))
+            .current(current)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn lookup_key_is_domain_separated_hmac_sha256() {
+        let ring = ring(1, &[1]);
+        let secret = SessionSecret::from_bytes([9; 32]);
+        let mut mac = HmacSha256::new_from_slice(&[1u8; 32]).unwrap();
+        mac.update(b"tower-hmac-session/v1/session-lookup\0");
+        mac.update(&[9; 32]);
+        let expected: [u8; 32] = mac.finalize().into_bytes().into();
+        assert_eq!(
+            ring.current_candidate(&secret).lookup_key.as_bytes(),
+            &expected
+        );
+
+        let mut undomained = HmacSha256::new_from_slice(&[1u8; 32]).unwrap();
+        undomained.update(&[9; 32]);
+        let plain: [u8; 32] = undomained.finalize().into_bytes().into();
+        assert_ne!(
+            ring.current_candidate(&secret).lookup_key.as_bytes(),
+            &plain
+        );
+    }
+
+    #[test]
+    fn candidates_cover_every_version_current_first() {
+        let ring = ring(2, &[1, 2, 3]);
+        let secret = SessionSecret::from_bytes([5; 32]);
+        let candidates = ring.candidates(&secret);
+        let versions: Vec<_> = candidates.iter().map(|c| c.key_version.0).collect();
+        assert_eq!(versions, [2, 1, 3]);
+        for c in &candidates {
+            assert_eq!(ring.lookup_key(c.key_version, &secret), Some(c.lookup_key));
+        }
+        assert_ne!(candidates[0].lookup_key, candidates[1].lookup_key);
+        assert_eq!(ring.lookup_key(KeyVersion(9), &secret), None);
+    }
+
+    #[test]
+    fn builder_rejects_bad_rings() {
+        assert_eq!(KeyRing::builder().build().unwrap_err(), KeyRingError::Empty);
+        assert_eq!(
+            KeyRing::builder().key(1, [0; 31]).build().unwrap_err(),
+            KeyRingError::KeyTooShort {
+                version: KeyVersion(1),
+                len: 31
+            }
+        );
+        assert_eq!(
+            KeyRing::builder()
+                .key(1, [0; 32])
+                .key(1, [1; 32])
+                .current(1)
+                .build()
+                .unwrap_err(),
+            KeyRingError::DuplicateVersion(KeyVersion(1))
+        );
+        assert_eq!(
+            KeyRing::builder()
+                .key(1, [0; 32])
+                .current(2)
+                .build()
+                .unwrap_err(),
+            KeyRingError::CurrentNotInRing(KeyVersion(2))
+        );
+        assert_eq!(
+            KeyRing::builder()
+                .key(1, [0; 32])
+                .key(2, [0; 32])
+                .build()
+                .unwrap_err(),
+            KeyRingError::NoCurrent
+        );
+        assert!(matches!(
+            KeyRing::builder().key_hex(1, "zz").build(),
+            Err(KeyRingError::BadEncoding { .. })
+        ));
+    }
+
+    #[test]
+    fn loads_hex_base64_and_lists() {
+        let key = [0x5a_u8; 32];
+        let from_hex = KeyRing::builder()
+            .key_hex(1, &hex::encode(key))
+            .build()
+            .unwrap();
+        let from_b64 = KeyRing::builder()
+            .key_base64(1, &base64::engine::general_purpose::STANDARD.encode(key))
+            .build()
+            .unwrap();
+        let from_list = KeyRing::parse_list(&format!(
+            "7:{}, 1:{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0x11; 32]),
+            base64::engine::general_purpose::STANDARD.encode(key)
+        ))
+        .unwrap();
+        let secret = SessionSecret::from_bytes([3; 32]);
+        let a = from_hex.current_candidate(&secret);
+        assert_eq!(a, from_b64.current_candidate(&secret));
+        assert_eq!(from_list.current(), KeyVersion(7));
+        assert_eq!(
+            from_list.lookup_key(KeyVersion(1), &secret),
+            Some(a.lookup_key)
+        );
+        assert!(KeyRing::parse_list("1").is_err());
+        assert!(KeyRing::parse_list("x:AAAA").is_err());
+        assert_eq!(KeyRing::parse_list(" ").unwrap_err(), KeyRingError::Empty);
+    }
+
+    #[test]
+    fn env_errors_name_the_variable_not_the_value() {
+        let err = KeyRing::from_env("TOWER_HMAC_SESSION_SURELY_UNSET").unwrap_err();
+        assert!(err.to_string().contains("TOWER_HMAC_SESSION_SURELY_UNSET"));
+    }
+
+    #[test]
+    fn debug_never_shows_key_bytes() {
+        let ring = KeyRing::builder().key(1, [0xcd; 32]).build().unwrap();
+        let debug = format!("{ring:?} {:?}", KeyRing::builder().key(1, [0xcd; 32]));
+        assert!(!debug.contains("205") && !debug.to_lowercase().contains("cd"));
+        let secret = SessionSecret::from_bytes([1; 32]);
+        let candidate = format!("{:?}", ring.current_candidate(&secret));
+        assert!(candidate.contains("<redacted>"));
+    }
+}

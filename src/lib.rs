@@ -1,0 +1,50 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
+
+mod clock;
+mod config;
+mod extract;
+mod keys;
+mod layer;
+mod manager;
+mod record;
+mod secret;
+pub mod store;
+
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
+
+#[doc(inline)]
+pub use clock::{Clock, MockClock, SystemClock};
+#[doc(inline)]
+pub use config::{
+    ConfigError, CookieConfig, SameSite, SessionConfig, SessionConfigBuilder, StoreErrorPolicy,
+    StoreErrorResponse,
+};
+#[doc(inline)]
+pub use extract::{ActiveSession, ActiveSessionRejection, MissingSessionLayer, Session};
+#[doc(inline)]
+pub use keys::{
+    Candidate, KeyRing, KeyRingBuilder, KeyRingError, KeyVersion, LOOKUP_DOMAIN, LookupKey,
+    MIN_KEY_LEN,
+};
+#[doc(inline)]
+pub use layer::{ResponseFuture, SessionLayer, SessionService};
+#[doc(inline)]
+pub use manager::{IssuedSession, SessionError, SessionManager};
+#[doc(inline)]
+pub use record::{
+    ActiveSessionRecord, Attributes, Credential, MAX_ATTRIBUTES_LEN, MAX_SUBJECT_LEN,
+    ParseRevocationReasonError, ParseSessionIdError, PreviousCredential, Revocation,
+    RevocationReason, RevokeOutcome, Revoked, RotationTimestamps, SessionId, SessionMatch,
+    SessionRecord, Slot,
+};
+#[doc(inline)]
+pub use secret::{ENCODED_SECRET_LEN, RandomError, SECRET_LEN, SessionSecret};
+#[cfg(feature = "memory")]
+#[doc(inline)]
+pub use store::MemoryStore;
+#[doc(inline)]
+pub use store::{SessionStore, StoreError};
