@@ -154,7 +154,10 @@ struct VersionedKey {
 ///     .build()
 ///     .unwrap();
 /// assert_eq!(ring.current(), KeyVersion(2));
-/// assert_eq!(format!("{ring:?}"), "KeyRing { current: v2, versions: [v2, v1] }");
+/// assert_eq!(
+///     format!("{ring:?}"),
+///     "KeyRing { current: KeyVersion(2), versions: [KeyVersion(2), KeyVersion(1)] }"
+/// );
 /// ```
 #[derive(Clone)]
 pub struct KeyRing {

@@ -291,9 +291,7 @@ async fn maintain(
     let keys = manager.key_ring();
     let config = manager.config();
 
-    let Some(matched) = record.credential(current.slot) else {
-        return None;
-    };
+    let matched = record.credential(current.slot)?;
     if current.slot == Slot::Previous {
         // In-grace request with the old secret: the client has (or will
         // get) the new one. Only move it off a retired key version.

@@ -1,0 +1,450 @@
+//! Shared by the integration tests: a store wrapper that counts calls and
+//! fails on demand, and a real axum `Router` with login / me / logout
+//! handlers under `SessionLayer`, on a `MockClock`.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Query;
+use axum::routing::{get, post};
+use http::{HeaderValue, Request, StatusCode, header};
+use http_body_util::BodyExt as _;
+use time::OffsetDateTime;
+use time::macros::datetime;
+use tower::ServiceExt as _;
+use tower_hmac_session::{
+    ActiveSession, ActiveSessionRecord, Attributes, Candidate, Credential, KeyRing, KeyVersion,
+    LookupKey, MemoryStore, MockClock, Revocation, RevokeOutcome, RotationTimestamps, Session,
+    SessionConfig, SessionError, SessionId, SessionLayer, SessionManager, SessionMatch,
+    SessionRecord, SessionStore, Slot, StoreError,
+};
+
+pub const COOKIE: &str = "__Host-session";
+pub const T0: OffsetDateTime = datetime!(2030-01-01 00:00 UTC);
+
+/// Per-method call counters.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub find_active: AtomicU64,
+    pub insert: AtomicU64,
+    pub rotate: AtomicU64,
+    pub rotate_applied: AtomicU64,
+    pub touch: AtomicU64,
+    pub touch_applied: AtomicU64,
+    pub rekey: AtomicU64,
+    pub update_attributes: AtomicU64,
+    pub revoke: AtomicU64,
+    pub revoke_all: AtomicU64,
+    pub other: AtomicU64,
+}
+
+fn n(c: &AtomicU64) -> u64 {
+    c.load(Ordering::SeqCst)
+}
+
+impl Counts {
+    /// Every call of any kind.
+    pub fn total(&self) -> u64 {
+        n(&self.find_active) + self.writes() + n(&self.other)
+    }
+
+    /// Every write call, applied or not.
+    pub fn writes(&self) -> u64 {
+        n(&self.insert)
+            + n(&self.rotate)
+            + n(&self.touch)
+            + n(&self.rekey)
+            + n(&self.update_attributes)
+            + n(&self.revoke)
+            + n(&self.revoke_all)
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        n(c)
+    }
+}
+
+/// Wraps a `MemoryStore`: counts calls, and fails or hangs when told to.
+#[derive(Debug, Default)]
+pub struct TestStore {
+    pub inner: MemoryStore,
+    pub counts: Counts,
+    pub fail_reads: AtomicBool,
+    pub fail_writes: AtomicBool,
+    pub hang: AtomicBool,
+}
+
+impl TestStore {
+    async fn gate(&self, operation: &'static str, write: bool) -> Result<(), StoreError> {
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let fail = if write {
+            &self.fail_writes
+        } else {
+            &self.fail_reads
+        };
+        if fail.load(Ordering::SeqCst) {
+            return Err(StoreError::backend(
+                operation,
+                std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "test outage"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn reset_counts(&self) {
+        for c in [
+            &self.counts.find_active,
+            &self.counts.insert,
+            &self.counts.rotate,
+            &self.counts.rotate_applied,
+            &self.counts.touch,
+            &self.counts.touch_applied,
+            &self.counts.rekey,
+            &self.counts.update_attributes,
+            &self.counts.revoke,
+            &self.counts.revoke_all,
+            &self.counts.other,
+        ] {
+            c.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::SeqCst);
+}
+
+#[async_trait]
+impl SessionStore for TestStore {
+    async fn find_active(
+        &self,
+        candidates: &[Candidate],
+        now: OffsetDateTime,
+    ) -> Result<Option<SessionMatch>, StoreError> {
+        bump(&self.counts.find_active);
+        self.gate("find_active", false).await?;
+        self.inner.find_active(candidates, now).await
+    }
+    async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        bump(&self.counts.insert);
+        self.gate("insert", true).await?;
+        self.inner.insert(record).await
+    }
+    async fn rotate(
+        &self,
+        id: &SessionId,
+        expected_current: &LookupKey,
+        new_current: &Credential,
+        previous_valid_until: OffsetDateTime,
+        timestamps: &RotationTimestamps,
+    ) -> Result<bool, StoreError> {
+        bump(&self.counts.rotate);
+        self.gate("rotate", true).await?;
+        let applied = self
+            .inner
+            .rotate(
+                id,
+                expected_current,
+                new_current,
+                previous_valid_until,
+                timestamps,
+            )
+            .await?;
+        if applied {
+            bump(&self.counts.rotate_applied);
+        }
+        Ok(applied)
+    }
+    async fn touch(
+        &self,
+        id: &SessionId,
+        last_seen_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        bump(&self.counts.touch);
+        self.gate("touch", true).await?;
+        let applied = self.inner.touch(id, last_seen_at, expires_at).await?;
+        if applied {
+            bump(&self.counts.touch_applied);
+        }
+        Ok(applied)
+    }
+    async fn rekey(
+        &self,
+        id: &SessionId,
+        slot: Slot,
+        expected: &LookupKey,
+        new: &LookupKey,
+        new_version: KeyVersion,
+    ) -> Result<bool, StoreError> {
+        bump(&self.counts.rekey);
+        self.gate("rekey", true).await?;
+        self.inner.rekey(id, slot, expected, new, new_version).await
+    }
+    async fn update_attributes(
+        &self,
+        id: &SessionId,
+        attributes: &Attributes,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        bump(&self.counts.update_attributes);
+        self.gate("update_attributes", true).await?;
+        self.inner.update_attributes(id, attributes, now).await
+    }
+    async fn revoke(
+        &self,
+        id: &SessionId,
+        now: OffsetDateTime,
+        revocation: &Revocation,
+    ) -> Result<RevokeOutcome, StoreError> {
+        bump(&self.counts.revoke);
+        self.gate("revoke", true).await?;
+        self.inner.revoke(id, now, revocation).await
+    }
+    async fn revoke_all_for_subject(
+        &self,
+        subject: &str,
+        now: OffsetDateTime,
+        revocation: &Revocation,
+        except: Option<&SessionId>,
+    ) -> Result<u64, StoreError> {
+        bump(&self.counts.revoke_all);
+        self.gate("revoke_all_for_subject", true).await?;
+        self.inner
+            .revoke_all_for_subject(subject, now, revocation, except)
+            .await
+    }
+    async fn list_for_subject(
+        &self,
+        subject: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<ActiveSessionRecord>, StoreError> {
+        bump(&self.counts.other);
+        self.gate("list_for_subject", false).await?;
+        self.inner.list_for_subject(subject, now).await
+    }
+    async fn count_by_key_version(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<BTreeMap<KeyVersion, u64>, StoreError> {
+        bump(&self.counts.other);
+        self.gate("count_by_key_version", false).await?;
+        self.inner.count_by_key_version(now).await
+    }
+    async fn purge_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        bump(&self.counts.other);
+        self.gate("purge_expired", true).await?;
+        self.inner.purge_expired(now).await
+    }
+}
+
+pub fn ring(current: u32, versions: &[u32]) -> KeyRing {
+    versions
+        .iter()
+        .fold(KeyRing::builder(), |b, &v| b.key(v, [v as u8; 32]))
+        .current(current)
+        .build()
+        .unwrap()
+}
+
+/// The handlers a session-using application has.
+pub fn app() -> Router {
+    #[derive(serde::Deserialize)]
+    struct User {
+        user: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Attr {
+        key: String,
+        value: Option<String>,
+    }
+    Router::new()
+        .route(
+            "/login",
+            post(|session: Session, Query(q): Query<User>| async move {
+                session.login(q.user).await.map(|r| r.id.to_string())
+            }),
+        )
+        .route(
+            "/me",
+            get(|session: ActiveSession| async move { session.subject().to_owned() }),
+        )
+        .route(
+            "/maybe",
+            get(|session: Option<ActiveSession>| async move {
+                session.map_or_else(|| "anonymous".to_owned(), |s| s.subject().to_owned())
+            }),
+        )
+        .route(
+            "/logout",
+            post(|session: Session| async move { session.logout().await.map(|r| r.to_string()) }),
+        )
+        .route(
+            "/logout-everywhere",
+            post(|session: Session| async move {
+                session.logout_everywhere().await.map(|n| n.to_string())
+            }),
+        )
+        .route(
+            "/logout-others",
+            post(|session: Session| async move {
+                session.logout_other_devices().await.map(|n| n.to_string())
+            }),
+        )
+        .route(
+            "/devices",
+            get(|session: Session| async move {
+                let devices = session.devices().await?;
+                Ok::<_, SessionError>(Json(
+                    devices.iter().map(|d| d.id.to_string()).collect::<Vec<_>>(),
+                ))
+            }),
+        )
+        .route(
+            "/attr",
+            post(|session: Session, Query(q): Query<Attr>| async move {
+                session.insert(&q.key, q.value).map(|_| "saved")
+            })
+            .get(|session: Session, Query(q): Query<Attr>| async move {
+                session
+                    .get::<String>(&q.key)
+                    .map(|v| v.unwrap_or_else(|| "<none>".into()))
+            }),
+        )
+}
+
+/// A router under `SessionLayer`, on a `TestStore` and a `MockClock` at `T0`.
+pub struct Harness {
+    pub store: Arc<TestStore>,
+    pub manager: SessionManager,
+    pub clock: MockClock,
+    pub router: Router,
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        Self::with(SessionConfig::default(), ring(1, &[1]))
+    }
+
+    pub fn with(config: SessionConfig, keys: KeyRing) -> Self {
+        Self::on(Arc::new(TestStore::default()), config, keys)
+    }
+
+    pub fn on(store: Arc<TestStore>, config: SessionConfig, keys: KeyRing) -> Self {
+        let clock = MockClock::new(T0);
+        let manager = SessionManager::new(store.clone(), keys, config).with_clock(clock.clone());
+        let router = app().layer(SessionLayer::new(manager.clone()));
+        Self {
+            store,
+            manager,
+            clock,
+            router,
+        }
+    }
+
+    pub fn advance(&self, secs: u64) {
+        self.clock.advance(Duration::from_secs(secs));
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> TestResponse {
+        TestResponse::from(self.router.clone().oneshot(req).await.unwrap()).await
+    }
+
+    pub async fn call(&self, method: &str, uri: &str, cookie: Option<&str>) -> TestResponse {
+        self.send(request(method, uri, cookie)).await
+    }
+
+    /// Logs `user` in and returns the cookie secret.
+    pub async fn login(&self, user: &str) -> String {
+        let res = self
+            .call("POST", &format!("/login?user={user}"), None)
+            .await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+        res.new_secret().expect("login sets the session cookie")
+    }
+
+    pub fn records(&self) -> Vec<SessionRecord> {
+        self.store.inner.records()
+    }
+}
+
+pub fn request(method: &str, uri: &str, secret: Option<&str>) -> Request<Body> {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(secret) = secret {
+        req = req.header(header::COOKIE, format!("{COOKIE}={secret}"));
+    }
+    req.body(Body::empty()).unwrap()
+}
+
+pub fn request_with_cookies(values: Vec<HeaderValue>) -> Request<Body> {
+    let mut req = Request::builder()
+        .uri("/maybe")
+        .body(Body::empty())
+        .unwrap();
+    for v in values {
+        req.headers_mut().append(header::COOKIE, v);
+    }
+    req
+}
+
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub set_cookies: Vec<cookie::Cookie<'static>>,
+    pub raw_set_cookies: Vec<String>,
+    pub body: String,
+}
+
+impl TestResponse {
+    pub async fn from(res: http::Response<Body>) -> Self {
+        let status = res.status();
+        let raw_set_cookies: Vec<String> = res
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        let set_cookies = raw_set_cookies
+            .iter()
+            .map(|v| cookie::Cookie::parse(v.clone()).unwrap())
+            .collect();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        Self {
+            status,
+            set_cookies,
+            raw_set_cookies,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// The session cookie this response sets, if any.
+    pub fn session_cookie(&self) -> Option<&cookie::Cookie<'static>> {
+        let mut found = self.set_cookies.iter().filter(|c| c.name() == COOKIE);
+        let first = found.next();
+        assert!(found.next().is_none(), "at most one session Set-Cookie");
+        first
+    }
+
+    /// The new secret this response gives the client, if any.
+    pub fn new_secret(&self) -> Option<String> {
+        self.session_cookie()
+            .filter(|c| !c.value().is_empty())
+            .map(|c| c.value().to_owned())
+    }
+
+    /// Whether this response removes the session cookie.
+    pub fn clears_cookie(&self) -> bool {
+        self.session_cookie().is_some_and(|c| {
+            c.value().is_empty() && c.max_age() == Some(cookie::time::Duration::ZERO)
+        })
+    }
+}

@@ -1,0 +1,278 @@
+//! Login, the cookie, logout, and the per-user session list, through a real
+//! axum `Router`.
+
+mod common;
+
+use common::{COOKIE, Harness, T0};
+use http::StatusCode;
+use tower_hmac_session::{RevocationReason, SessionSecret};
+
+#[tokio::test]
+async fn login_sets_a_cookie_with_the_secure_defaults() {
+    let h = Harness::new();
+    let res = h.call("POST", "/login?user=alice", None).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(res.raw_set_cookies.len(), 1);
+    let raw = &res.raw_set_cookies[0];
+    let cookie = res.session_cookie().unwrap();
+    assert_eq!(cookie.name(), "__Host-session");
+    assert_eq!(cookie.value().len(), 43);
+    assert!(SessionSecret::parse(cookie.value()).is_some());
+    assert_eq!(cookie.secure(), Some(true));
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(cookie.same_site(), Some(cookie::SameSite::Lax));
+    assert_eq!(cookie.path(), Some("/"));
+    assert_eq!(cookie.domain(), None);
+    assert!(!raw.contains("Domain"), "{raw}");
+    // Max-Age runs to the session's idle expiry (7 days by default).
+    assert_eq!(
+        cookie.max_age(),
+        Some(cookie::time::Duration::days(7)),
+        "{raw}"
+    );
+    // The body is the new session's id; the record is stored under it.
+    let records = h.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].id.to_string(), res.body);
+    assert_eq!(records[0].subject, "alice");
+    assert_eq!(records[0].created_at, T0);
+}
+
+#[tokio::test]
+async fn the_cookie_resolves_the_session() {
+    let h = Harness::new();
+    let secret = h.login("alice").await;
+    let res = h.call("GET", "/me", Some(&secret)).await;
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
+    assert!(
+        res.raw_set_cookies.is_empty(),
+        "a fresh session needs no maintenance"
+    );
+    assert_eq!(h.call("GET", "/maybe", Some(&secret)).await.body, "alice");
+    let anonymous = h.call("GET", "/me", None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.call("GET", "/maybe", None).await.body, "anonymous");
+}
+
+#[tokio::test]
+async fn logout_revokes_the_session_and_clears_the_cookie() {
+    let h = Harness::new();
+    let secret = h.login("alice").await;
+    let res = h.call("POST", "/logout", Some(&secret)).await;
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "true"));
+    assert!(res.clears_cookie(), "{:?}", res.raw_set_cookies);
+    let cleared = res.session_cookie().unwrap();
+    assert_eq!(cleared.path(), Some("/"));
+    assert_eq!(cleared.secure(), Some(true));
+
+    let record = &h.records()[0];
+    let revoked = record.revoked.as_ref().expect("revoked");
+    assert_eq!(revoked.revocation.reason, RevocationReason::Logout);
+    let after = h.call("GET", "/me", Some(&secret)).await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn revoked_and_unknown_well_formed_cookies_are_anonymous_and_cleared() {
+    let h = Harness::new();
+    let secret = h.login("alice").await;
+    h.call("POST", "/logout", Some(&secret)).await;
+    let unknown = SessionSecret::generate().unwrap().encode();
+    for cookie in [&secret, &unknown] {
+        let res = h.call("GET", "/maybe", Some(cookie)).await;
+        assert_eq!(
+            (res.status, res.body.as_str()),
+            (StatusCode::OK, "anonymous")
+        );
+        assert!(res.clears_cookie(), "{:?}", res.raw_set_cookies);
+    }
+}
+
+#[tokio::test]
+async fn login_while_logged_in_issues_a_new_secret_and_ends_the_old_session() {
+    let h = Harness::new();
+    let first = h.login("alice").await;
+    let res = h.call("POST", "/login?user=bob", Some(&first)).await;
+    assert_eq!(res.status, StatusCode::OK);
+    let second = res.new_secret().unwrap();
+    assert_ne!(first, second);
+    assert_eq!(h.call("GET", "/me", Some(&second)).await.body, "bob");
+    assert_eq!(
+        h.call("GET", "/me", Some(&first)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let old = h
+        .records()
+        .into_iter()
+        .find(|r| r.subject == "alice")
+        .unwrap();
+    assert_eq!(
+        old.revoked.unwrap().revocation.reason,
+        RevocationReason::ReplacedByLogin
+    );
+}
+
+#[tokio::test]
+async fn devices_are_listed_newest_first_and_revoked_per_user() {
+    let h = Harness::new();
+    let laptop = h.login("alice").await;
+    h.advance(10);
+    let phone = h.login("alice").await;
+    h.advance(10);
+    let tablet = h.login("alice").await;
+    let bob = h.login("bob").await;
+
+    let devices: Vec<String> =
+        serde_json::from_str(&h.call("GET", "/devices", Some(&laptop)).await.body).unwrap();
+    let mut alice: Vec<_> = h
+        .records()
+        .into_iter()
+        .filter(|r| r.subject == "alice")
+        .collect();
+    alice.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+    let expected: Vec<String> = alice.iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(devices, expected);
+
+    // "Sign out other devices" from the phone keeps the phone.
+    let res = h.call("POST", "/logout-others", Some(&phone)).await;
+    assert_eq!(res.body, "2");
+    assert!(res.raw_set_cookies.is_empty());
+    assert_eq!(
+        h.call("GET", "/me", Some(&phone)).await.status,
+        StatusCode::OK
+    );
+    for gone in [&laptop, &tablet] {
+        assert_eq!(
+            h.call("GET", "/me", Some(gone)).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        h.call("GET", "/me", Some(&bob)).await.status,
+        StatusCode::OK
+    );
+
+    // Everywhere includes this one.
+    let res = h.call("POST", "/logout-everywhere", Some(&phone)).await;
+    assert_eq!(res.body, "1");
+    assert!(res.clears_cookie());
+    assert_eq!(
+        h.call("GET", "/me", Some(&phone)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.call("GET", "/me", Some(&bob)).await.status,
+        StatusCode::OK
+    );
+    assert!(
+        h.manager
+            .list_for_subject("alice")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn session_operations_without_a_session_say_so() {
+    let h = Harness::new();
+    let devices = h.call("GET", "/devices", None).await;
+    assert_eq!(devices.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.call("POST", "/logout-others", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.call("POST", "/attr?key=k&value=v", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Logging out without a session revokes nothing.
+    assert_eq!(h.call("POST", "/logout", None).await.body, "false");
+    assert_eq!(
+        h.store
+            .counts
+            .revoke
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test]
+async fn attributes_are_written_once_on_the_way_out_and_read_back() {
+    let h = Harness::new();
+    let secret = h.login("alice").await;
+    h.store.reset_counts();
+    let res = h
+        .call("POST", "/attr?key=theme&value=dark", Some(&secret))
+        .await;
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "saved"));
+    assert_eq!(
+        h.store
+            .counts
+            .update_attributes
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(
+        h.call("GET", "/attr?key=theme", Some(&secret)).await.body,
+        "dark"
+    );
+    assert_eq!(
+        h.call("GET", "/attr?key=none", Some(&secret)).await.body,
+        "<none>"
+    );
+    // Reading writes nothing.
+    assert_eq!(
+        h.store
+            .counts
+            .update_attributes
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // Oversized values are refused before anything is written.
+    let big = "x".repeat(5000);
+    let res = h
+        .call(
+            "POST",
+            &format!("/attr?key=blob&value={big}"),
+            Some(&secret),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(res.body.contains("4096"), "{}", res.body);
+    assert_eq!(
+        h.call("GET", "/attr?key=blob", Some(&secret)).await.body,
+        "<none>"
+    );
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_appended_next_to_cookies_other_code_set() {
+    use axum::routing::get;
+    use tower_hmac_session::{Session, SessionLayer};
+    let h = Harness::new();
+    let app = axum::Router::new()
+        .route(
+            "/login",
+            get(|session: Session| async move {
+                session.login("alice").await?;
+                Ok::<_, tower_hmac_session::SessionError>((
+                    [("set-cookie", "theme=dark; Path=/")],
+                    "ok",
+                ))
+            }),
+        )
+        .layer(SessionLayer::new(h.manager.clone()));
+    let res = common::TestResponse::from(
+        tower::ServiceExt::oneshot(app, common::request("GET", "/login", None))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let names: Vec<_> = res
+        .set_cookies
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    assert_eq!(names, ["theme", COOKIE]);
+}
