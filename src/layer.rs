@@ -257,7 +257,7 @@ async fn finish(session: &Session, secret: Option<SessionSecret>, response: Resp
 
     let set_cookie = match cookie {
         CookieChange::Set { secret, expires_at } => {
-            Some(manager.set_cookie_header(&secret, expires_at))
+            Some(manager.set_cookie_header_at(&secret, expires_at, now))
         }
         CookieChange::Clear => Some(manager.clear_cookie_header()),
         CookieChange::Keep => match (current, secret) {
@@ -353,7 +353,7 @@ async fn maintain(
         // A lost race issues no cookie: this request's secret is now the
         // previous one, valid through the grace window.
         return log_write("rotate", id, applied)
-            .then(|| manager.set_cookie_header(&new_secret, expires_at));
+            .then(|| manager.set_cookie_header_at(&new_secret, expires_at, now));
     }
 
     if current.key_version != keys.current() {
@@ -380,7 +380,7 @@ async fn maintain(
             .await;
         // The cookie's Max-Age follows the session's new expiry.
         return log_write("touch", id, applied)
-            .then(|| manager.set_cookie_header(secret, expires_at));
+            .then(|| manager.set_cookie_header_at(secret, expires_at, now));
     }
     None
 }

@@ -421,7 +421,18 @@ impl SessionManager {
         secret: &SessionSecret,
         expires_at: OffsetDateTime,
     ) -> HeaderValue {
-        let max_age = (expires_at - self.now()).max(time::Duration::ZERO);
+        self.set_cookie_header_at(secret, expires_at, self.now())
+    }
+
+    /// [`set_cookie_header`](Self::set_cookie_header) with `Max-Age` counted
+    /// from the request's time `now`.
+    pub(crate) fn set_cookie_header_at(
+        &self,
+        secret: &SessionSecret,
+        expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> HeaderValue {
+        let max_age = (expires_at - now).max(time::Duration::ZERO);
         let value = Zeroizing::new(secret.encode());
         self.cookie_header(&value, max_age)
     }
