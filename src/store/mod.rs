@@ -22,9 +22,23 @@ use crate::record::{
 
 #[cfg(feature = "memory")]
 mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+pub(crate) mod raw;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[cfg(feature = "sqlite")]
+#[doc(inline)]
+pub use sqlite::SqliteStore;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "memory")]
 #[doc(inline)]
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+#[doc(inline)]
+pub use postgres::PostgresStore;
 
 /// A boxed error from a store's client library.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -71,17 +71,41 @@ impl Counts {
     }
 }
 
-/// Wraps a `MemoryStore`: counts calls, and fails or hangs when told to.
-#[derive(Debug, Default)]
+/// Wraps a store (a `MemoryStore` by default): counts calls, and fails or
+/// hangs when told to.
+#[derive(Debug)]
 pub struct TestStore {
-    pub inner: MemoryStore,
+    pub inner: Arc<dyn SessionStore>,
+    /// The wrapped store when it is a `MemoryStore`, for inspection.
+    pub memory: Option<MemoryStore>,
     pub counts: Counts,
     pub fail_reads: AtomicBool,
     pub fail_writes: AtomicBool,
     pub hang: AtomicBool,
 }
 
+impl Default for TestStore {
+    fn default() -> Self {
+        let memory = MemoryStore::new();
+        Self {
+            memory: Some(memory.clone()),
+            ..Self::wrap(memory)
+        }
+    }
+}
+
 impl TestStore {
+    pub fn wrap(store: impl SessionStore) -> Self {
+        Self {
+            inner: Arc::new(store),
+            memory: None,
+            counts: Counts::default(),
+            fail_reads: AtomicBool::new(false),
+            fail_writes: AtomicBool::new(false),
+            hang: AtomicBool::new(false),
+        }
+    }
+
     async fn gate(&self, operation: &'static str, write: bool) -> Result<(), StoreError> {
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
@@ -339,6 +363,10 @@ impl Harness {
         Self::on(Arc::new(TestStore::default()), config, keys)
     }
 
+    pub fn with_store(store: impl SessionStore, config: SessionConfig, keys: KeyRing) -> Self {
+        Self::on(Arc::new(TestStore::wrap(store)), config, keys)
+    }
+
     pub fn on(store: Arc<TestStore>, config: SessionConfig, keys: KeyRing) -> Self {
         let clock = MockClock::new(T0);
         let manager = SessionManager::new(store.clone(), keys, config).with_clock(clock.clone());
@@ -372,8 +400,13 @@ impl Harness {
         res.new_secret().expect("login sets the session cookie")
     }
 
+    /// Every stored record (of a `MemoryStore`-backed harness).
     pub fn records(&self) -> Vec<SessionRecord> {
-        self.store.inner.records()
+        self.store
+            .memory
+            .as_ref()
+            .expect("records() needs the memory store")
+            .records()
     }
 }
 
@@ -447,4 +480,22 @@ impl TestResponse {
             c.value().is_empty() && c.max_age() == Some(cookie::time::Duration::ZERO)
         })
     }
+}
+
+/// Whether the tests run under CI, where an unreachable server fails the run.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Reports an unreachable server: a failure under CI, else a skip.
+pub fn unreachable(what: &str, url: &str, error: &dyn std::fmt::Display) {
+    if ci() {
+        panic!("{what} at {url} is unreachable under CI=true: {error}");
+    }
+    eprintln!("skipping: {what} at {url} is unreachable ({error}); set CI=true to fail instead");
+}
+
+/// A name no other test uses: for schemas, key prefixes, client names.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", SessionId::generate().unwrap())
 }
