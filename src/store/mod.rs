@@ -39,6 +39,11 @@ pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 #[doc(inline)]
 pub use postgres::PostgresStore;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "redis")]
+#[doc(inline)]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
 
 /// A boxed error from a store's client library.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
