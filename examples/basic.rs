@@ -1,13 +1,17 @@
-//! Login, "who am I", devices and logout on the in-memory store.
+//! Login, "who am I", devices and logout.
 //!
 //! ```sh
 //! cargo run --example basic
 //! # then open http://127.0.0.1:3000 (any user name, password "demo")
+//!
+//! # Sessions that survive a restart: SQLite and a fixed key.
+//! SESSION_KEYS="1:$(openssl rand -base64 32)" cargo run --example basic --features sqlite
 //! ```
 //!
-//! Keys come from `SESSION_KEYS` (`version:base64key,…`, first current) when
-//! set; otherwise a random key is made at start-up, and sessions end with
-//! the process.
+//! The store is SQLite (`basic-example.db`) when built with the `sqlite`
+//! feature, the in-memory store otherwise. Keys come from `SESSION_KEYS`
+//! (`version:base64key,…`, first current) when set; otherwise a random key
+//! is made at start-up, and no session outlives the process.
 
 use std::time::Duration;
 
@@ -17,8 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::StatusCode;
 use tower_hmac_session::{
-    ActiveSession, KeyRing, MemoryStore, Session, SessionConfig, SessionError, SessionLayer,
-    SessionManager,
+    ActiveSession, KeyRing, Session, SessionConfig, SessionError, SessionLayer, SessionManager,
 };
 
 #[derive(serde::Deserialize)]
@@ -113,7 +116,13 @@ async fn main() {
         .cookie_secure(false)
         .build()
         .expect("a valid config");
-    let sessions = SessionManager::new(MemoryStore::new(), key_ring(), config);
+    #[cfg(feature = "sqlite")]
+    let store = tower_hmac_session::store::SqliteStore::open("basic-example.db")
+        .await
+        .expect("basic-example.db opens");
+    #[cfg(not(feature = "sqlite"))]
+    let store = tower_hmac_session::MemoryStore::new();
+    let sessions = SessionManager::new(store, key_ring(), config);
     let _purge = sessions.spawn_purge_task(Duration::from_secs(600));
 
     let app = Router::new()

@@ -11,12 +11,11 @@ mod common;
 use std::str::FromStr;
 use std::time::Duration;
 
-use common::{Harness, TestResponse, request, ring, unique};
+use common::{Harness, ring, unique};
 use http::StatusCode;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use tower::ServiceExt as _;
+use tower_hmac_session::SessionConfig;
 use tower_hmac_session::store::PostgresStore;
-use tower_hmac_session::{SessionConfig, SessionSecret, SessionStore, StoreError};
 
 fn url() -> String {
     std::env::var("TOWER_HMAC_SESSION_POSTGRES_URL")
@@ -190,28 +189,8 @@ async fn concurrent_rotation_through_both_instances_has_one_winner() {
     let secret = a.login("alice").await;
     a.advance(901);
     b.advance(901);
-    let tasks: Vec<_> = (0..40)
-        .map(|i| {
-            let router = if i % 2 == 0 {
-                a.router.clone()
-            } else {
-                b.router.clone()
-            };
-            let req = request("GET", "/me", Some(&secret));
-            tokio::spawn(async move { router.oneshot(req).await.unwrap() })
-        })
-        .collect();
-    let mut winners = Vec::new();
-    for task in tasks {
-        let res = TestResponse::from(task.await.unwrap()).await;
-        assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
-        winners.extend(res.new_secret());
-    }
-    assert_eq!(winners.len(), 1, "exactly one rotation");
-    let applied = common::Counts::get(&a.store.counts.rotate_applied)
-        + common::Counts::get(&b.store.counts.rotate_applied);
-    assert_eq!(applied, 1);
-    assert_eq!(b.call("GET", "/me", Some(&winners[0])).await.body, "alice");
+    let new = common::race_rotation(&a, &b, &secret).await;
+    assert_eq!(b.call("GET", "/me", Some(&new)).await.body, "alice");
     drop_schema(&pool, &schema).await;
 }
 
@@ -221,9 +200,12 @@ async fn corrupt_rows_are_reported_as_corruption() {
         return;
     };
     let schema = unique("ths_corrupt");
-    let store = store_in(&pool, &schema).await;
-    let h = Harness::with_store(store.clone(), SessionConfig::default(), ring(1, &[1]));
-    let damage = [
+    let h = Harness::with_store(
+        store_in(&pool, &schema).await,
+        SessionConfig::default(),
+        ring(1, &[1]),
+    );
+    let cases = [
         "attributes = '[1, 2]'::jsonb",
         "attributes = '\"text\"'::jsonb",
         "subject = ''",
@@ -234,29 +216,19 @@ async fn corrupt_rows_are_reported_as_corruption() {
         "expires_at = absolute_expires_at + interval '1 second'",
         "id = '\\x0102'::bytea",
     ];
-    for (i, set) in damage.iter().enumerate() {
-        let user = format!("user{i}");
-        let secret = h.login(&user).await;
-        sqlx::query(&format!(
-            "UPDATE \"{schema}\".tower_hmac_sessions SET {set} WHERE subject = $1"
-        ))
-        .bind(&user)
-        .execute(&pool)
-        .await
-        .unwrap();
-        let candidates = h
-            .manager
-            .key_ring()
-            .candidates(&SessionSecret::parse(&secret).unwrap());
-        let found = store.find_active(&candidates, common::T0).await;
-        assert!(
-            matches!(found, Err(StoreError::Corrupt { .. })),
-            "{set}: {found:?}"
-        );
-        let res = h.call("GET", "/me", Some(&secret)).await;
-        assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE, "{set}");
-        assert!(res.raw_set_cookies.is_empty(), "{set}");
-    }
+    common::assert_damage_is_corruption(&h, &cases, |user, _id, set| {
+        let (pool, schema) = (pool.clone(), schema.clone());
+        async move {
+            sqlx::query(&format!(
+                "UPDATE \"{schema}\".tower_hmac_sessions SET {set} WHERE subject = $1"
+            ))
+            .bind(user)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    })
+    .await;
     drop_schema(&pool, &schema).await;
 }
 

@@ -11,12 +11,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, TestResponse, request, ring, unique};
+use common::{Harness, ring, unique};
 use http::StatusCode;
 use redis::AsyncCommands as _;
-use tower::ServiceExt as _;
 use tower_hmac_session::store::RedisStore;
-use tower_hmac_session::{SessionConfig, SessionSecret, SessionStore, StoreError};
+use tower_hmac_session::{SessionConfig, SessionStore, StoreError};
 
 fn url() -> String {
     std::env::var("TOWER_HMAC_SESSION_REDIS_URL")
@@ -155,25 +154,8 @@ async fn concurrent_rotation_through_both_instances_has_one_winner() {
     let secret = a.login("alice").await;
     a.advance(901);
     b.advance(901);
-    let tasks: Vec<_> = (0..40)
-        .map(|i| {
-            let router = if i % 2 == 0 {
-                a.router.clone()
-            } else {
-                b.router.clone()
-            };
-            let req = request("GET", "/me", Some(&secret));
-            tokio::spawn(async move { router.oneshot(req).await.unwrap() })
-        })
-        .collect();
-    let mut winners = Vec::new();
-    for task in tasks {
-        let res = TestResponse::from(task.await.unwrap()).await;
-        assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
-        winners.extend(res.new_secret());
-    }
-    assert_eq!(winners.len(), 1, "exactly one rotation");
-    assert_eq!(a.call("GET", "/me", Some(&winners[0])).await.body, "alice");
+    let new = common::race_rotation(&a, &b, &secret).await;
+    assert_eq!(a.call("GET", "/me", Some(&new)).await.body, "alice");
     cleanup(&mut admin, &prefix).await;
 }
 
@@ -238,42 +220,32 @@ async fn corrupt_hashes_are_reported_as_corruption() {
         return;
     };
     let prefix = unique("ths-corrupt") + ":";
-    let store = store(&prefix).await;
-    let h = Harness::with_store(store.clone(), SessionConfig::default(), ring(1, &[1]));
-    let damage: [(&str, &str); 10] = [
-        ("expires_at", "01893456000000000"),
-        ("expires_at", "1.9e15"),
-        ("expires_at", " 1893456000000000"),
-        ("current_key_version", "+1"),
-        ("attributes", "[1]"),
-        ("subject", ""),
-        ("revoked_reason", "bogus"),
-        ("id", "ABABABABABABABABABABABABABABABAB"),
-        ("unexpected_field", "1"),
-        ("previous_key_version", "1"),
+    let h = Harness::with_store(
+        store(&prefix).await,
+        SessionConfig::default(),
+        ring(1, &[1]),
+    );
+    let cases = [
+        "expires_at=01893456000000000",
+        "expires_at=1.9e15",
+        "expires_at= 1893456000000000",
+        "current_key_version=+1",
+        "attributes=[1]",
+        "subject=",
+        "revoked_reason=bogus",
+        "id=ABABABABABABABABABABABABABABABAB",
+        "unexpected_field=1",
+        "previous_key_version=1",
     ];
-    for (i, (field, value)) in damage.iter().enumerate() {
-        let issued = h
-            .manager
-            .create_session(format!("user{i}"), Default::default())
-            .await
-            .unwrap();
-        let key = format!("{prefix}s:{}", issued.record.id);
-        let _: () = admin.hset(&key, field, value).await.unwrap();
-        let secret = issued.secret.encode();
-        let candidates = h
-            .manager
-            .key_ring()
-            .candidates(&SessionSecret::parse(&secret).unwrap());
-        let found = store.find_active(&candidates, common::T0).await;
-        assert!(
-            matches!(found, Err(StoreError::Corrupt { .. })),
-            "{field}={value:?}: {found:?}"
-        );
-        let res = h.call("GET", "/me", Some(&secret)).await;
-        assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE, "{field}");
-        assert!(res.raw_set_cookies.is_empty(), "{field}");
-    }
+    common::assert_damage_is_corruption(&h, &cases, |_user, id, case| {
+        let mut admin = admin.clone();
+        let key = format!("{prefix}s:{id}");
+        async move {
+            let (field, value) = case.split_once('=').unwrap();
+            let _: () = admin.hset(key, field, value).await.unwrap();
+        }
+    })
+    .await;
     cleanup(&mut admin, &prefix).await;
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use http::StatusCode;
 use tower_hmac_session::store::SqliteStore;
-use tower_hmac_session::{SessionConfig, SessionId, SessionSecret, SessionStore, StoreError};
+use tower_hmac_session::{SessionConfig, SessionId, SessionStore, StoreError};
 
 /// A fresh database file under the system temp dir, removed on drop.
 struct TempDb(PathBuf);
@@ -86,7 +86,7 @@ async fn corrupt_rows_are_reported_as_corruption() {
         SessionConfig::default(),
         common::ring(1, &[1]),
     );
-    let damage = [
+    let cases = [
         "attributes = 'not json'",
         "attributes = '[1, 2]'",
         "subject = ''",
@@ -97,34 +97,19 @@ async fn corrupt_rows_are_reported_as_corruption() {
         "id = x'0102'",
         "created_at = 9223372036854775807",
     ];
-    for (i, set) in damage.iter().enumerate() {
-        let user = format!("user{i}");
-        let secret = h.login(&user).await;
-        assert_eq!(
-            h.call("GET", "/me", Some(&secret)).await.status,
-            StatusCode::OK
-        );
-        sqlx::query(&format!(
-            "UPDATE tower_hmac_sessions SET {set} WHERE subject = ?1"
-        ))
-        .bind(&user)
-        .execute(store.pool())
-        .await
-        .unwrap();
-        let candidates = h
-            .manager
-            .key_ring()
-            .candidates(&SessionSecret::parse(&secret).unwrap());
-        let found = store.find_active(&candidates, common::T0).await;
-        assert!(
-            matches!(found, Err(StoreError::Corrupt { .. })),
-            "{set}: {found:?}"
-        );
-        // Through the layer a corrupt record is a store error: 503, no cookie change.
-        let res = h.call("GET", "/me", Some(&secret)).await;
-        assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE, "{set}");
-        assert!(res.raw_set_cookies.is_empty(), "{set}");
-    }
+    common::assert_damage_is_corruption(&h, &cases, |user, _id, set| {
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query(&format!(
+                "UPDATE tower_hmac_sessions SET {set} WHERE subject = ?1"
+            ))
+            .bind(user)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    })
+    .await;
     let listed = store.list_for_subject("user0", common::T0).await;
     assert!(
         matches!(listed, Err(StoreError::Corrupt { .. })),

@@ -499,3 +499,65 @@ pub fn unreachable(what: &str, url: &str, error: &dyn std::fmt::Display) {
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", SessionId::generate().unwrap())
 }
+
+/// Two app instances on one shared store: 40 concurrent requests, split
+/// between them, carry the same secret, which is due for rotation.
+/// Asserts that all are served as `alice` and exactly one rotates; returns
+/// the new secret.
+pub async fn race_rotation(a: &Harness, b: &Harness, secret: &str) -> String {
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let router = [&a.router, &b.router][i % 2].clone();
+            let req = request("GET", "/me", Some(secret));
+            tokio::spawn(async move { router.oneshot(req).await.unwrap() })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        let res = TestResponse::from(task.await.unwrap()).await;
+        assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
+        winners.extend(res.new_secret());
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one response carries a new secret"
+    );
+    let applied =
+        Counts::get(&a.store.counts.rotate_applied) + Counts::get(&b.store.counts.rotate_applied);
+    assert_eq!(applied, 1, "exactly one rotation applied");
+    winners.remove(0)
+}
+
+/// Damages, through `damage`, the stored record of a fresh session per case
+/// and asserts that the store reports corruption and the layer answers 503
+/// without touching the cookie.
+pub async fn assert_damage_is_corruption<F, Fut>(h: &Harness, cases: &[&str], mut damage: F)
+where
+    F: FnMut(String, SessionId, String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for (i, case) in cases.iter().enumerate() {
+        let user = format!("user{i}");
+        let issued = h
+            .manager
+            .create_session(user.clone(), Attributes::new())
+            .await
+            .unwrap();
+        let secret = issued.secret.encode();
+        assert_eq!(
+            h.call("GET", "/me", Some(&secret)).await.status,
+            StatusCode::OK
+        );
+        damage(user, issued.record.id, case.to_string()).await;
+        let candidates = h.manager.key_ring().candidates(&issued.secret);
+        let found = h.store.inner.find_active(&candidates, T0).await;
+        assert!(
+            matches!(found, Err(StoreError::Corrupt { .. })),
+            "{case}: {found:?}"
+        );
+        let res = h.call("GET", "/me", Some(&secret)).await;
+        assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE, "{case}");
+        assert!(res.raw_set_cookies.is_empty(), "{case}");
+    }
+}
