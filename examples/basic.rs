@@ -93,8 +93,8 @@ fn key_ring() -> KeyRing {
     match KeyRing::from_env("SESSION_KEYS") {
         Ok(keys) => keys,
         Err(_) => {
-            let mut key = [0u8; 32];
-            getrandom::fill(&mut key).expect("OS randomness");
+            // A fresh secret is 32 random bytes: just what a key needs.
+            let key = *tower_hmac_session::SessionSecret::generate().expose_bytes();
             eprintln!("SESSION_KEYS is not set: using a random key for this run");
             KeyRing::builder()
                 .key(1, key)

@@ -47,18 +47,24 @@ pub struct CookieConfig {
     pub(crate) same_site: SameSite,
     pub(crate) path: String,
     pub(crate) domain: Option<String>,
+    /// `; Path=…; Secure; HttpOnly; SameSite=…`, rendered once by
+    /// [`SessionConfigBuilder::build`] so a `Set-Cookie` is one `format!`.
+    pub(crate) attributes: String,
 }
 
 impl Default for CookieConfig {
     fn default() -> Self {
-        Self {
+        let mut cookie = Self {
             name: "__Host-session".to_owned(),
             secure: true,
             http_only: true,
             same_site: SameSite::Lax,
             path: "/".to_owned(),
             domain: None,
-        }
+            attributes: String::new(),
+        };
+        cookie.render_attributes();
+        cookie
     }
 }
 
@@ -66,6 +72,42 @@ impl CookieConfig {
     /// The cookie's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The `Set-Cookie` value that gives the client `value` for `max_age_secs`.
+    pub(crate) fn set_cookie(&self, value: &str, max_age_secs: i64) -> String {
+        format!(
+            "{}={value}; Max-Age={max_age_secs}{}",
+            self.name, self.attributes
+        )
+    }
+
+    /// The `Set-Cookie` value that removes the cookie.
+    pub(crate) fn removal(&self) -> String {
+        format!(
+            "{}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT{}",
+            self.name, self.attributes
+        )
+    }
+
+    fn render_attributes(&mut self) {
+        use std::fmt::Write as _;
+        let mut out = format!("; Path={}", self.path);
+        if let Some(domain) = &self.domain {
+            let _ = write!(out, "; Domain={domain}");
+        }
+        if self.secure {
+            out.push_str("; Secure");
+        }
+        if self.http_only {
+            out.push_str("; HttpOnly");
+        }
+        out.push_str(match self.same_site {
+            SameSite::Strict => "; SameSite=Strict",
+            SameSite::Lax => "; SameSite=Lax",
+            SameSite::None => "; SameSite=None",
+        });
+        self.attributes = out;
     }
 
     /// Checks the RFC 6265 grammar and the `__Host-` / `__Secure-` prefix rules.
@@ -378,7 +420,8 @@ impl SessionConfigBuilder {
     /// A cookie that breaks RFC 6265 or the `__Host-`/`__Secure-` rules, a
     /// zero or over-long lifetime, an idle timeout not above the touch
     /// interval, or an absolute lifetime below the idle timeout.
-    pub fn build(self) -> Result<SessionConfig, ConfigError> {
+    pub fn build(mut self) -> Result<SessionConfig, ConfigError> {
+        self.config.cookie.render_attributes();
         let c = &self.config;
         c.cookie.validate()?;
         let lifetime = |reason| Err(ConfigError::Lifetime(reason));

@@ -1,7 +1,7 @@
 //! The axum extractors [`Session`] and [`ActiveSession`], and their rejections.
 
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
@@ -54,7 +54,9 @@ pub struct Session {
 #[derive(Debug)]
 struct Shared {
     manager: SessionManager,
-    now: OffsetDateTime,
+    /// The request's time: read when the request arrived with a cookie, or
+    /// on first use for an anonymous one (most never need it).
+    now: OnceLock<OffsetDateTime>,
     state: Mutex<State>,
 }
 
@@ -62,7 +64,8 @@ struct Shared {
 /// handler's [`Session`] clones and the layer.
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    pub(crate) current: Option<Current>,
+    /// Boxed: an anonymous request's state stays a few words.
+    pub(crate) current: Option<Box<Current>>,
     pub(crate) cookie: CookieChange,
     pub(crate) attributes_dirty: bool,
 }
@@ -99,8 +102,19 @@ impl Session {
         Self {
             shared: Arc::new(Shared {
                 manager,
-                now,
+                now: OnceLock::from(now),
                 state: Mutex::new(state),
+            }),
+        }
+    }
+
+    /// The handle of a request without a session cookie.
+    pub(crate) fn anonymous(manager: SessionManager) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                manager,
+                now: OnceLock::new(),
+                state: Mutex::new(State::default()),
             }),
         }
     }
@@ -116,7 +130,7 @@ impl Session {
 
     /// The time the layer read for this request.
     pub(crate) fn now(&self) -> OffsetDateTime {
-        self.shared.now
+        *self.shared.now.get_or_init(|| self.shared.manager.now())
     }
 
     /// The manager behind the layer, for admin operations.
@@ -196,12 +210,12 @@ impl Session {
             expires_at: record.expires_at,
         };
         state.attributes_dirty = false;
-        state.current = Some(Current {
+        state.current = Some(Box::new(Current {
             key_version: record.current.key_version,
             record,
             slot: Slot::Current,
             maintain: false,
-        });
+        }));
         Ok(active)
     }
 

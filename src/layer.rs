@@ -17,6 +17,7 @@ use axum_core::response::Response;
 use bytes::Bytes;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, Request};
+use pin_project_lite::pin_project;
 use time::OffsetDateTime;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -75,22 +76,75 @@ pub struct SessionService<S> {
     manager: SessionManager,
 }
 
-/// The response future of [`SessionService`].
-pub struct ResponseFuture<E> {
-    inner: Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>,
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type BoxFutureRef<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pin_project! {
+    /// The response future of [`SessionService`].
+    pub struct ResponseFuture<F, E> {
+        #[pin]
+        kind: Kind<F, E>,
+    }
 }
 
-impl<E> fmt::Debug for ResponseFuture<E> {
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, E> {
+        // No session cookie: the inner future, polled in place. Finishing is
+        // synchronous unless the handler logged in and then changed
+        // attributes (a store write).
+        Anonymous {
+            #[pin]
+            future: F,
+            session: Option<Session>,
+        },
+        // A session cookie: resolve, call, maintain. The store calls must be
+        // awaited, so this is boxed, once per request.
+        Boxed {
+            future: BoxFuture<Result<Response, E>>,
+        },
+    }
+}
+
+impl<F, E> fmt::Debug for ResponseFuture<F, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<E> Future for ResponseFuture<E> {
+impl<F, E, ResBody> Future for ResponseFuture<F, E>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+    E: Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
     type Output = Result<Response, E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut kind = self.project().kind;
+        loop {
+            let (session, response) = match kind.as_mut().project() {
+                KindProj::Boxed { future } => return future.as_mut().poll(cx),
+                KindProj::Anonymous { future, session } => {
+                    let response = match future.poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                        Poll::Ready(Ok(response)) => response.map(Body::new),
+                    };
+                    let session = session
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    (session, response)
+                }
+            };
+            match finish_without_store(&session, response) {
+                Anonymous::Finished(response) => return Poll::Ready(Ok(response)),
+                Anonymous::NeedsStore(response) => kind.set(Kind::Boxed {
+                    future: Box::pin(async move { Ok(finish(&session, None, response).await) }),
+                }),
+            }
+        }
     }
 }
 
@@ -98,25 +152,39 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
 where
     S: Service<Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     ReqBody: Send + 'static,
     ResBody: http_body::Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
+    type Future = ResponseFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        // The ready service goes into the future; a fresh clone stays behind
-        // and is driven to readiness by the next `poll_ready`.
+        let manager = self.manager.clone();
+        let Some(secret) = find_secret(req.headers(), manager.config().cookie().name()) else {
+            // No well-formed secret: anonymous. No HMAC, no store call, and
+            // the inner service is called right away, so nothing is cloned
+            // or boxed.
+            let session = Session::anonymous(manager);
+            req.extensions_mut().insert(session.clone());
+            return ResponseFuture {
+                kind: Kind::Anonymous {
+                    future: self.inner.call(req),
+                    session: Some(session),
+                },
+            };
+        };
+        // The store must be awaited before the inner service is called: the
+        // ready service goes into the future, and a fresh clone stays behind
+        // to be driven to readiness by the next `poll_ready`.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let manager = self.manager.clone();
-        let secret = find_secret(req.headers(), manager.config().cookie().name());
         let span = tracing::debug_span!("session", session.id = tracing::field::Empty);
         let future = async move {
             let now = manager.now();
@@ -143,7 +211,9 @@ where
             Ok(finish(&session, secret, response).await)
         };
         ResponseFuture {
-            inner: Box::pin(future.instrument(span)),
+            kind: Kind::Boxed {
+                future: Box::pin(future.instrument(span)),
+            },
         }
     }
 }
@@ -171,13 +241,9 @@ pub(crate) fn find_secret(headers: &HeaderMap, name: &str) -> Option<SessionSecr
 /// the secret (kept for maintenance on the way out).
 async fn resolve(
     manager: &SessionManager,
-    secret: Option<SessionSecret>,
+    secret: SessionSecret,
     now: OffsetDateTime,
 ) -> Result<(State, Option<SessionSecret>), StoreError> {
-    let Some(secret) = secret else {
-        // No well-formed secret: anonymous, no HMAC, no store call.
-        return Ok((State::default(), None));
-    };
     let candidates = manager.key_ring().candidates(&secret);
     let found = manager
         .call("find_active", manager.store().find_active(&candidates, now))
@@ -208,18 +274,57 @@ async fn resolve(
         return Ok((unknown, None));
     }
     let state = State {
-        current: Some(Current {
+        current: Some(Box::new(Current {
             slot: found.slot,
             key_version: found.key_version,
             record: found.record,
             maintain: true,
-        }),
+        })),
         ..State::default()
     };
     Ok((state, Some(secret)))
 }
 
+/// How an anonymous request finishes.
+enum Anonymous {
+    /// Done: the staged cookie, if any, is applied.
+    Finished(Response),
+    /// The handler logged in and changed attributes: `finish` must write them.
+    NeedsStore(Response),
+}
+
+/// Step 5 for an anonymous request, when no store write is needed: applies
+/// the cookie the handler staged.
+fn finish_without_store(session: &Session, response: Response) -> Anonymous {
+    let cookie = {
+        let mut state = session.lock();
+        if state.attributes_dirty {
+            return Anonymous::NeedsStore(response);
+        }
+        std::mem::take(&mut state.cookie)
+    };
+    Anonymous::Finished(apply_cookie(session, cookie, response))
+}
+
+fn apply_cookie(session: &Session, cookie: CookieChange, mut response: Response) -> Response {
+    let manager = session.manager();
+    let value = match cookie {
+        CookieChange::Set { secret, expires_at } => {
+            manager.set_cookie_header_at(&secret, expires_at, session.now())
+        }
+        CookieChange::Clear => manager.clear_cookie_header(),
+        CookieChange::Keep => return response,
+    };
+    // Appended: cookies set by other code stay.
+    response.headers_mut().append(SET_COOKIE, value);
+    response
+}
+
 /// Step 5: attributes, the staged cookie, or maintenance.
+///
+/// The store writes are rare (a changed attribute, a due touch, rotation or
+/// re-key), so each is boxed only when it happens: the per-request future
+/// stays small.
 async fn finish(session: &Session, secret: Option<SessionSecret>, response: Response) -> Response {
     let manager = session.manager();
     let now = session.now();
@@ -234,44 +339,87 @@ async fn finish(session: &Session, secret: Option<SessionSecret>, response: Resp
 
     let mut response = response;
     if let (Some(current), true) = (&current, attributes_dirty) {
-        let id = current.record.id;
-        let written = manager
-            .call(
-                "update_attributes",
-                manager
-                    .store()
-                    .update_attributes(&id, &current.record.attributes, now),
-            )
-            .await
-            .and_then(|applied| {
-                applied.then_some(()).ok_or(StoreError::NotApplied {
-                    operation: "update_attributes",
-                })
-            });
-        if let Err(error) = written {
+        let written: BoxFutureRef<'_, _> = Box::pin(write_attributes(manager, current, now));
+        if let Err(error) = written.await {
             // The handler's answer would claim a change that was not saved.
-            tracing::error!(session.id = %id, %error, "session attributes not saved");
+            tracing::error!(session.id = %current.record.id, %error, "session attributes not saved");
             response = manager.store_error_response(&error);
         }
     }
 
-    let set_cookie = match cookie {
-        CookieChange::Set { secret, expires_at } => {
-            Some(manager.set_cookie_header_at(&secret, expires_at, now))
-        }
-        CookieChange::Clear => Some(manager.clear_cookie_header()),
-        CookieChange::Keep => match (current, secret) {
-            (Some(current), Some(secret)) if current.maintain => {
-                maintain(manager, &current, &secret, now).await
-            }
-            _ => None,
-        },
+    if !matches!(cookie, CookieChange::Keep) {
+        return apply_cookie(session, cookie, response);
+    }
+    let (Some(current), Some(secret)) = (current, secret) else {
+        return response;
     };
-    if let Some(value) = set_cookie {
-        // Appended: cookies set by other code stay.
+    let plan = match current.maintain {
+        true => Maintenance::plan(manager, &current, now),
+        false => None,
+    };
+    let Some(plan) = plan else {
+        return response;
+    };
+    let maintained: BoxFutureRef<'_, _> = Box::pin(maintain(manager, &current, &secret, plan, now));
+    if let Some(value) = maintained.await {
         response.headers_mut().append(SET_COOKIE, value);
     }
     response
+}
+
+async fn write_attributes(
+    manager: &SessionManager,
+    current: &Current,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let id = current.record.id;
+    let applied = manager
+        .call(
+            "update_attributes",
+            manager
+                .store()
+                .update_attributes(&id, &current.record.attributes, now),
+        )
+        .await?;
+    applied.then_some(()).ok_or(StoreError::NotApplied {
+        operation: "update_attributes",
+    })
+}
+
+/// What the way out must write for a resolved session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Maintenance {
+    /// The access ttl has passed: a new secret (which also re-keys and touches).
+    rotate: bool,
+    /// The matched credential is under an old key version.
+    rekey: bool,
+    /// The touch interval has passed and the idle expiry can still move.
+    touch: bool,
+}
+
+impl Maintenance {
+    /// Decided without the store, so requests with nothing due box nothing.
+    fn plan(manager: &SessionManager, current: &Current, now: OffsetDateTime) -> Option<Self> {
+        let record = &current.record;
+        let config = manager.config();
+        let rekey = current.key_version != manager.key_ring().current();
+        let plan = match current.slot {
+            // In-grace request with the old secret: the client has (or will
+            // get) the new one. Only move it off a retired key version.
+            Slot::Previous => Self {
+                rotate: false,
+                rekey,
+                touch: false,
+            },
+            Slot::Current => Self {
+                rotate: config.access_ttl().is_some() && now >= record.access_expires_at,
+                rekey,
+                touch: now - record.last_seen_at >= config.touch_interval()
+                    && manager.sliding_expiry(now, record.absolute_expires_at) > record.expires_at,
+            },
+        };
+        (plan.rotate || plan.rekey || plan.touch).then_some(plan)
+    }
 }
 
 /// Rotation when the access ttl has passed, else re-key to the current key
@@ -284,48 +432,17 @@ async fn maintain(
     manager: &SessionManager,
     current: &Current,
     secret: &SessionSecret,
+    plan: Maintenance,
     now: OffsetDateTime,
 ) -> Option<http::HeaderValue> {
     let record = &current.record;
     let id = record.id;
     let keys = manager.key_ring();
-    let config = manager.config();
-
     let matched = record.credential(current.slot)?;
-    if current.slot == Slot::Previous {
-        // In-grace request with the old secret: the client has (or will
-        // get) the new one. Only move it off a retired key version.
-        if current.key_version != keys.current() {
-            let new = keys.current_candidate(secret);
-            log_write(
-                "rekey",
-                id,
-                manager
-                    .call(
-                        "rekey",
-                        manager.store().rekey(
-                            &id,
-                            Slot::Previous,
-                            &matched.lookup_key,
-                            &new.lookup_key,
-                            new.key_version,
-                        ),
-                    )
-                    .await,
-            );
-        }
-        return None;
-    }
-
     let expires_at = manager.sliding_expiry(now, record.absolute_expires_at);
-    if config.access_ttl().is_some() && now >= record.access_expires_at {
-        let new_secret = match SessionSecret::generate() {
-            Ok(s) => s,
-            Err(error) => {
-                tracing::warn!(session.id = %id, %error, "session secret rotation skipped");
-                return None;
-            }
-        };
+
+    if plan.rotate {
+        let new_secret = SessionSecret::generate();
         // The new secret's lookup key is always under the current version,
         // so rotation re-keys too.
         let new = keys.current_candidate(&new_secret);
@@ -334,7 +451,8 @@ async fn maintain(
             expires_at,
             access_expires_at: manager.access_expiry(now, record.absolute_expires_at),
         };
-        let previous_valid_until = crate::manager::saturating_add(now, config.rotation_grace());
+        let previous_valid_until =
+            crate::manager::saturating_add(now, manager.config().rotation_grace());
         let applied = manager
             .call(
                 "rotate",
@@ -356,14 +474,15 @@ async fn maintain(
             .then(|| manager.set_cookie_header_at(&new_secret, expires_at, now));
     }
 
-    if current.key_version != keys.current() {
+    if plan.rekey {
+        // Same secret, current key: the cookie does not change.
         let new = keys.current_candidate(secret);
         let applied = manager
             .call(
                 "rekey",
                 manager.store().rekey(
                     &id,
-                    Slot::Current,
+                    current.slot,
                     &matched.lookup_key,
                     &new.lookup_key,
                     new.key_version,
@@ -373,8 +492,7 @@ async fn maintain(
         log_write("rekey", id, applied);
     }
 
-    let touch_due = now - record.last_seen_at >= config.touch_interval();
-    if touch_due && expires_at > record.expires_at {
+    if plan.touch {
         let applied = manager
             .call("touch", manager.store().touch(&id, now, expires_at))
             .await;

@@ -42,7 +42,7 @@ pub use record::{
     SessionRecord, Slot,
 };
 #[doc(inline)]
-pub use secret::{ENCODED_SECRET_LEN, RandomError, SECRET_LEN, SessionSecret};
+pub use secret::{ENCODED_SECRET_LEN, SECRET_LEN, SessionSecret};
 #[cfg(feature = "memory")]
 #[doc(inline)]
 pub use store::MemoryStore;

@@ -15,13 +15,13 @@ use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{SameSite, SessionConfig};
+use crate::config::SessionConfig;
 use crate::keys::{KeyRing, KeyVersion};
 use crate::record::{
     ActiveSessionRecord, Attributes, Credential, Revocation, RevokeOutcome, SessionId,
     SessionRecord, validate_attributes, validate_subject,
 };
-use crate::secret::{RandomError, SessionSecret};
+use crate::secret::SessionSecret;
 use crate::store::{SessionStore, StoreError};
 
 /// Why a session operation failed.
@@ -49,9 +49,6 @@ pub enum SessionError {
         #[source]
         source: serde_json::Error,
     },
-    /// The operating system's random number generator failed.
-    #[error(transparent)]
-    Random(#[from] RandomError),
 }
 
 impl IntoResponse for SessionError {
@@ -203,12 +200,21 @@ impl SessionManager {
         operation: &'static str,
         op: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match self.inner.config.store_timeout {
-            None => op.await,
-            Some(timeout) => tokio::time::timeout(timeout, op)
-                .await
-                .unwrap_or(Err(StoreError::Timeout { operation, timeout })),
+        let Some(timeout) = self.inner.config.store_timeout else {
+            return op.await;
+        };
+        let mut op = std::pin::pin!(op);
+        // A store that answers on the first poll (the memory store) needs no
+        // timer: arming one costs more than the lookup.
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(op.as_mut().poll(cx))).await;
+        if let std::task::Poll::Ready(result) = first {
+            return result;
         }
+        // Boxed: the timer is large, and the per-request future that awaits
+        // this call should not carry it inline.
+        Box::pin(tokio::time::timeout(timeout, op))
+            .await
+            .unwrap_or(Err(StoreError::Timeout { operation, timeout }))
     }
 
     /// The idle expiry of a session used at `now`: `now + idle_timeout`,
@@ -242,11 +248,11 @@ impl SessionManager {
     ) -> Result<(SessionRecord, SessionSecret), SessionError> {
         validate_subject(&subject).map_err(SessionError::InvalidSubject)?;
         validate_attributes(&attributes).map_err(SessionError::InvalidAttributes)?;
-        let secret = SessionSecret::generate()?;
+        let secret = SessionSecret::generate();
         let candidate = self.key_ring().current_candidate(&secret);
         let absolute_expires_at = saturating_add(now, self.inner.config.absolute_lifetime);
         let record = SessionRecord {
-            id: SessionId::generate()?,
+            id: SessionId::generate(),
             subject,
             created_at: now,
             last_seen_at: now,
@@ -443,27 +449,18 @@ impl SessionManager {
     }
 
     fn cookie_header(&self, value: &str, max_age: time::Duration) -> HeaderValue {
-        let c = &self.inner.config.cookie;
-        let mut cookie = cookie::Cookie::build((c.name.as_str(), value))
-            .path(c.path.as_str())
-            .secure(c.secure)
-            .http_only(c.http_only)
-            .same_site(match c.same_site {
-                SameSite::Strict => cookie::SameSite::Strict,
-                SameSite::Lax => cookie::SameSite::Lax,
-                SameSite::None => cookie::SameSite::None,
-            })
-            .max_age(time::Duration::seconds(max_age.whole_seconds()));
-        if let Some(domain) = &c.domain {
-            cookie = cookie.domain(domain.as_str());
-        }
-        // The rendered header holds the secret: wipe our copy once the
-        // header value (which the response owns) is made.
-        let rendered = Zeroizing::new(cookie.to_string());
-        // Config validation keeps names, paths and domains to visible ASCII,
-        // and secrets are base64url, so this cannot fail; an empty value
-        // (which clears nothing) is the no-panic fallback.
-        HeaderValue::from_str(&rendered).unwrap_or_else(|_| HeaderValue::from_static(""))
+        let cookie = &self.inner.config.cookie;
+        let rendered = if value.is_empty() {
+            cookie.removal()
+        } else {
+            cookie.set_cookie(value, max_age.whole_seconds())
+        };
+        // Config validation keeps names, paths and domains to visible ASCII
+        // and secrets are base64url, so the value is always valid; the
+        // header takes the buffer without a copy. It holds the secret and
+        // leaves with the response: there is no copy of ours to wipe.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(rendered))
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     /// The response for a store failure: the configured one, or a plain 503.

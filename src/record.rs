@@ -6,7 +6,7 @@ use std::str::FromStr;
 use time::OffsetDateTime;
 
 use crate::keys::{KeyVersion, LookupKey};
-use crate::secret::{RandomError, fill_random};
+use crate::secret::fill_random;
 
 /// The longest subject accepted, in bytes.
 pub const MAX_SUBJECT_LEN: usize = 256;
@@ -25,7 +25,7 @@ pub type Attributes = serde_json::Map<String, serde_json::Value>;
 /// ```
 /// use tower_hmac_session::SessionId;
 ///
-/// let id = SessionId::generate().unwrap();
+/// let id = SessionId::generate();
 /// let text = id.to_string();
 /// assert_eq!(text.len(), 32);
 /// assert_eq!(text.parse::<SessionId>().unwrap(), id);
@@ -34,15 +34,11 @@ pub type Attributes = serde_json::Map<String, serde_json::Value>;
 pub struct SessionId([u8; 16]);
 
 impl SessionId {
-    /// A new random id (128 bits from the operating system's CSPRNG).
-    ///
-    /// # Errors
-    ///
-    /// Fails only if the operating system cannot provide randomness.
-    pub fn generate() -> Result<Self, RandomError> {
+    /// A new random id: 128 bits from the OS-seeded CSPRNG.
+    pub fn generate() -> Self {
         let mut bytes = [0u8; 16];
-        fill_random(&mut bytes)?;
-        Ok(Self(bytes))
+        fill_random(&mut bytes);
+        Self(bytes)
     }
 
     /// Wraps raw bytes read back from a store.

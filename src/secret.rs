@@ -25,7 +25,7 @@ pub const ENCODED_SECRET_LEN: usize = 43;
 /// ```
 /// use tower_hmac_session::SessionSecret;
 ///
-/// let secret = SessionSecret::generate().unwrap();
+/// let secret = SessionSecret::generate();
 /// let cookie_value = secret.encode();
 /// assert_eq!(cookie_value.len(), 43);
 /// assert!(SessionSecret::parse(&cookie_value).is_some());
@@ -39,26 +39,27 @@ impl Drop for SessionSecret {
     }
 }
 
-/// The operating system's random number generator failed.
-#[derive(Debug, thiserror::Error)]
-#[error("the operating system's random number generator failed: {0}")]
-pub struct RandomError(getrandom::Error);
-
-/// Fills `buf` from the operating system's CSPRNG.
-pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), RandomError> {
-    getrandom::fill(buf).map_err(RandomError)
+/// Fills `buf` from the thread-local CSPRNG.
+///
+/// Safe for credentials: `rand`'s thread RNG is ChaCha12, seeded from the
+/// operating system and reseeded from it periodically. It costs no system
+/// call per secret, which keeps logins and rotations cheap.
+///
+/// # Panics
+///
+/// Only if the operating system cannot seed the generator: a server without
+/// randomness cannot issue credentials at all.
+pub(crate) fn fill_random(buf: &mut [u8]) {
+    use rand::RngCore as _;
+    rand::rng().fill_bytes(buf);
 }
 
 impl SessionSecret {
-    /// Generates a fresh secret from the operating system's CSPRNG.
-    ///
-    /// # Errors
-    ///
-    /// Fails only if the operating system cannot provide randomness.
-    pub fn generate() -> Result<Self, RandomError> {
+    /// Generates a fresh secret from the OS-seeded CSPRNG.
+    pub fn generate() -> Self {
         let mut bytes = [0u8; SECRET_LEN];
-        fill_random(&mut bytes)?;
-        Ok(Self(bytes))
+        fill_random(&mut bytes);
+        Self(bytes)
     }
 
     /// Parses a cookie value strictly: exactly 43 characters of unpadded
@@ -122,7 +123,7 @@ mod tests {
 
     #[test]
     fn round_trips_through_the_cookie_encoding() {
-        let secret = SessionSecret::generate().unwrap();
+        let secret = SessionSecret::generate();
         let encoded = secret.encode();
         assert_eq!(encoded.len(), ENCODED_SECRET_LEN);
         let parsed = SessionSecret::parse(&encoded).unwrap();
@@ -131,8 +132,8 @@ mod tests {
 
     #[test]
     fn two_generated_secrets_differ() {
-        let a = SessionSecret::generate().unwrap();
-        let b = SessionSecret::generate().unwrap();
+        let a = SessionSecret::generate();
+        let b = SessionSecret::generate();
         assert_ne!(a.expose_bytes(), b.expose_bytes());
     }
 

@@ -77,7 +77,7 @@ async fn revoked_and_unknown_well_formed_cookies_are_anonymous_and_cleared() {
     let h = Harness::new();
     let secret = h.login("alice").await;
     h.call("POST", "/logout", Some(&secret)).await;
-    let unknown = SessionSecret::generate().unwrap().encode();
+    let unknown = SessionSecret::generate().encode();
     for cookie in [&secret, &unknown] {
         let res = h.call("GET", "/maybe", Some(cookie)).await;
         assert_eq!(
@@ -275,4 +275,34 @@ async fn the_session_cookie_is_appended_next_to_cookies_other_code_set() {
         .map(|c| c.name().to_owned())
         .collect();
     assert_eq!(names, ["theme", COOKIE]);
+}
+
+#[tokio::test]
+async fn attributes_set_right_after_login_are_written_once() {
+    use axum::routing::post;
+    use tower_hmac_session::{Session, SessionLayer};
+    let h = Harness::new();
+    let app = axum::Router::new()
+        .route(
+            "/login",
+            post(|session: Session| async move {
+                session.login("alice").await?;
+                session.insert("theme", "dark")?;
+                Ok::<_, tower_hmac_session::SessionError>("ok")
+            }),
+        )
+        .layer(SessionLayer::new(h.manager.clone()));
+    let res = common::TestResponse::from(
+        tower::ServiceExt::oneshot(app, common::request("POST", "/login", None))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK);
+    let secret = res.new_secret().expect("login cookie");
+    assert_eq!(common::Counts::get(&h.store.counts.update_attributes), 1);
+    assert_eq!(
+        h.call("GET", "/attr?key=theme", Some(&secret)).await.body,
+        "dark"
+    );
 }

@@ -15,7 +15,7 @@ struct TempDb(PathBuf);
 
 impl TempDb {
     fn new() -> Self {
-        let id = SessionId::generate().unwrap();
+        let id = SessionId::generate();
         Self(std::env::temp_dir().join(format!("tower-hmac-session-test-{id}.db")))
     }
 }

@@ -36,10 +36,46 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Inner {
-    records: HashMap<SessionId, SessionRecord>,
+    records: HashMap<SessionId, SessionRecord, RandomKeyHash>,
     /// Both slots of every record, so a previous secret is found too.
-    by_lookup: HashMap<LookupKey, SessionId>,
-    by_subject: HashMap<String, HashSet<SessionId>>,
+    by_lookup: HashMap<LookupKey, SessionId, RandomKeyHash>,
+    by_subject: HashMap<String, HashSet<SessionId, RandomKeyHash>>,
+}
+
+/// Hashes keys that are already uniformly random by their first 8 bytes.
+///
+/// Safe against hash flooding because no client chooses these keys: a
+/// lookup key is an HMAC under a server key, and an id is 128 bits from the
+/// CSPRNG. Subjects, which applications choose, keep std's SipHash.
+#[derive(Clone, Copy, Default)]
+struct RandomKeyHash;
+
+impl std::hash::BuildHasher for RandomKeyHash {
+    type Hasher = PrefixHasher;
+
+    fn build_hasher(&self) -> PrefixHasher {
+        PrefixHasher(0)
+    }
+}
+
+/// See [`RandomKeyHash`].
+#[derive(Default)]
+struct PrefixHasher(u64);
+
+impl std::hash::Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; N]` hashes as its length, then its bytes: keep the first
+        // 8 bytes of the longest write, the key itself.
+        if bytes.len() >= 8 {
+            let mut prefix = [0u8; 8];
+            prefix.copy_from_slice(&bytes[..8]);
+            self.0 = u64::from_le_bytes(prefix);
+        }
+    }
 }
 
 impl fmt::Debug for MemoryStore {
@@ -371,5 +407,25 @@ impl SessionStore for MemoryStore {
             inner.remove(id);
         }
         Ok(dead.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher as _;
+
+    use super::*;
+
+    #[test]
+    fn random_keys_hash_by_their_first_eight_bytes() {
+        let mut a = [0u8; 32];
+        a[..8].copy_from_slice(&7u64.to_le_bytes());
+        let mut b = a;
+        b[..8].copy_from_slice(&9u64.to_le_bytes());
+        let h = RandomKeyHash;
+        assert_eq!(h.hash_one(LookupKey::from_bytes(a)), 7);
+        assert_eq!(h.hash_one(LookupKey::from_bytes(b)), 9);
+        let id = SessionId::from_bytes([1; 16]);
+        assert_eq!(h.hash_one(id), u64::from_le_bytes([1; 8]));
     }
 }

@@ -497,7 +497,7 @@ pub fn unreachable(what: &str, url: &str, error: &dyn std::fmt::Display) {
 
 /// A name no other test uses: for schemas, key prefixes, client names.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", SessionId::generate().unwrap())
+    format!("{prefix}_{}", SessionId::generate())
 }
 
 /// Two app instances on one shared store: 40 concurrent requests, split

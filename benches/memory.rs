@@ -1,0 +1,185 @@
+//! Memory and allocations, counted (dhat's allocator counts every block):
+//!
+//! - bytes a `MemoryStore` holds per session without attributes;
+//! - heap allocations per request through an axum `Router`: bare, this crate
+//!   (no cookie; a valid cookie), tower-sessions 0.15 (no cookie; a valid
+//!   cookie).
+//!
+//! ```sh
+//! cargo bench --bench memory
+//! ```
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use http::{Request, header};
+use time::macros::datetime;
+use tower::ServiceExt as _;
+use tower_hmac_session::{
+    Attributes, Credential, KeyRing, KeyVersion, LookupKey, MemoryStore, MockClock, Session,
+    SessionConfig, SessionId, SessionLayer, SessionManager, SessionRecord, SessionStore,
+};
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+fn record(i: u64) -> SessionRecord {
+    let now = datetime!(2030-01-01 00:00 UTC);
+    // Random, as real lookup keys (HMAC outputs) are.
+    let key = *tower_hmac_session::SessionSecret::generate().expose_bytes();
+    SessionRecord {
+        id: SessionId::generate(),
+        // A typical user id: 12 bytes.
+        subject: format!("user-{i:07}"),
+        created_at: now,
+        last_seen_at: now,
+        expires_at: now + Duration::from_secs(3600),
+        absolute_expires_at: now + Duration::from_secs(7200),
+        access_expires_at: now + Duration::from_secs(900),
+        current: Credential {
+            lookup_key: LookupKey::from_bytes(key),
+            key_version: KeyVersion(1),
+        },
+        previous: None,
+        revoked: None,
+        attributes: Attributes::new(),
+    }
+}
+
+async fn bytes_per_session(n: u64) -> f64 {
+    let store = MemoryStore::new();
+    // Warm up past the first table growths, then measure the net heap growth.
+    for i in 0..1000 {
+        store.insert(&record(i)).await.unwrap();
+    }
+    let before = dhat::HeapStats::get().curr_bytes;
+    for i in 1000..1000 + n {
+        store.insert(&record(i)).await.unwrap();
+    }
+    let after = dhat::HeapStats::get().curr_bytes;
+    (after - before) as f64 / n as f64
+}
+
+/// Heap blocks and bytes allocated per request, over `n` requests.
+async fn per_request(router: &Router, n: u64, make: impl Fn() -> Request<Body>) -> (f64, f64) {
+    // Warm-up: lazily built statics and caches are not per-request costs.
+    for _ in 0..100 {
+        let res = router.clone().oneshot(make()).await.unwrap();
+        assert!(res.status().is_success());
+    }
+    let before = dhat::HeapStats::get();
+    for _ in 0..n {
+        let res = router.clone().oneshot(make()).await.unwrap();
+        assert!(res.status().is_success());
+        drop(res);
+    }
+    let after = dhat::HeapStats::get();
+    (
+        (after.total_blocks - before.total_blocks) as f64 / n as f64,
+        (after.total_bytes - before.total_bytes) as f64 / n as f64,
+    )
+}
+
+fn get_req(path: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut req = Request::builder().uri(path);
+    if let Some(cookie) = cookie {
+        req = req.header(header::COOKIE, cookie);
+    }
+    req.body(Body::empty()).unwrap()
+}
+
+fn main() {
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        println!("## MemoryStore: heap bytes per session (no attributes, 12-byte subject)\n");
+        println!("| sessions | bytes per session |\n|---:|---:|");
+        for n in [10_000, 100_000, 1_000_000] {
+            println!("| {n} | {:.0} |", bytes_per_session(n).await);
+        }
+
+        let n = 10_000;
+        let bare = Router::new().route("/", get(|| async { "ok" }));
+
+        let keys = KeyRing::builder()
+            .key(1, [1u8; 32])
+            .key(2, [2u8; 32])
+            .current(2)
+            .build()
+            .unwrap();
+        let manager = SessionManager::new(MemoryStore::new(), keys, SessionConfig::default())
+            .with_clock(MockClock::new(datetime!(2030-01-01 00:00 UTC)));
+        let mut attributes = Attributes::new();
+        attributes.insert("k".into(), "v".into());
+        let issued = manager.create_session("user-42", attributes).await.unwrap();
+        let cookie = format!("__Host-session={}", issued.secret.encode());
+        let ours = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route(
+                "/read",
+                get(|s: Session| async move { s.get::<String>("k").unwrap().unwrap_or_default() }),
+            )
+            .layer(SessionLayer::new(manager));
+
+        let ts = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route(
+                "/read",
+                get(|s: tower_sessions::Session| async move {
+                    s.get::<String>("k").await.unwrap().unwrap_or_default()
+                }),
+            )
+            .route(
+                "/write",
+                get(|s: tower_sessions::Session| async move {
+                    s.insert("k", "v").await.unwrap();
+                    "ok"
+                }),
+            )
+            .layer(
+                tower_sessions::SessionManagerLayer::new(tower_sessions::MemoryStore::default())
+                    .with_secure(false),
+            );
+        let res = ts.clone().oneshot(get_req("/write", None)).await.unwrap();
+        let ts_cookie = res.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+
+        println!("\n## Heap allocations per request (mean of {n})\n");
+        println!("| scenario | allocations | bytes |\n|---|---:|---:|");
+        let rows = [
+            (
+                "bare router",
+                per_request(&bare, n, || get_req("/", None)).await,
+            ),
+            (
+                "tower-sessions, no cookie",
+                per_request(&ts, n, || get_req("/", None)).await,
+            ),
+            (
+                "tower-sessions, valid cookie, read",
+                per_request(&ts, n, || get_req("/read", Some(&ts_cookie))).await,
+            ),
+            (
+                "ours, no cookie",
+                per_request(&ours, n, || get_req("/", None)).await,
+            ),
+            (
+                "ours, valid cookie (2 keys), read",
+                per_request(&ours, n, || get_req("/read", Some(&cookie))).await,
+            ),
+        ];
+        for (name, (blocks, bytes)) in rows {
+            println!("| {name} | {blocks:.1} | {bytes:.0} |");
+        }
+    });
+}

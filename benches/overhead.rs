@@ -1,0 +1,298 @@
+//! Per-request overhead through an axum `Router`, in process, side by side in
+//! one run: a bare router, tower-sessions 0.15 on its memory store, and this
+//! crate on `MemoryStore`; plus the two micro steps of the read path.
+//!
+//! ```sh
+//! cargo bench --bench overhead
+//! python3 benches/report.py   # overheads (scenario − bare) and ratios
+//! ```
+//!
+//! Time stands still on a `MockClock` in the read scenarios, so they never
+//! trip maintenance; the touch and rotation scenarios advance it by exactly
+//! the interval on every iteration, so every request does that write.
+
+use std::cell::RefCell;
+use std::hint::black_box;
+use std::rc::Rc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::{get, post};
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, header};
+use time::macros::datetime;
+use tower::ServiceExt as _;
+use tower_hmac_session::{
+    Attributes, Credential, KeyRing, KeyVersion, LookupKey, MemoryStore, MockClock, Session,
+    SessionConfig, SessionId, SessionLayer, SessionManager, SessionRecord, SessionSecret,
+    SessionStore,
+};
+
+const COOKIE: &str = "__Host-session";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn get_req(path: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut req = Request::builder().uri(path);
+    if let Some(cookie) = cookie {
+        req = req.header(header::COOKIE, cookie);
+    }
+    req.body(Body::empty()).unwrap()
+}
+
+async fn call(router: &Router, req: Request<Body>) -> http::Response<Body> {
+    let res = router.clone().oneshot(req).await.unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    res
+}
+
+fn set_cookie(res: &http::Response<Body>, name: &str) -> Option<String> {
+    res.headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap().to_owned())
+}
+
+fn ring(versions: u32) -> KeyRing {
+    (1..=versions)
+        .fold(KeyRing::builder(), |b, v| b.key(v, [v as u8; 32]))
+        .current(versions)
+        .build()
+        .unwrap()
+}
+
+fn clock() -> MockClock {
+    MockClock::new(datetime!(2030-01-01 00:00 UTC))
+}
+
+/// Read scenarios: nothing is ever due.
+fn still() -> SessionConfig {
+    SessionConfig::builder().build().unwrap()
+}
+
+fn ours(manager: &SessionManager) -> Router {
+    Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route(
+            "/read",
+            get(|s: Session| async move { s.get::<String>("k").unwrap().unwrap_or_default() }),
+        )
+        .route(
+            "/login",
+            post(|s: Session| async move {
+                s.login("user-42").await.unwrap();
+                "ok"
+            }),
+        )
+        .layer(SessionLayer::new(manager.clone()))
+}
+
+/// A manager on `store` with `versions` keys, and a cookie for a live
+/// session that has attribute `k`.
+async fn session(
+    store: MemoryStore,
+    versions: u32,
+    config: SessionConfig,
+) -> (SessionManager, MockClock, String) {
+    let clock = clock();
+    let manager = SessionManager::new(store, ring(versions), config).with_clock(clock.clone());
+    let mut attributes = Attributes::new();
+    attributes.insert("k".into(), "v".into());
+    let issued = manager.create_session("user-42", attributes).await.unwrap();
+    (
+        manager,
+        clock,
+        format!("{COOKIE}={}", issued.secret.encode()),
+    )
+}
+
+/// `n` live sessions with random lookup keys (as real HMAC outputs are),
+/// inserted directly.
+async fn fill(store: &MemoryStore, n: usize) {
+    let now = datetime!(2030-01-01 00:00 UTC);
+    for i in 0..n {
+        let key = *SessionSecret::generate().expose_bytes();
+        store
+            .insert(&SessionRecord {
+                id: SessionId::generate(),
+                subject: format!("filler-{i}"),
+                created_at: now,
+                last_seen_at: now,
+                expires_at: now + Duration::from_secs(7 * 24 * 3600),
+                absolute_expires_at: now + Duration::from_secs(30 * 24 * 3600),
+                access_expires_at: now + Duration::from_secs(900),
+                current: Credential {
+                    lookup_key: LookupKey::from_bytes(key),
+                    key_version: KeyVersion(1),
+                },
+                previous: None,
+                revoked: None,
+                attributes: Attributes::new(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn bench_routers(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("request");
+
+    // The baseline every overhead is measured against.
+    let bare = Router::new().route("/", get(|| async { "ok" }));
+    group.bench_function("bare", |b| {
+        b.to_async(&rt).iter(|| call(&bare, get_req("/", None)))
+    });
+
+    // tower-sessions 0.15 on its memory store.
+    let ts = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route(
+            "/read",
+            get(|s: tower_sessions::Session| async move {
+                s.get::<String>("k").await.unwrap().unwrap_or_default()
+            }),
+        )
+        .route(
+            "/write",
+            get(|s: tower_sessions::Session| async move {
+                s.insert("k", "v").await.unwrap();
+                "ok"
+            }),
+        )
+        .layer(
+            tower_sessions::SessionManagerLayer::new(tower_sessions::MemoryStore::default())
+                .with_secure(false),
+        );
+    let ts_cookie = rt.block_on(async {
+        let res = call(&ts, get_req("/write", None)).await;
+        set_cookie(&res, "id").expect("tower-sessions sets its cookie")
+    });
+    group.bench_function("tower_sessions/no_cookie", |b| {
+        b.to_async(&rt).iter(|| call(&ts, get_req("/", None)))
+    });
+    group.bench_function("tower_sessions/read", |b| {
+        b.to_async(&rt)
+            .iter(|| call(&ts, get_req("/read", Some(&ts_cookie))))
+    });
+    group.bench_function("tower_sessions/write", |b| {
+        b.to_async(&rt)
+            .iter(|| call(&ts, get_req("/write", Some(&ts_cookie))))
+    });
+
+    // This crate on MemoryStore.
+    for versions in [1, 2, 3, 5] {
+        let (manager, _clock, cookie) = rt.block_on(session(MemoryStore::new(), versions, still()));
+        let router = ours(&manager);
+        if versions == 1 {
+            group.bench_function("ours/no_cookie", |b| {
+                b.to_async(&rt).iter(|| call(&router, get_req("/", None)))
+            });
+        }
+        group.bench_function(format!("ours/read/{versions}_keys"), |b| {
+            b.to_async(&rt)
+                .iter(|| call(&router, get_req("/read", Some(&cookie))))
+        });
+    }
+
+    // Due for a sliding touch on every request.
+    let touching = SessionConfig::builder()
+        .touch_interval(Duration::from_secs(1))
+        .idle_timeout(Duration::from_secs(3600))
+        .absolute_lifetime(Duration::from_secs(99 * 365 * 24 * 3600))
+        .access_ttl(None)
+        .build()
+        .unwrap();
+    let (manager, clock, cookie) = rt.block_on(session(MemoryStore::new(), 2, touching));
+    let router = ours(&manager);
+    group.bench_function("ours/touch", |b| {
+        b.to_async(&rt).iter(|| {
+            clock.advance(Duration::from_secs(1));
+            let req = get_req("/read", Some(&cookie));
+            async {
+                let res = call(&router, req).await;
+                debug_assert!(set_cookie(&res, COOKIE).is_some());
+                res
+            }
+        })
+    });
+
+    // Due for rotation on every request; the client follows the new cookie.
+    let rotating = SessionConfig::builder()
+        .access_ttl(Some(Duration::from_secs(1)))
+        .touch_interval(Duration::from_secs(1))
+        .idle_timeout(Duration::from_secs(3600))
+        .absolute_lifetime(Duration::from_secs(99 * 365 * 24 * 3600))
+        .build()
+        .unwrap();
+    let (manager, clock, cookie) = rt.block_on(session(MemoryStore::new(), 2, rotating));
+    let router = ours(&manager);
+    let cookie = Rc::new(RefCell::new(cookie));
+    group.bench_function("ours/rotate", |b| {
+        b.to_async(&rt).iter(|| {
+            clock.advance(Duration::from_secs(1));
+            let req = get_req("/read", Some(&cookie.borrow()));
+            let cookie = cookie.clone();
+            let router = &router;
+            async move {
+                let res = call(router, req).await;
+                *cookie.borrow_mut() = set_cookie(&res, COOKIE).expect("rotated");
+                res
+            }
+        })
+    });
+
+    let (manager, _clock, _) = rt.block_on(session(MemoryStore::new(), 2, still()));
+    let router = ours(&manager);
+    group.bench_function("ours/login", |b| {
+        b.to_async(&rt).iter(|| {
+            let req = Request::post("/login").body(Body::empty()).unwrap();
+            call(&router, req)
+        })
+    });
+
+    // The read path against stores of growing size.
+    for n in [1_000, 100_000, 1_000_000] {
+        let store = MemoryStore::new();
+        rt.block_on(fill(&store, n));
+        let (manager, _clock, cookie) = rt.block_on(session(store, 2, still()));
+        let router = ours(&manager);
+        group.bench_function(format!("ours/read_with_sessions/{n}"), |b| {
+            b.to_async(&rt)
+                .iter(|| call(&router, get_req("/read", Some(&cookie))))
+        });
+    }
+    group.finish();
+}
+
+fn bench_micro(c: &mut Criterion) {
+    let mut group = c.benchmark_group("micro");
+    let encoded = SessionSecret::generate().encode();
+    group.bench_function("secret_parse", |b| {
+        b.iter(|| SessionSecret::parse(black_box(&encoded)))
+    });
+    let ring1 = ring(1);
+    let secret = SessionSecret::parse(&encoded).unwrap();
+    group.bench_function("candidate_derivation", |b| {
+        b.iter(|| ring1.current_candidate(black_box(&secret)))
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(60);
+    targets = bench_routers, bench_micro
+}
+criterion_main!(benches);
