@@ -152,6 +152,15 @@ fn bench_routers(c: &mut Criterion) {
         b.to_async(&rt).iter(|| call(&bare, get_req("/", None)))
     });
 
+    // What any layer costs under `Router::layer`, before doing anything: the
+    // floor under every layered scenario.
+    let noop = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(tower::util::MapRequestLayer::new(|req: Request<Body>| req));
+    group.bench_function("noop_layer", |b| {
+        b.to_async(&rt).iter(|| call(&noop, get_req("/", None)))
+    });
+
     // tower-sessions 0.15 on its memory store.
     let ts = Router::new()
         .route("/", get(|| async { "ok" }))

@@ -23,6 +23,7 @@ def median(group, name):
 def main():
     names = [
         "bare",
+        "noop_layer",
         "tower_sessions_no_cookie",
         "tower_sessions_read",
         "tower_sessions_write",

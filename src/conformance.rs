@@ -193,7 +193,7 @@ async fn insert_then_find_round_trips_the_record(store: Store) {
         .unwrap_or_else(|| panic!("`{check}`: the inserted record was not found"));
     assert_eq!(found.slot, Slot::Current, "`{check}`: slot");
     assert_eq!(found.key_version, KeyVersion(1), "`{check}`: key version");
-    assert_eq!(found.record, r, "`{check}`: the record read back differs");
+    assert_eq!(*found.record, r, "`{check}`: the record read back differs");
     assert!(
         find(check, &store, &credential(1), t(20)).await.is_none(),
         "`{check}`: an unknown lookup key matched"
@@ -307,7 +307,7 @@ async fn insert_rejects_duplicate_ids_and_lookup_keys(store: Store) {
     }
     let found = find(check, &store, &r.current, t(1)).await;
     assert_eq!(
-        found.map(|m| m.record.subject),
+        found.map(|m| m.record.subject.clone()),
         Some("alice".to_owned()),
         "`{check}`: a rejected insert changed the original"
     );

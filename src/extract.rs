@@ -64,8 +64,7 @@ struct Shared {
 /// handler's [`Session`] clones and the layer.
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    /// Boxed: an anonymous request's state stays a few words.
-    pub(crate) current: Option<Box<Current>>,
+    pub(crate) current: Option<Current>,
     pub(crate) cookie: CookieChange,
     pub(crate) attributes_dirty: bool,
 }
@@ -73,7 +72,8 @@ pub(crate) struct State {
 /// The live session of the request.
 #[derive(Debug)]
 pub(crate) struct Current {
-    pub(crate) record: SessionRecord,
+    /// Shared with the store's copy until the handler changes attributes.
+    pub(crate) record: Arc<SessionRecord>,
     pub(crate) slot: Slot,
     pub(crate) key_version: KeyVersion,
     /// Whether the layer should slide, rotate and re-key it on the way out:
@@ -210,12 +210,12 @@ impl Session {
             expires_at: record.expires_at,
         };
         state.attributes_dirty = false;
-        state.current = Some(Box::new(Current {
+        state.current = Some(Current {
             key_version: record.current.key_version,
-            record,
+            record: Arc::new(record),
             slot: Slot::Current,
             maintain: false,
-        }));
+        });
         Ok(active)
     }
 
@@ -374,13 +374,14 @@ impl Session {
     ) -> Result<Option<serde_json::Value>, SessionError> {
         let mut state = self.lock();
         let current = state.current.as_mut().ok_or(SessionError::NotLoggedIn)?;
-        let before = current.record.attributes.clone();
-        let old = change(&mut current.record.attributes);
-        if let Err(reason) = validate_attributes(&current.record.attributes) {
-            current.record.attributes = before;
+        let record = Arc::make_mut(&mut current.record);
+        let before = record.attributes.clone();
+        let old = change(&mut record.attributes);
+        if let Err(reason) = validate_attributes(&record.attributes) {
+            record.attributes = before;
             return Err(SessionError::InvalidAttributes(reason));
         }
-        if current.record.attributes != before {
+        if record.attributes != before {
             state.attributes_dirty = true;
         }
         Ok(old)

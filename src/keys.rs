@@ -27,6 +27,10 @@ pub const LOOKUP_DOMAIN: &[u8] = b"tower-hmac-session/v1/session-lookup\0";
 /// The shortest server key accepted, in bytes.
 pub const MIN_KEY_LEN: usize = 32;
 
+/// The most key versions a ring accepts. Each accepted version costs one
+/// HMAC on every request with a cookie; rotation needs two or three.
+pub const MAX_KEY_VERSIONS: usize = 8;
+
 /// The version number of a server key.
 ///
 /// Versions are chosen by the operator; the number only identifies a key and
@@ -86,6 +90,22 @@ pub struct Candidate {
     pub lookup_key: LookupKey,
 }
 
+/// The candidates of one secret: a slice of up to [`MAX_KEY_VERSIONS`]
+/// [`Candidate`]s, current version first.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidates {
+    items: [Candidate; MAX_KEY_VERSIONS],
+    len: usize,
+}
+
+impl std::ops::Deref for Candidates {
+    type Target = [Candidate];
+
+    fn deref(&self) -> &[Candidate] {
+        &self.items[..self.len]
+    }
+}
+
 /// Why a [`KeyRing`] could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -107,6 +127,9 @@ pub enum KeyRingError {
     /// The current version names no key in the ring.
     #[error("the current version {0} is not in the key ring")]
     CurrentNotInRing(KeyVersion),
+    /// More than [`MAX_KEY_VERSIONS`] keys.
+    #[error("the key ring has {0} keys; at most {MAX_KEY_VERSIONS} are accepted: retire old ones")]
+    TooManyKeys(usize),
     /// No current version was chosen and the ring has more than one key.
     #[error("the key ring has several keys: choose the current one with `current(version)`")]
     NoCurrent,
@@ -239,9 +262,20 @@ impl KeyRing {
         self.keys.iter().any(|k| k.version == version)
     }
 
-    /// One lookup key per accepted version, current first.
-    pub fn candidates(&self, secret: &SessionSecret) -> Vec<Candidate> {
-        self.keys.iter().map(|k| derive(k, secret)).collect()
+    /// One lookup key per accepted version, current first. On the stack:
+    /// no allocation per request.
+    pub fn candidates(&self, secret: &SessionSecret) -> Candidates {
+        let mut candidates = Candidates {
+            items: [Candidate {
+                key_version: KeyVersion(0),
+                lookup_key: LookupKey([0; 32]),
+            }; MAX_KEY_VERSIONS],
+            len: self.keys.len(),
+        };
+        for (slot, key) in candidates.items.iter_mut().zip(&self.keys) {
+            *slot = derive(key, secret);
+        }
+        candidates
     }
 
     /// The lookup key of `secret` under the current version: what new and
@@ -361,6 +395,9 @@ impl KeyRingBuilder {
         if self.keys.is_empty() {
             return Err(KeyRingError::Empty);
         }
+        if self.keys.len() > MAX_KEY_VERSIONS {
+            return Err(KeyRingError::TooManyKeys(self.keys.len()));
+        }
         let current = match self.current {
             Some(v) => v,
             None if self.keys.len() == 1 => self.keys[0].0,
@@ -439,7 +476,7 @@ mod tests {
         let candidates = ring.candidates(&secret);
         let versions: Vec<_> = candidates.iter().map(|c| c.key_version.0).collect();
         assert_eq!(versions, [2, 1, 3]);
-        for c in &candidates {
+        for c in candidates.iter() {
             assert_eq!(ring.lookup_key(c.key_version, &secret), Some(c.lookup_key));
         }
         assert_ne!(candidates[0].lookup_key, candidates[1].lookup_key);
@@ -485,6 +522,11 @@ mod tests {
             KeyRing::builder().key_hex(1, "zz").build(),
             Err(KeyRingError::BadEncoding { .. })
         ));
+        let nine = (1..=9).fold(KeyRing::builder(), |b, v| b.key(v, [v as u8; 32]));
+        assert_eq!(
+            nine.current(1).build().unwrap_err(),
+            KeyRingError::TooManyKeys(9)
+        );
     }
 
     #[test]

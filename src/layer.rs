@@ -274,12 +274,12 @@ async fn resolve(
         return Ok((unknown, None));
     }
     let state = State {
-        current: Some(Box::new(Current {
+        current: Some(Current {
             slot: found.slot,
             key_version: found.key_version,
             record: found.record,
             maintain: true,
-        })),
+        }),
         ..State::default()
     };
     Ok((state, Some(secret)))

@@ -27,8 +27,8 @@ pub use config::{
 pub use extract::{ActiveSession, ActiveSessionRejection, MissingSessionLayer, Session};
 #[doc(inline)]
 pub use keys::{
-    Candidate, KeyRing, KeyRingBuilder, KeyRingError, KeyVersion, LOOKUP_DOMAIN, LookupKey,
-    MIN_KEY_LEN,
+    Candidate, Candidates, KeyRing, KeyRingBuilder, KeyRingError, KeyVersion, LOOKUP_DOMAIN,
+    LookupKey, MAX_KEY_VERSIONS, MIN_KEY_LEN,
 };
 #[doc(inline)]
 pub use layer::{ResponseFuture, SessionLayer, SessionService};

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 
@@ -365,8 +366,10 @@ impl ActiveSessionRecord {
 /// What [`SessionStore::find_active`](crate::SessionStore::find_active) found.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SessionMatch {
-    /// The matching record. It is active (not revoked, not expired).
-    pub record: SessionRecord,
+    /// The matching record. It is active (not revoked, not expired). Shared,
+    /// so a store that keeps records in memory hands out a reference count
+    /// rather than a copy.
+    pub record: Arc<SessionRecord>,
     /// The slot whose lookup key matched.
     pub slot: Slot,
     /// The key version of the matching candidate.

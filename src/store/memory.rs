@@ -1,7 +1,6 @@
 //! [`MemoryStore`]: sessions in a process-local map.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -36,10 +35,13 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Inner {
-    records: HashMap<SessionId, SessionRecord, RandomKeyHash>,
+    /// Shared with the requests that found them: a hit is a reference count,
+    /// not a copy; writes copy only a record a request still holds.
+    records: HashMap<SessionId, Arc<SessionRecord>, RandomKeyHash>,
     /// Both slots of every record, so a previous secret is found too.
     by_lookup: HashMap<LookupKey, SessionId, RandomKeyHash>,
-    by_subject: HashMap<String, HashSet<SessionId, RandomKeyHash>>,
+    /// Most subjects have one or two sessions: a list beats a hash set.
+    by_subject: HashMap<String, Vec<SessionId>>,
 }
 
 /// Hashes keys that are already uniformly random by their first 8 bytes.
@@ -104,7 +106,11 @@ impl MemoryStore {
 
     /// A copy of every stored record, for inspection and tests.
     pub fn records(&self) -> Vec<SessionRecord> {
-        self.read().records.values().cloned().collect()
+        self.read()
+            .records
+            .values()
+            .map(|r| (**r).clone())
+            .collect()
     }
 
     // No code panics while holding the lock, so a poisoned lock still guards
@@ -131,10 +137,10 @@ impl Inner {
         if let Some(previous) = record.previous {
             self.by_lookup.remove(&previous.credential.lookup_key);
         }
-        if let Entry::Occupied(mut ids) = self.by_subject.entry(record.subject) {
-            ids.get_mut().remove(id);
-            if ids.get().is_empty() {
-                ids.remove();
+        if let Some(ids) = self.by_subject.get_mut(record.subject.as_str()) {
+            ids.retain(|other| other != id);
+            if ids.is_empty() {
+                self.by_subject.remove(record.subject.as_str());
             }
         }
     }
@@ -198,8 +204,8 @@ impl SessionStore for MemoryStore {
             .by_subject
             .entry(record.subject.clone())
             .or_default()
-            .insert(record.id);
-        inner.records.insert(record.id, record.clone());
+            .push(record.id);
+        inner.records.insert(record.id, Arc::new(record.clone()));
         Ok(())
     }
 
@@ -224,6 +230,7 @@ impl SessionStore for MemoryStore {
         if inner.by_lookup.contains_key(&new_current.lookup_key) {
             return Err(StoreError::Conflict);
         }
+        let record = Arc::make_mut(record);
         if let Some(forgotten) = record.previous.take() {
             inner.by_lookup.remove(&forgotten.credential.lookup_key);
         }
@@ -250,6 +257,7 @@ impl SessionStore for MemoryStore {
             Some(record)
                 if record.is_active(last_seen_at) && record.last_seen_at < last_seen_at =>
             {
+                let record = Arc::make_mut(record);
                 record.last_seen_at = last_seen_at;
                 record.expires_at = cap(expires_at, record);
                 Ok(true)
@@ -271,19 +279,20 @@ impl SessionStore for MemoryStore {
         let Some(record) = inner.records.get_mut(id) else {
             return Ok(false);
         };
-        let credential = match slot {
-            Slot::Current => Some(&mut record.current),
-            Slot::Previous => record.previous.as_mut().map(|p| &mut p.credential),
-        };
-        let Some(credential) = credential else {
-            return Ok(false);
-        };
-        if record.revoked.is_some() || credential.lookup_key != *expected {
+        if record.revoked.is_some()
+            || record.credential(slot).map(|c| c.lookup_key) != Some(*expected)
+        {
             return Ok(false);
         }
         if inner.by_lookup.contains_key(new) {
             return Err(StoreError::Conflict);
         }
+        let record = Arc::make_mut(record);
+        let credential = match (slot, record.previous.as_mut()) {
+            (Slot::Current, _) => &mut record.current,
+            (Slot::Previous, Some(previous)) => &mut previous.credential,
+            (Slot::Previous, None) => return Ok(false),
+        };
         inner.by_lookup.remove(expected);
         inner.by_lookup.insert(*new, *id);
         *credential = Credential {
@@ -303,7 +312,7 @@ impl SessionStore for MemoryStore {
         let mut inner = self.write();
         match inner.records.get_mut(id) {
             Some(record) if record.is_active(now) => {
-                record.attributes = attributes.clone();
+                Arc::make_mut(record).attributes = attributes.clone();
                 Ok(true)
             }
             _ => Ok(false),
@@ -321,7 +330,7 @@ impl SessionStore for MemoryStore {
             None => RevokeOutcome::NotFound,
             Some(record) if record.revoked.is_some() => RevokeOutcome::AlreadyRevoked,
             Some(record) => {
-                record.revoked = Some(Revoked {
+                Arc::make_mut(record).revoked = Some(Revoked {
                     at: now,
                     revocation: revocation.clone(),
                 });
@@ -347,7 +356,7 @@ impl SessionStore for MemoryStore {
             if let Some(record) = inner.records.get_mut(id)
                 && record.revoked.is_none()
             {
-                record.revoked = Some(Revoked {
+                Arc::make_mut(record).revoked = Some(Revoked {
                     at: now,
                     revocation: revocation.clone(),
                 });

@@ -327,6 +327,7 @@ pub struct RedisStoreBuilder {
     password: Option<String>,
     timeout: Duration,
     connect_timeout: Duration,
+    root_certificate: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -337,11 +338,22 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("root_certificate", &self.root_certificate.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl RedisStoreBuilder {
+    /// Trusts the certificate authority in `pem` (and only it) for a
+    /// `rediss://` URL: for a server whose certificate a private CA signed.
+    /// Without it, the system's and the webpki roots are trusted.
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn root_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificate = Some(pem.into());
+        self
+    }
+
     /// The prefix of every key (default `ths:`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -391,7 +403,24 @@ impl RedisStoreBuilder {
             settings = settings.set_password(password);
         }
         info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(err)?;
+        let client = match self.root_certificate {
+            #[cfg(feature = "redis-tls")]
+            Some(pem) => {
+                // rustls needs a process-wide crypto provider; keep one the
+                // application installed, else install ring (ours).
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(info, certificates).map_err(err)?
+            }
+            _ => {
+                #[cfg(feature = "redis-tls")]
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                redis::Client::open(info).map_err(err)?
+            }
+        };
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.timeout))
             .set_connection_timeout(Some(self.connect_timeout))
@@ -432,6 +461,7 @@ impl RedisStore {
             password: None,
             timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
+            root_certificate: None,
         }
     }
 
@@ -675,7 +705,7 @@ impl SessionStore for RedisStore {
         }
         Ok(
             match_candidate(&record, candidates).map(|(slot, key_version)| SessionMatch {
-                record,
+                record: Arc::new(record),
                 slot,
                 key_version,
             }),

@@ -287,7 +287,7 @@ macro_rules! sql_store_impl {
                 Ok(
                     $crate::store::raw::match_candidate(&record, candidates).map(
                         |(slot, key_version)| $crate::SessionMatch {
-                            record,
+                            record: std::sync::Arc::new(record),
                             slot,
                             key_version,
                         },
