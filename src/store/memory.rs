@@ -203,7 +203,7 @@ impl SessionStore for MemoryStore {
         inner
             .by_subject
             .entry(record.subject.clone())
-            .or_default()
+            .or_insert_with(|| Vec::with_capacity(1))
             .push(record.id);
         inner.records.insert(record.id, Arc::new(record.clone()));
         Ok(())
