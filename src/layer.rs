@@ -357,10 +357,13 @@ async fn finish(session: &Session, secret: Option<SessionSecret>, response: Resp
         true => Maintenance::plan(manager, &current, now),
         false => None,
     };
-    let Some(plan) = plan else {
+    let (Some(plan), Some(target)) = (plan, Target::of(&current)) else {
         return response;
     };
-    let maintained: BoxFutureRef<'_, _> = Box::pin(maintain(manager, &current, &secret, plan, now));
+    // Release the request's share of the record before writing, so a store
+    // that keeps records in memory updates it in place instead of copying.
+    drop(current);
+    let maintained: BoxFutureRef<'_, _> = Box::pin(maintain(manager, &target, &secret, plan, now));
     if let Some(value) = maintained.await {
         response.headers_mut().append(SET_COOKIE, value);
     }
@@ -422,6 +425,26 @@ impl Maintenance {
     }
 }
 
+/// What maintenance needs of the resolved record: a few words, so the
+/// record itself can be released before the writes.
+struct Target {
+    id: crate::SessionId,
+    slot: Slot,
+    matched: Credential,
+    absolute_expires_at: OffsetDateTime,
+}
+
+impl Target {
+    fn of(current: &Current) -> Option<Self> {
+        Some(Self {
+            id: current.record.id,
+            slot: current.slot,
+            matched: current.record.credential(current.slot)?,
+            absolute_expires_at: current.record.absolute_expires_at,
+        })
+    }
+}
+
 /// Rotation when the access ttl has passed, else re-key to the current key
 /// version and slide the idle expiry when the touch interval has passed.
 ///
@@ -430,16 +453,15 @@ impl Maintenance {
 /// working. Returns the `Set-Cookie` value to send, if any.
 async fn maintain(
     manager: &SessionManager,
-    current: &Current,
+    target: &Target,
     secret: &SessionSecret,
     plan: Maintenance,
     now: OffsetDateTime,
 ) -> Option<http::HeaderValue> {
-    let record = &current.record;
-    let id = record.id;
+    let id = target.id;
     let keys = manager.key_ring();
-    let matched = record.credential(current.slot)?;
-    let expires_at = manager.sliding_expiry(now, record.absolute_expires_at);
+    let matched = target.matched;
+    let expires_at = manager.sliding_expiry(now, target.absolute_expires_at);
 
     if plan.rotate {
         let new_secret = SessionSecret::generate();
@@ -449,7 +471,7 @@ async fn maintain(
         let timestamps = RotationTimestamps {
             last_seen_at: now,
             expires_at,
-            access_expires_at: manager.access_expiry(now, record.absolute_expires_at),
+            access_expires_at: manager.access_expiry(now, target.absolute_expires_at),
         };
         let previous_valid_until =
             crate::manager::saturating_add(now, manager.config().rotation_grace());
@@ -482,7 +504,7 @@ async fn maintain(
                 "rekey",
                 manager.store().rekey(
                     &id,
-                    current.slot,
+                    target.slot,
                     &matched.lookup_key,
                     &new.lookup_key,
                     new.key_version,
