@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use tower_hmac_session::{KeyRing, MemoryStore, SessionConfig, SessionLayer, SessionManager};
+use tower_hmac_session::{MemoryStore, SessionConfig, SessionLayer, SessionManager};
+
+mod support;
 
 const ROUNDS: usize = 3;
 const SECONDS: u32 = 8;
@@ -60,19 +62,13 @@ fn main() {
         .unwrap();
     let (bare, layered, cookie) = rt.block_on(async {
         let bare = serve(Router::new().route("/", get(|| async { "ok" }))).await;
-        let keys = KeyRing::builder()
-            .key(1, [1u8; 32])
-            .key(2, [2u8; 32])
-            .current(2)
-            .build()
-            .unwrap();
         // Nothing becomes due during the run: this measures the read path.
         let config = SessionConfig::builder()
             .access_ttl(None)
             .touch_interval(Duration::from_secs(3600))
             .build()
             .unwrap();
-        let manager = SessionManager::new(MemoryStore::new(), keys, config);
+        let manager = SessionManager::new(MemoryStore::new(), support::ring(2), config);
         let issued = manager
             .create_session("user-42", Default::default())
             .await

@@ -14,13 +14,16 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
-use http::{Request, header};
+use http::Request;
 use time::macros::datetime;
 use tower::ServiceExt as _;
 use tower_hmac_session::{
     Attributes, Credential, KeyRing, KeyVersion, LookupKey, MemoryStore, MockClock, Session,
     SessionConfig, SessionId, SessionLayer, SessionManager, SessionRecord, SessionStore,
 };
+
+mod support;
+use support::get_req;
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -82,14 +85,6 @@ async fn per_request(router: &Router, n: u64, make: impl Fn() -> Request<Body>) 
     )
 }
 
-fn get_req(path: &str, cookie: Option<&str>) -> Request<Body> {
-    let mut req = Request::builder().uri(path);
-    if let Some(cookie) = cookie {
-        req = req.header(header::COOKIE, cookie);
-    }
-    req.body(Body::empty()).unwrap()
-}
-
 fn main() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -126,33 +121,9 @@ fn main() {
             )
             .layer(SessionLayer::new(manager));
 
-        let ts = Router::new()
-            .route("/", get(|| async { "ok" }))
-            .route(
-                "/read",
-                get(|s: tower_sessions::Session| async move {
-                    s.get::<String>("k").await.unwrap().unwrap_or_default()
-                }),
-            )
-            .route(
-                "/write",
-                get(|s: tower_sessions::Session| async move {
-                    s.insert("k", "v").await.unwrap();
-                    "ok"
-                }),
-            )
-            .layer(
-                tower_sessions::SessionManagerLayer::new(tower_sessions::MemoryStore::default())
-                    .with_secure(false),
-            );
+        let ts = support::tower_sessions();
         let res = ts.clone().oneshot(get_req("/write", None)).await.unwrap();
-        let ts_cookie = res.headers()[header::SET_COOKIE]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
+        let ts_cookie = support::set_cookie(&res, "id").expect("tower-sessions sets its cookie");
 
         println!("\n## Heap allocations per request (mean of {n})\n");
         println!("| scenario | allocations | bytes |\n|---|---:|---:|");

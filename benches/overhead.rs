@@ -20,14 +20,16 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::{get, post};
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{Request, header};
+use http::Request;
+use support::{get_req, ring, set_cookie, tower_sessions};
 use time::macros::datetime;
 use tower::ServiceExt as _;
 use tower_hmac_session::{
-    Attributes, Credential, KeyRing, KeyVersion, LookupKey, MemoryStore, MockClock, Session,
-    SessionConfig, SessionId, SessionLayer, SessionManager, SessionRecord, SessionSecret,
-    SessionStore,
+    Attributes, Credential, KeyVersion, LookupKey, MemoryStore, MockClock, Session, SessionConfig,
+    SessionId, SessionLayer, SessionManager, SessionRecord, SessionSecret, SessionStore,
 };
+
+mod support;
 
 const COOKIE: &str = "__Host-session";
 
@@ -38,35 +40,10 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn get_req(path: &str, cookie: Option<&str>) -> Request<Body> {
-    let mut req = Request::builder().uri(path);
-    if let Some(cookie) = cookie {
-        req = req.header(header::COOKIE, cookie);
-    }
-    req.body(Body::empty()).unwrap()
-}
-
 async fn call(router: &Router, req: Request<Body>) -> http::Response<Body> {
     let res = router.clone().oneshot(req).await.unwrap();
     assert!(res.status().is_success(), "{}", res.status());
     res
-}
-
-fn set_cookie(res: &http::Response<Body>, name: &str) -> Option<String> {
-    res.headers()
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .map(|v| v.split(';').next().unwrap().to_owned())
-}
-
-fn ring(versions: u32) -> KeyRing {
-    (1..=versions)
-        .fold(KeyRing::builder(), |b, v| b.key(v, [v as u8; 32]))
-        .current(versions)
-        .build()
-        .unwrap()
 }
 
 fn clock() -> MockClock {
@@ -162,25 +139,7 @@ fn bench_routers(c: &mut Criterion) {
     });
 
     // tower-sessions 0.15 on its memory store.
-    let ts = Router::new()
-        .route("/", get(|| async { "ok" }))
-        .route(
-            "/read",
-            get(|s: tower_sessions::Session| async move {
-                s.get::<String>("k").await.unwrap().unwrap_or_default()
-            }),
-        )
-        .route(
-            "/write",
-            get(|s: tower_sessions::Session| async move {
-                s.insert("k", "v").await.unwrap();
-                "ok"
-            }),
-        )
-        .layer(
-            tower_sessions::SessionManagerLayer::new(tower_sessions::MemoryStore::default())
-                .with_secure(false),
-        );
+    let ts = tower_sessions();
     let ts_cookie = rt.block_on(async {
         let res = call(&ts, get_req("/write", None)).await;
         set_cookie(&res, "id").expect("tower-sessions sets its cookie")

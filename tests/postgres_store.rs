@@ -11,9 +11,10 @@ mod common;
 use std::str::FromStr;
 use std::time::Duration;
 
-use common::{Harness, ring, unique};
+use common::{Harness, TestResponse, ring, unique};
 use http::StatusCode;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use tower::ServiceExt as _;
 use tower_hmac_session::SessionConfig;
 use tower_hmac_session::store::PostgresStore;
 
@@ -55,14 +56,6 @@ async fn drop_schema(pool: &PgPool, schema: &str) {
         .execute(pool)
         .await
         .unwrap();
-}
-
-fn rotating() -> SessionConfig {
-    SessionConfig::builder()
-        .access_ttl(Some(Duration::from_secs(900)))
-        .rotation_grace(Duration::from_secs(60))
-        .build()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,48 +135,22 @@ async fn a_revocation_through_one_instance_is_seen_by_the_other() {
     let Some((a, b, pool, schema)) = two_instances(SessionConfig::default()).await else {
         return;
     };
-    let secret = a.login("alice").await;
-    assert_eq!(b.call("GET", "/me", Some(&secret)).await.body, "alice");
-    let res = b.call("POST", "/logout", Some(&secret)).await;
-    assert!(res.clears_cookie());
-    assert_eq!(
-        a.call("GET", "/me", Some(&secret)).await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    common::revocation_is_shared(&a, &b).await;
     drop_schema(&pool, &schema).await;
 }
 
 #[tokio::test]
 async fn a_rotation_through_one_instance_is_seen_by_the_other() {
-    let Some((a, b, pool, schema)) = two_instances(rotating()).await else {
+    let Some((a, b, pool, schema)) = two_instances(common::rotating()).await else {
         return;
     };
-    let old = a.login("alice").await;
-    a.advance(901);
-    b.advance(901);
-    let new = b
-        .call("GET", "/me", Some(&old))
-        .await
-        .new_secret()
-        .expect("rotated");
-    assert_eq!(a.call("GET", "/me", Some(&new)).await.body, "alice");
-    let in_grace = a.call("GET", "/me", Some(&old)).await;
-    assert_eq!(in_grace.status, StatusCode::OK);
-    assert!(in_grace.raw_set_cookies.is_empty());
-    a.advance(61);
-    b.advance(61);
-    // A replay of the old secret through A revokes the session for B too.
-    assert!(a.call("GET", "/maybe", Some(&old)).await.clears_cookie());
-    assert_eq!(
-        b.call("GET", "/me", Some(&new)).await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    common::rotation_is_shared(&a, &b).await;
     drop_schema(&pool, &schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_rotation_through_both_instances_has_one_winner() {
-    let Some((a, b, pool, schema)) = two_instances(rotating()).await else {
+    let Some((a, b, pool, schema)) = two_instances(common::rotating()).await else {
         return;
     };
     let secret = a.login("alice").await;
@@ -232,7 +199,7 @@ async fn corrupt_rows_are_reported_as_corruption() {
     drop_schema(&pool, &schema).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_connection_gives_503s_and_the_store_recovers() {
     let name = unique("ths-terminate");
     let Some(store_pool) = pool(&name).await else {
@@ -253,6 +220,37 @@ async fn a_terminated_connection_gives_503s_and_the_store_recovers() {
         StatusCode::OK
     );
 
+    // Hold the table so the next lookup is provably in flight on the
+    // store's connection, then terminate that backend under it.
+    let mut lock = admin.begin().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "LOCK TABLE \"{schema}\".tower_hmac_sessions IN ACCESS EXCLUSIVE MODE"
+    ))
+    .execute(&mut *lock)
+    .await
+    .unwrap();
+    let in_flight = tokio::spawn(h.router.clone().oneshot(common::request(
+        "GET",
+        "/me",
+        Some(&secret),
+    )));
+    let mut waiting = false;
+    for _ in 0..500 {
+        waiting = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+             WHERE application_name = $1 AND wait_event_type = 'Lock')",
+        )
+        .bind(&name)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        if waiting {
+            break;
+        }
+        // Polling the server's own state: there is no clock to inject here.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(waiting, "the lookup never reached the server");
     let killed: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
     )
@@ -264,16 +262,22 @@ async fn a_terminated_connection_gives_503s_and_the_store_recovers() {
         !killed.is_empty() && killed.iter().all(|k| *k),
         "{killed:?}"
     );
+    let res = TestResponse::from(in_flight.await.unwrap().unwrap()).await;
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE, "{}", res.body);
+    assert!(
+        res.raw_set_cookies.is_empty(),
+        "no cookie change on a store error"
+    );
+    lock.rollback().await.unwrap();
 
-    // The pool's dead connections fail once each, as 503s that change no
-    // cookie; then fresh connections serve the same session again.
-    let mut unavailable = 0;
+    // Fresh connections serve the same session again: nothing was lost.
+    // Any idle connection that died with the others fails once, as a 503.
     let mut recovered = false;
     for _ in 0..12 {
         let res = h.call("GET", "/me", Some(&secret)).await;
         assert!(res.raw_set_cookies.is_empty());
         match res.status {
-            StatusCode::SERVICE_UNAVAILABLE => unavailable += 1,
+            StatusCode::SERVICE_UNAVAILABLE => continue,
             StatusCode::OK => {
                 assert_eq!(res.body, "alice");
                 recovered = true;
@@ -282,7 +286,6 @@ async fn a_terminated_connection_gives_503s_and_the_store_recovers() {
             other => panic!("unexpected {other}: {}", res.body),
         }
     }
-    assert!(unavailable >= 1, "the lost connection was not reported");
     assert!(recovered, "the store did not recover");
     drop_schema(&admin, &schema).await;
 }

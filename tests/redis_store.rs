@@ -81,14 +81,6 @@ async fn redis_store_passes_the_conformance_suite() {
     }
 }
 
-fn rotating() -> SessionConfig {
-    SessionConfig::builder()
-        .access_ttl(Some(Duration::from_secs(900)))
-        .rotation_grace(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
-
 /// Two app instances: separate connections and managers on one prefix.
 async fn two_instances(prefix: &str, config: SessionConfig) -> (Harness, Harness) {
     (
@@ -103,44 +95,9 @@ async fn revocation_and_rotation_through_one_instance_are_seen_by_the_other() {
         return;
     };
     let prefix = unique("ths-instances") + ":";
-    let (a, b) = two_instances(&prefix, rotating()).await;
-
-    let secret = a.login("alice").await;
-    assert_eq!(b.call("GET", "/me", Some(&secret)).await.body, "alice");
-    assert!(
-        b.call("POST", "/logout", Some(&secret))
-            .await
-            .clears_cookie()
-    );
-    assert_eq!(
-        a.call("GET", "/me", Some(&secret)).await.status,
-        StatusCode::UNAUTHORIZED
-    );
-
-    let old = a.login("bob").await;
-    a.advance(901);
-    b.advance(901);
-    let new = b
-        .call("GET", "/me", Some(&old))
-        .await
-        .new_secret()
-        .expect("rotated");
-    assert_eq!(a.call("GET", "/me", Some(&new)).await.body, "bob");
-    assert_eq!(
-        a.call("GET", "/me", Some(&old)).await.status,
-        StatusCode::OK,
-        "in grace"
-    );
-    a.advance(61);
-    b.advance(61);
-    assert!(
-        a.call("GET", "/maybe", Some(&old)).await.clears_cookie(),
-        "replay"
-    );
-    assert_eq!(
-        b.call("GET", "/me", Some(&new)).await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    let (a, b) = two_instances(&prefix, common::rotating()).await;
+    common::revocation_is_shared(&a, &b).await;
+    common::rotation_is_shared(&a, &b).await;
     cleanup(&mut admin, &prefix).await;
 }
 
@@ -150,7 +107,7 @@ async fn concurrent_rotation_through_both_instances_has_one_winner() {
         return;
     };
     let prefix = unique("ths-race") + ":";
-    let (a, b) = two_instances(&prefix, rotating()).await;
+    let (a, b) = two_instances(&prefix, common::rotating()).await;
     let secret = a.login("alice").await;
     a.advance(901);
     b.advance(901);

@@ -23,14 +23,6 @@ fn touch_only() -> SessionConfig {
         .unwrap()
 }
 
-fn rotating() -> SessionConfig {
-    SessionConfig::builder()
-        .access_ttl(Some(Duration::from_secs(15 * MIN)))
-        .rotation_grace(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn sliding_expiry_writes_at_most_once_per_touch_interval() {
     let h = Harness::with(touch_only(), ring(1, &[1]));
@@ -116,7 +108,7 @@ async fn an_idle_session_expires() {
 
 #[tokio::test]
 async fn rotated_cookie_works_in_grace_and_revokes_the_session_after() {
-    let h = Harness::with(rotating(), ring(1, &[1]));
+    let h = Harness::with(common::rotating(), ring(1, &[1]));
     let old = h.login("alice").await;
     h.advance(10 * MIN);
     let res = h.call("GET", "/me", Some(&old)).await;
@@ -181,7 +173,7 @@ async fn reuse_detection_can_be_turned_off() {
 
 #[tokio::test]
 async fn a_secret_two_rotations_old_is_unknown() {
-    let h = Harness::with(rotating(), ring(1, &[1]));
+    let h = Harness::with(common::rotating(), ring(1, &[1]));
     let first = h.login("alice").await;
     h.advance(15 * MIN);
     let second = h
@@ -234,7 +226,7 @@ async fn rotation_does_not_extend_past_the_absolute_lifetime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_due_for_rotation_rotate_exactly_once() {
-    let h = Harness::with(rotating(), ring(1, &[1]));
+    let h = Harness::with(common::rotating(), ring(1, &[1]));
     let secret = h.login("alice").await;
     h.advance(16 * MIN);
     h.store.reset_counts();

@@ -561,3 +561,52 @@ where
         assert!(res.raw_set_cookies.is_empty(), "{case}");
     }
 }
+
+/// Access ttl 900 s, grace 60 s: what the two-instance rotation checks use.
+pub fn rotating() -> SessionConfig {
+    SessionConfig::builder()
+        .access_ttl(Some(Duration::from_secs(900)))
+        .rotation_grace(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Two app instances on one shared store: a logout through `b` is seen by
+/// `a` on its next request.
+pub async fn revocation_is_shared(a: &Harness, b: &Harness) {
+    let secret = a.login("alice").await;
+    assert_eq!(b.call("GET", "/me", Some(&secret)).await.body, "alice");
+    assert!(
+        b.call("POST", "/logout", Some(&secret))
+            .await
+            .clears_cookie()
+    );
+    let after = a.call("GET", "/me", Some(&secret)).await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+}
+
+/// Two app instances on one shared store (configured with [`rotating`]): a
+/// rotation through `b` is seen by `a`, the old secret works through `a` in
+/// grace, and its replay after grace through `a` ends the session for `b`.
+pub async fn rotation_is_shared(a: &Harness, b: &Harness) {
+    let old = a.login("bob").await;
+    a.advance(901);
+    b.advance(901);
+    let new = b
+        .call("GET", "/me", Some(&old))
+        .await
+        .new_secret()
+        .expect("rotated");
+    assert_eq!(a.call("GET", "/me", Some(&new)).await.body, "bob");
+    let in_grace = a.call("GET", "/me", Some(&old)).await;
+    assert_eq!(in_grace.status, StatusCode::OK);
+    assert!(in_grace.raw_set_cookies.is_empty());
+    a.advance(61);
+    b.advance(61);
+    assert!(
+        a.call("GET", "/maybe", Some(&old)).await.clears_cookie(),
+        "replay"
+    );
+    let after = b.call("GET", "/me", Some(&new)).await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+}
