@@ -182,6 +182,7 @@ async fn corrupt_rows_are_reported_as_corruption() {
         "current_key_version = 5000000000",
         "expires_at = absolute_expires_at + interval '1 second'",
         "id = '\\x0102'::bytea",
+        "previous_lookup_key = '\\x0102'::bytea, previous_key_version = 1, previous_valid_until = now()",
     ];
     common::assert_damage_is_corruption(&h, &cases, |user, _id, set| {
         let (pool, schema) = (pool.clone(), schema.clone());

@@ -193,6 +193,8 @@ async fn corrupt_hashes_are_reported_as_corruption() {
         "id=ABABABABABABABABABABABABABABABAB",
         "unexpected_field=1",
         "previous_key_version=1",
+        "current_lookup_key=0102",
+        "current_lookup_key=ZZ00000000000000000000000000000000000000000000000000000000000000",
     ];
     common::assert_damage_is_corruption(&h, &cases, |_user, id, case| {
         let mut admin = admin.clone();

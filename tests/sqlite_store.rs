@@ -96,6 +96,7 @@ async fn corrupt_rows_are_reported_as_corruption() {
         "expires_at = absolute_expires_at + 1",
         "id = x'0102'",
         "created_at = 9223372036854775807",
+        "previous_lookup_key = x'0102', previous_key_version = 1, previous_valid_until = 0",
     ];
     common::assert_damage_is_corruption(&h, &cases, |user, _id, set| {
         let pool = store.pool().clone();
