@@ -9,8 +9,6 @@
 //! cargo bench --bench memory
 //! ```
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
@@ -18,8 +16,8 @@ use http::Request;
 use time::macros::datetime;
 use tower::ServiceExt as _;
 use tower_hmac_session::{
-    Attributes, Credential, KeyRing, KeyVersion, LookupKey, MemoryStore, MockClock, Session,
-    SessionConfig, SessionId, SessionLayer, SessionManager, SessionRecord, SessionStore,
+    Attributes, MemoryStore, MockClock, Session, SessionConfig, SessionLayer, SessionManager,
+    SessionStore,
 };
 
 mod support;
@@ -28,38 +26,15 @@ use support::get_req;
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
-fn record(i: u64) -> SessionRecord {
-    let now = datetime!(2030-01-01 00:00 UTC);
-    // Random, as real lookup keys (HMAC outputs) are.
-    let key = *tower_hmac_session::SessionSecret::generate().expose_bytes();
-    SessionRecord {
-        id: SessionId::generate(),
-        // A typical user id: 12 bytes.
-        subject: format!("user-{i:07}"),
-        created_at: now,
-        last_seen_at: now,
-        expires_at: now + Duration::from_secs(3600),
-        absolute_expires_at: now + Duration::from_secs(7200),
-        access_expires_at: now + Duration::from_secs(900),
-        current: Credential {
-            lookup_key: LookupKey::from_bytes(key),
-            key_version: KeyVersion(1),
-        },
-        previous: None,
-        revoked: None,
-        attributes: Attributes::new(),
-    }
-}
-
 async fn bytes_per_session(n: u64) -> f64 {
     let store = MemoryStore::new();
     // Warm up past the first table growths, then measure the net heap growth.
     for i in 0..1000 {
-        store.insert(&record(i)).await.unwrap();
+        store.insert(&support::filler_record(i)).await.unwrap();
     }
     let before = dhat::HeapStats::get().curr_bytes;
     for i in 1000..1000 + n {
-        store.insert(&record(i)).await.unwrap();
+        store.insert(&support::filler_record(i)).await.unwrap();
     }
     let after = dhat::HeapStats::get().curr_bytes;
     (after - before) as f64 / n as f64
@@ -101,14 +76,12 @@ fn main() {
         let n = 10_000;
         let bare = Router::new().route("/", get(|| async { "ok" }));
 
-        let keys = KeyRing::builder()
-            .key(1, [1u8; 32])
-            .key(2, [2u8; 32])
-            .current(2)
-            .build()
-            .unwrap();
-        let manager = SessionManager::new(MemoryStore::new(), keys, SessionConfig::default())
-            .with_clock(MockClock::new(datetime!(2030-01-01 00:00 UTC)));
+        let manager = SessionManager::new(
+            MemoryStore::new(),
+            support::ring(2),
+            SessionConfig::default(),
+        )
+        .with_clock(MockClock::new(datetime!(2030-01-01 00:00 UTC)));
         let mut attributes = Attributes::new();
         attributes.insert("k".into(), "v".into());
         let issued = manager.create_session("user-42", attributes).await.unwrap();

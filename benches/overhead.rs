@@ -25,8 +25,8 @@ use support::{get_req, ring, set_cookie, tower_sessions};
 use time::macros::datetime;
 use tower::ServiceExt as _;
 use tower_hmac_session::{
-    Attributes, Credential, KeyVersion, LookupKey, MemoryStore, MockClock, Session, SessionConfig,
-    SessionId, SessionLayer, SessionManager, SessionRecord, SessionSecret, SessionStore,
+    Attributes, MemoryStore, MockClock, Session, SessionConfig, SessionLayer, SessionManager,
+    SessionSecret, SessionStore,
 };
 
 mod support;
@@ -91,31 +91,10 @@ async fn session(
     )
 }
 
-/// `n` live sessions with random lookup keys (as real HMAC outputs are),
-/// inserted directly.
+/// `n` live sessions with random lookup keys, inserted directly.
 async fn fill(store: &MemoryStore, n: usize) {
-    let now = datetime!(2030-01-01 00:00 UTC);
-    for i in 0..n {
-        let key = *SessionSecret::generate().expose_bytes();
-        store
-            .insert(&SessionRecord {
-                id: SessionId::generate(),
-                subject: format!("filler-{i}"),
-                created_at: now,
-                last_seen_at: now,
-                expires_at: now + Duration::from_secs(7 * 24 * 3600),
-                absolute_expires_at: now + Duration::from_secs(30 * 24 * 3600),
-                access_expires_at: now + Duration::from_secs(900),
-                current: Credential {
-                    lookup_key: LookupKey::from_bytes(key),
-                    key_version: KeyVersion(1),
-                },
-                previous: None,
-                revoked: None,
-                attributes: Attributes::new(),
-            })
-            .await
-            .unwrap();
+    for i in 0..n as u64 {
+        store.insert(&support::filler_record(i)).await.unwrap();
     }
 }
 

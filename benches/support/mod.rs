@@ -59,3 +59,30 @@ pub fn tower_sessions() -> Router {
                 .with_secure(false),
         )
 }
+
+/// A live session record for `user-{i:07}` (a 12-byte subject) at 2030-01-01,
+/// with a random lookup key under version 1, as real HMAC outputs are, and
+/// no attributes: what the store-size benches fill stores with.
+pub fn filler_record(i: u64) -> tower_hmac_session::SessionRecord {
+    use std::time::Duration;
+    use tower_hmac_session::{
+        Attributes, Credential, KeyVersion, LookupKey, SessionId, SessionRecord, SessionSecret,
+    };
+    let now = time::macros::datetime!(2030-01-01 00:00 UTC);
+    SessionRecord {
+        id: SessionId::generate(),
+        subject: format!("user-{i:07}"),
+        created_at: now,
+        last_seen_at: now,
+        expires_at: now + Duration::from_secs(7 * 24 * 3600),
+        absolute_expires_at: now + Duration::from_secs(30 * 24 * 3600),
+        access_expires_at: now + Duration::from_secs(900),
+        current: Credential {
+            lookup_key: LookupKey::from_bytes(*SessionSecret::generate().expose_bytes()),
+            key_version: KeyVersion(1),
+        },
+        previous: None,
+        revoked: None,
+        attributes: Attributes::new(),
+    }
+}
