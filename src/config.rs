@@ -516,6 +516,41 @@ mod tests {
     }
 
     #[test]
+    fn set_cookie_values_render_every_attribute() {
+        let default = SessionConfig::default();
+        assert_eq!(
+            default.cookie.set_cookie("abc", 60),
+            "__Host-session=abc; Max-Age=60; Path=/; Secure; HttpOnly; SameSite=Lax"
+        );
+        assert_eq!(
+            default.cookie.removal(),
+            "__Host-session=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; \
+             Path=/; Secure; HttpOnly; SameSite=Lax"
+        );
+        let custom = SessionConfig::builder()
+            .cookie_name("sid")
+            .cookie_path("/app")
+            .cookie_domain(Some("example.com".into()))
+            .cookie_http_only(false)
+            .cookie_same_site(SameSite::Strict)
+            .build()
+            .unwrap();
+        assert_eq!(
+            custom.cookie.set_cookie("v", 5),
+            "sid=v; Max-Age=5; Path=/app; Domain=example.com; Secure; SameSite=Strict"
+        );
+        let dev = SessionConfig::builder()
+            .cookie_name("dev")
+            .cookie_secure(false)
+            .build()
+            .unwrap();
+        assert_eq!(
+            dev.cookie.set_cookie("v", 1),
+            "dev=v; Max-Age=1; Path=/; HttpOnly; SameSite=Lax"
+        );
+    }
+
+    #[test]
     fn contradictory_lifetimes_are_rejected() {
         let b = SessionConfig::builder;
         assert!(b().idle_timeout(Duration::ZERO).build().is_err());

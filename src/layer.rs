@@ -569,4 +569,48 @@ mod tests {
         assert!(find_secret(&headers(&[format!("xsid={good}").as_bytes()]), "sid").is_none());
         assert!(find_secret(&headers(&[b"sid=\xff\xfe; \x80"]), "sid").is_none());
     }
+
+    #[test]
+    fn arbitrary_header_bytes_never_panic_and_only_real_secrets_parse() {
+        use rand::{Rng as _, RngCore as _};
+        let mut rng = rand::rng();
+        let alphabet = b"sid=; \t\"AZaz09-_+/\xff\x80";
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..120);
+            let mut bytes = vec![0u8; len];
+            if rng.random_bool(0.5) {
+                rng.fill_bytes(&mut bytes);
+            } else {
+                for b in &mut bytes {
+                    *b = alphabet[rng.random_range(0..alphabet.len())];
+                }
+            }
+            // Header values cannot hold control bytes other than tab.
+            bytes.retain(|&b| b == b'\t' || !b.is_ascii_control());
+            // A third of the time, a real secret hides among the junk.
+            let planted = rng.random_bool(0.33).then(SessionSecret::generate);
+            if let Some(secret) = &planted {
+                let at = rng.random_range(0..=bytes.len());
+                let cookie = format!("; sid={}; ", secret.encode());
+                bytes.splice(at..at, cookie.bytes());
+            }
+            let Ok(value) = HeaderValue::from_bytes(&bytes) else {
+                continue;
+            };
+            let mut map = HeaderMap::new();
+            map.append(COOKIE, value);
+            let found = find_secret(&map, "sid");
+            if let Some(secret) = &found {
+                // Whatever parsed is canonical: it re-encodes to a value
+                // that was in the header.
+                let encoded = secret.encode();
+                assert!(bytes.windows(43).any(|w| w == encoded.as_bytes()));
+            }
+            if planted.is_some() {
+                // Junk before it may hold an earlier well-formed value; the
+                // planted one is found unless one comes first.
+                assert!(found.is_some(), "a planted secret was missed");
+            }
+        }
+    }
 }
