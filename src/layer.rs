@@ -244,7 +244,7 @@ async fn resolve(
     secret: SessionSecret,
     now: OffsetDateTime,
 ) -> Result<(State, Option<SessionSecret>), StoreError> {
-    let candidates = manager.key_ring().candidates(&secret);
+    let candidates = manager.keys().candidates(&secret);
     let found = manager
         .call("find_active", manager.store().find_active(&candidates, now))
         .await?;
@@ -405,7 +405,7 @@ impl Maintenance {
     fn plan(manager: &SessionManager, current: &Current, now: OffsetDateTime) -> Option<Self> {
         let record = &current.record;
         let config = manager.config();
-        let rekey = current.key_version != manager.key_ring().current();
+        let rekey = current.key_version != manager.keys().current();
         let plan = match current.slot {
             // In-grace request with the old secret: the client has (or will
             // get) the new one. Only move it off a retired key version.
@@ -459,6 +459,7 @@ async fn maintain(
     now: OffsetDateTime,
 ) -> Option<http::HeaderValue> {
     let id = target.id;
+    // Owned, not a guard: it lives across the store writes.
     let keys = manager.key_ring();
     let matched = target.matched;
     let expires_at = manager.sliding_expiry(now, target.absolute_expires_at);

@@ -176,6 +176,12 @@ impl SessionManager {
         self.inner.keys.load_full()
     }
 
+    /// The key ring in force, borrowed for one request: no reference-count
+    /// traffic on the hot path.
+    pub(crate) fn keys(&self) -> arc_swap::Guard<Arc<KeyRing>> {
+        self.inner.keys.load()
+    }
+
     /// Replaces the key ring while the server runs: every clone of this
     /// manager, and every layer built from one, uses `keys` from the next
     /// request on. Add a key and make it current to rotate without logging
@@ -249,7 +255,7 @@ impl SessionManager {
         validate_subject(&subject).map_err(SessionError::InvalidSubject)?;
         validate_attributes(&attributes).map_err(SessionError::InvalidAttributes)?;
         let secret = SessionSecret::generate();
-        let candidate = self.key_ring().current_candidate(&secret);
+        let candidate = self.keys().current_candidate(&secret);
         let absolute_expires_at = saturating_add(now, self.inner.config.absolute_lifetime);
         let record = SessionRecord {
             id: SessionId::generate(),
