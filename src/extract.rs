@@ -192,6 +192,13 @@ impl Session {
         let manager = self.manager();
         let now = self.now();
         let (record, secret) = manager.new_record(subject.into(), attributes, now)?;
+        // Insert first, then end the old session: if either fails, the old
+        // session is still there (nothing lost). A new record whose login
+        // failed is unreachable (its secret was never sent) and expires.
+        manager
+            .call("insert", manager.store().insert(&record))
+            .await?;
+        tracing::info!(session.id = %record.id, "session created by login");
         if let Some(old) = self.id() {
             let revocation = Revocation::new(RevocationReason::ReplacedByLogin);
             manager
@@ -199,10 +206,6 @@ impl Session {
                 .await?;
             tracing::info!(session.id = %old, "session replaced by a new login");
         }
-        manager
-            .call("insert", manager.store().insert(&record))
-            .await?;
-        tracing::info!(session.id = %record.id, "session created by login");
         let active = record.to_active(record.current.key_version);
         let mut state = self.lock();
         state.cookie = CookieChange::Set {

@@ -173,6 +173,19 @@ async fn a_failing_login_stages_no_cookie() {
 }
 
 #[tokio::test]
+async fn a_login_that_fails_to_store_the_new_session_keeps_the_old_one() {
+    let h = Harness::new();
+    let alice = h.login("alice").await;
+    *h.store.fail_only.lock().unwrap() = Some("insert");
+    let res = h.call("POST", "/login?user=bob", Some(&alice)).await;
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.raw_set_cookies.is_empty(), "no cookie change");
+    *h.store.fail_only.lock().unwrap() = None;
+    // Nothing was lost: the old session still works.
+    assert_eq!(h.call("GET", "/me", Some(&alice)).await.body, "alice");
+}
+
+#[tokio::test]
 async fn extractors_without_the_layer_answer_500_naming_session_layer() {
     let app = axum::Router::new()
         .route("/session", get(|_s: Session| async { "unreachable" }))

@@ -81,6 +81,8 @@ pub struct TestStore {
     pub counts: Counts,
     pub fail_reads: AtomicBool,
     pub fail_writes: AtomicBool,
+    /// Fails only this one operation (by trait method name).
+    pub fail_only: std::sync::Mutex<Option<&'static str>>,
     pub hang: AtomicBool,
 }
 
@@ -102,6 +104,7 @@ impl TestStore {
             counts: Counts::default(),
             fail_reads: AtomicBool::new(false),
             fail_writes: AtomicBool::new(false),
+            fail_only: std::sync::Mutex::new(None),
             hang: AtomicBool::new(false),
         }
     }
@@ -115,7 +118,8 @@ impl TestStore {
         } else {
             &self.fail_reads
         };
-        if fail.load(Ordering::SeqCst) {
+        let only = *self.fail_only.lock().unwrap() == Some(operation);
+        if only || fail.load(Ordering::SeqCst) {
             return Err(StoreError::backend(
                 operation,
                 std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "test outage"),
