@@ -62,6 +62,7 @@ pub(crate) struct Queries {
     /// `(found, revoked)`; SQLite: a plain update, then `exists`.
     pub(crate) revoke: String,
     /// `$1` id.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) exists: String,
     /// `$1` subject, `$2` now, `$3` reason, `$4` actor, `$5` except.
     pub(crate) revoke_all: String,
