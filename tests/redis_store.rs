@@ -191,6 +191,8 @@ async fn corrupt_hashes_are_reported_as_corruption() {
         "subject=",
         "revoked_reason=bogus",
         "id=ABABABABABABABABABABABABABABABAB",
+        // Well-formed, but not the id of the key the hash lives under.
+        "id=0000000000000000000000000000000a",
         "unexpected_field=1",
         "previous_key_version=1",
         "current_lookup_key=0102",

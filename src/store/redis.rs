@@ -84,13 +84,24 @@ local function revoke_one(id, now, reason, has_actor, actor)
 end
 "#;
 
-/// ARGV: P, candidate lookup keys… Returns the first matching hash, or `{}`.
+/// The id a hash was found under, then the hash's field/value pairs: the
+/// decoder checks that the hash's own `id` field agrees.
+const PRELUDE_WITH_ID: &str = r#"
+local function with_id(id, h)
+  local out = {id}
+  for _, v in ipairs(h) do out[#out + 1] = v end
+  return out
+end
+"#;
+
+/// ARGV: P, candidate lookup keys… Returns the first matching record as
+/// `{id, field, value, …}`, or `{}`.
 const FIND: &str = r#"
 for i = 2, #ARGV do
   local id = redis.call('GET', kkey(ARGV[i]))
   if id then
     local h = redis.call('HGETALL', skey(id))
-    if #h > 0 then return h end
+    if #h > 0 then return with_id(id, h) end
   end
 end
 return {}
@@ -190,12 +201,13 @@ end
 return n
 "#;
 
-/// ARGV: P, subject. Every stored hash of the subject, newest first.
+/// ARGV: P, subject. Every stored record of the subject, newest first,
+/// each as `{id, field, value, …}`.
 const LIST: &str = r#"
 local out = {}
 for _, id in ipairs(redis.call('ZREVRANGE', P .. 'u:' .. ARGV[2], 0, -1)) do
   local h = redis.call('HGETALL', skey(id))
-  if #h > 0 then out[#out + 1] = h end
+  if #h > 0 then out[#out + 1] = with_id(id, h) end
 end
 return out
 "#;
@@ -256,7 +268,7 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Self {
-        let s = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        let s = |body: &str| Script::new(&format!("{PRELUDE}{PRELUDE_WITH_ID}{body}"));
         Self {
             find: s(FIND),
             insert: s(INSERT),
@@ -559,13 +571,19 @@ fn micros(t: OffsetDateTime) -> String {
     to_micros(t).to_string()
 }
 
-/// Decodes a hash's field/value list strictly: every field known, every
-/// value in its one canonical spelling.
-fn decode_hash(fields: Vec<Vec<u8>>) -> Result<SessionRecord, StoreError> {
-    if !fields.len().is_multiple_of(2) {
-        return Err(StoreError::corrupt(None, "a hash reply has an odd length"));
-    }
+/// Decodes `{id, field, value, …}` strictly: every field known, every value
+/// in its one canonical spelling, and the hash's own `id` the id it is
+/// stored under, so a damaged hash can never pass for another session.
+fn decode_hash(reply: Vec<Vec<u8>>) -> Result<SessionRecord, StoreError> {
     let corrupt = |reason: String| StoreError::corrupt(None, reason);
+    let mut reply = reply.into_iter();
+    let stored_under = reply
+        .next()
+        .ok_or_else(|| corrupt("an empty record reply".into()))?;
+    let fields: Vec<Vec<u8>> = reply.collect();
+    if !fields.len().is_multiple_of(2) {
+        return Err(corrupt("a hash reply has an odd length".into()));
+    }
     let mut raw = RawRecord::default();
     let (mut id, mut version, mut key) = (false, false, false);
     let mut pairs = fields.into_iter();
@@ -622,7 +640,14 @@ fn decode_hash(fields: Vec<Vec<u8>>) -> Result<SessionRecord, StoreError> {
             "the id, lookup key or key version is missing".into(),
         ));
     }
-    raw.decode()
+    let record = raw.decode()?;
+    if hex_of(record.id.as_bytes()).as_bytes() != stored_under.as_slice() {
+        return Err(StoreError::corrupt(
+            Some(record.id),
+            "the hash's id is not the id it is stored under",
+        ));
+    }
+    Ok(record)
 }
 
 /// The hash's field/value pairs for a new record.
