@@ -141,6 +141,9 @@ pub enum KeyRingError {
         /// The encoding that was expected.
         encoding: &'static str,
     },
+    /// A `version:key` list is malformed.
+    #[error("malformed key list: {0}")]
+    Malformed(&'static str),
     /// The environment variable is missing or malformed.
     #[error("environment variable `{name}`: {reason}")]
     Env {
@@ -213,7 +216,7 @@ impl KeyRing {
             std::env::VarError::NotUnicode(_) => env_err("not valid UTF-8"),
         })?);
         Self::parse_list(&value).map_err(|e| match e {
-            KeyRingError::Env { reason, .. } => env_err(reason),
+            KeyRingError::Malformed(reason) => env_err(reason),
             other => other,
         })
     }
@@ -224,10 +227,7 @@ impl KeyRing {
     ///
     /// As [`from_env`](Self::from_env).
     pub fn parse_list(list: &str) -> Result<Self, KeyRingError> {
-        let malformed = |reason| KeyRingError::Env {
-            name: String::new(),
-            reason,
-        };
+        let malformed = KeyRingError::Malformed;
         let mut builder = Self::builder();
         let mut first = None;
         for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -554,8 +554,14 @@ mod tests {
             from_list.lookup_key(KeyVersion(1), &secret),
             Some(a.lookup_key)
         );
-        assert!(KeyRing::parse_list("1").is_err());
-        assert!(KeyRing::parse_list("x:AAAA").is_err());
+        assert!(matches!(
+            KeyRing::parse_list("1"),
+            Err(KeyRingError::Malformed(_))
+        ));
+        assert!(matches!(
+            KeyRing::parse_list("x:AAAA"),
+            Err(KeyRingError::Malformed(_))
+        ));
         assert_eq!(KeyRing::parse_list(" ").unwrap_err(), KeyRingError::Empty);
     }
 
