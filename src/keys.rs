@@ -1,6 +1,14 @@
 //! Versioned HMAC keys and lookup-key derivation: all of the crate's
 //! cryptography is in this file.
 //!
+//! HMAC-SHA256 is computed from two precomputed SHA-256 states (the key's
+//! inner and outer pads absorbed once, when the ring is built) and
+//! `sha2::compress256`: the domain tag and the 32-byte secret fit one block,
+//! so a lookup key costs two compressions and no key setup. The construction
+//! is RFC 2104's; the tests check it against the `hmac` crate and RFC 4231.
+//! We keep the states ourselves, rather than `hmac::Hmac` values, because
+//! those cannot be wiped: ours are zeroized when a ring is dropped.
+//!
 //! A store never sees a cookie secret. It sees
 //! `HMAC-SHA256(key[v], DOMAIN || secret)`, the *lookup key*, computed under
 //! a versioned server key. A leaked store therefore yields nothing a client
@@ -11,18 +19,27 @@
 use std::fmt;
 
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use zeroize::Zeroizing;
+use sha2::Digest as _;
+use zeroize::{Zeroize as _, Zeroizing};
 
-use crate::secret::SessionSecret;
-
-type HmacSha256 = Hmac<Sha256>;
+use crate::secret::{SECRET_LEN, SessionSecret};
 
 /// Domain tag for session lookup keys. Any other use of the same keys (a CSRF
-/// token, say) must use its own tag, so that one derivation can never stand
-/// in for another.
-pub const LOOKUP_DOMAIN: &[u8] = b"tower-hmac-session/v1/session-lookup\0";
+/// token, say) must use its own tag of the same form (`ths/v1/<purpose>\0`),
+/// so that one derivation can never stand in for another. At most 23 bytes,
+/// so that tag and secret fit one SHA-256 block after the key's pad.
+pub const LOOKUP_DOMAIN: &[u8] = b"ths/v1/lookup\0";
+
+/// The most cookie values considered per request (a browser may send
+/// several cookies of one name: other paths, or a sibling subdomain's).
+pub const MAX_COOKIE_VALUES: usize = 4;
+
+/// The SHA-256 initial state (FIPS 180-4, 5.3.3).
+const SHA256_IV: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+const BLOCK: usize = 64;
+const _: () = assert!(LOOKUP_DOMAIN.len() + SECRET_LEN + 9 <= BLOCK);
 
 /// The shortest server key accepted, in bytes.
 pub const MIN_KEY_LEN: usize = 32;
@@ -81,20 +98,24 @@ impl fmt::Debug for LookupKey {
     }
 }
 
-/// One lookup key a store should try, with the key version it was made under.
+/// One lookup key a store should try, with the key version it was made under
+/// and the cookie value it came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Candidate {
     /// The key version the lookup key was derived under.
     pub key_version: KeyVersion,
     /// The derived lookup key.
     pub lookup_key: LookupKey,
+    /// Which of the request's cookie values (0-based) it was derived from.
+    pub value_index: u8,
 }
 
-/// The candidates of one secret: a slice of up to [`MAX_KEY_VERSIONS`]
-/// [`Candidate`]s, current version first.
+/// The candidates of a request's secrets: a slice of up to
+/// [`MAX_COOKIE_VALUES`] × [`MAX_KEY_VERSIONS`] [`Candidate`]s, by value, and
+/// for each value the current version first. On the stack.
 #[derive(Clone, Copy, Debug)]
 pub struct Candidates {
-    items: [Candidate; MAX_KEY_VERSIONS],
+    items: [Candidate; MAX_COOKIE_VALUES * MAX_KEY_VERSIONS],
     len: usize,
 }
 
@@ -124,6 +145,15 @@ pub enum KeyRingError {
     /// Two keys share a version.
     #[error("key version {0} appears more than once")]
     DuplicateVersion(KeyVersion),
+    /// The same key bytes appear under two versions: sessions under one
+    /// could never be re-keyed to the other.
+    #[error("key versions {first} and {second} have the same key bytes")]
+    DuplicateKey {
+        /// The version given first.
+        first: KeyVersion,
+        /// The version given second.
+        second: KeyVersion,
+    },
     /// The current version names no key in the ring.
     #[error("the current version {0} is not in the key ring")]
     CurrentNotInRing(KeyVersion),
@@ -154,15 +184,83 @@ pub enum KeyRingError {
     },
 }
 
-/// One server key: the version and its precomputed keyed HMAC state.
+/// One server key: the version and its precomputed HMAC states.
+///
+/// It holds the SHA-256 states after the key's inner and outer pads, not the
+/// raw key (wiped after setup). They are as sensitive as the key (they let
+/// anyone compute lookup keys), so they are zeroized on drop, in every clone.
 #[derive(Clone)]
 struct VersionedKey {
     version: KeyVersion,
-    /// The HMAC state after keying it and absorbing [`LOOKUP_DOMAIN`]:
-    /// cloning it per request skips key setup (two SHA-256 blocks) and the
-    /// domain prefix. It holds the derived inner/outer pad states, not the
-    /// raw key; the raw key was zeroized after setup.
-    lookup_state: HmacSha256,
+    inner: [u32; 8],
+    outer: [u32; 8],
+}
+
+impl Drop for VersionedKey {
+    fn drop(&mut self) {
+        self.inner.zeroize();
+        self.outer.zeroize();
+    }
+}
+
+impl VersionedKey {
+    fn new(version: KeyVersion, key: &[u8]) -> Self {
+        // RFC 2104: a key longer than a block is hashed first; then zero-padded.
+        let mut block = Zeroizing::new([0u8; BLOCK]);
+        if key.len() > BLOCK {
+            let digest = Zeroizing::new(<[u8; 32]>::from(sha2::Sha256::digest(key)));
+            block[..32].copy_from_slice(&*digest);
+        } else {
+            block[..key.len()].copy_from_slice(key);
+        }
+        let mut pad = Zeroizing::new([0u8; BLOCK]);
+        let mut state = |byte: u8| {
+            for (p, k) in pad.iter_mut().zip(block.iter()) {
+                *p = k ^ byte;
+            }
+            let mut state = SHA256_IV;
+            compress(&mut state, &pad);
+            state
+        };
+        Self {
+            version,
+            inner: state(0x36),
+            outer: state(0x5c),
+        }
+    }
+
+    /// `HMAC-SHA256(key, LOOKUP_DOMAIN || secret)`: one compression for the
+    /// inner hash (tag, secret and padding fill one block), one for the outer.
+    fn lookup_key(&self, secret: &SessionSecret) -> LookupKey {
+        let message = LOOKUP_DOMAIN.len() + SECRET_LEN;
+        // The block holds the secret: wiped when it goes out of scope.
+        let mut block = Zeroizing::new([0u8; BLOCK]);
+        block[..LOOKUP_DOMAIN.len()].copy_from_slice(LOOKUP_DOMAIN);
+        block[LOOKUP_DOMAIN.len()..message].copy_from_slice(secret.expose_bytes());
+        block[message] = 0x80;
+        block[BLOCK - 8..].copy_from_slice(&(((BLOCK + message) * 8) as u64).to_be_bytes());
+        let mut inner = Zeroizing::new(self.inner);
+        compress(&mut inner, &block);
+
+        let mut outer_block = [0u8; BLOCK];
+        for (chunk, word) in outer_block[..32].chunks_exact_mut(4).zip(inner.iter()) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        outer_block[32] = 0x80;
+        outer_block[BLOCK - 8..].copy_from_slice(&(((BLOCK + 32) * 8) as u64).to_be_bytes());
+        let mut outer = self.outer;
+        compress(&mut outer, &outer_block);
+        let mut out = [0u8; 32];
+        for (chunk, word) in out.chunks_exact_mut(4).zip(outer.iter()) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        outer.zeroize();
+        LookupKey(out)
+    }
+}
+
+fn compress(state: &mut [u32; 8], block: &[u8; BLOCK]) {
+    sha2::compress256(state, std::slice::from_ref(block.into()));
 }
 
 /// The server's versioned HMAC keys: exactly one current version for every
@@ -262,26 +360,41 @@ impl KeyRing {
         self.keys.iter().any(|k| k.version == version)
     }
 
-    /// One lookup key per accepted version, current first. On the stack:
+    /// One lookup key per secret (at most [`MAX_COOKIE_VALUES`]) and accepted
+    /// version: secret by secret, each current version first. On the stack:
     /// no allocation per request.
-    pub fn candidates(&self, secret: &SessionSecret) -> Candidates {
+    pub fn candidates<'a>(
+        &self,
+        secrets: impl IntoIterator<Item = &'a SessionSecret>,
+    ) -> Candidates {
         let mut candidates = Candidates {
             items: [Candidate {
                 key_version: KeyVersion(0),
                 lookup_key: LookupKey([0; 32]),
-            }; MAX_KEY_VERSIONS],
-            len: self.keys.len(),
+                value_index: 0,
+            }; MAX_COOKIE_VALUES * MAX_KEY_VERSIONS],
+            len: 0,
         };
-        for (slot, key) in candidates.items.iter_mut().zip(&self.keys) {
-            *slot = derive(key, secret);
+        for (index, secret) in secrets.into_iter().take(MAX_COOKIE_VALUES).enumerate() {
+            for key in &self.keys {
+                candidates.items[candidates.len] = Candidate {
+                    key_version: key.version,
+                    lookup_key: key.lookup_key(secret),
+                    value_index: index as u8,
+                };
+                candidates.len += 1;
+            }
         }
         candidates
     }
 
-    /// The lookup key of `secret` under the current version: what new and
+    /// The credential of `secret` under the current version: what new and
     /// re-keyed records store.
-    pub fn current_candidate(&self, secret: &SessionSecret) -> Candidate {
-        derive(&self.keys[0], secret)
+    pub fn current_credential(&self, secret: &SessionSecret) -> crate::Credential {
+        crate::Credential {
+            lookup_key: self.keys[0].lookup_key(secret),
+            key_version: self.keys[0].version,
+        }
     }
 
     /// The lookup key of `secret` under `version`, if the ring has it.
@@ -289,17 +402,7 @@ impl KeyRing {
         self.keys
             .iter()
             .find(|k| k.version == version)
-            .map(|k| derive(k, secret).lookup_key)
-    }
-}
-
-/// `HMAC-SHA256(key[v], DOMAIN || secret)` from the precomputed state.
-fn derive(key: &VersionedKey, secret: &SessionSecret) -> Candidate {
-    let mut mac = key.lookup_state.clone();
-    mac.update(secret.expose_bytes());
-    Candidate {
-        key_version: key.version,
-        lookup_key: LookupKey(mac.finalize().into_bytes().into()),
+            .map(|k| k.lookup_key(secret))
     }
 }
 
@@ -414,14 +517,17 @@ impl KeyRingBuilder {
             if keys.iter().any(|k| k.version == *version) {
                 return Err(KeyRingError::DuplicateVersion(*version));
             }
-            // HMAC accepts keys of any length; the length check above is ours.
-            let mut lookup_state = HmacSha256::new_from_slice(bytes)
-                .expect("HMAC-SHA256 accepts keys of every length");
-            lookup_state.update(LOOKUP_DOMAIN);
-            keys.push(VersionedKey {
-                version: *version,
-                lookup_state,
-            });
+            // Comparing key bytes with each other at build time leaks
+            // nothing a request can observe.
+            if let Some((first, _)) = self.keys.iter().find(|(v, b)| v != version && b == bytes) {
+                let (first, second) = if keys.iter().any(|k| k.version == *first) {
+                    (*first, *version)
+                } else {
+                    (*version, *first)
+                };
+                return Err(KeyRingError::DuplicateKey { first, second });
+            }
+            keys.push(VersionedKey::new(*version, bytes));
         }
         let position = keys
             .iter()
@@ -447,40 +553,92 @@ mod tests {
             .unwrap()
     }
 
+    use hmac::{Hmac, Mac};
+
+    fn reference_hmac(key: &[u8], message: &[&[u8]]) -> [u8; 32] {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+        for part in message {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
     #[test]
     fn lookup_key_is_domain_separated_hmac_sha256() {
-        let ring = ring(1, &[1]);
-        let secret = SessionSecret::from_bytes([9; 32]);
-        let mut mac = HmacSha256::new_from_slice(&[1u8; 32]).unwrap();
-        mac.update(b"tower-hmac-session/v1/session-lookup\0");
-        mac.update(&[9; 32]);
-        let expected: [u8; 32] = mac.finalize().into_bytes().into();
-        assert_eq!(
-            ring.current_candidate(&secret).lookup_key.as_bytes(),
-            &expected
-        );
+        for key in [vec![1u8; 32], vec![0xab; 64], vec![7u8; 65], vec![3u8; 200]] {
+            let ring = KeyRing::builder().key(1, &key).build().unwrap();
+            let secret = SessionSecret::from_bytes([9; 32]);
+            let expected = reference_hmac(&key, &[b"ths/v1/lookup\0", &[9; 32]]);
+            assert_eq!(
+                ring.current_credential(&secret).lookup_key.as_bytes(),
+                &expected
+            );
+            let plain = reference_hmac(&key, &[&[9; 32]]);
+            assert_ne!(
+                ring.current_credential(&secret).lookup_key.as_bytes(),
+                &plain
+            );
+        }
+    }
 
-        let mut undomained = HmacSha256::new_from_slice(&[1u8; 32]).unwrap();
-        undomained.update(&[9; 32]);
-        let plain: [u8; 32] = undomained.finalize().into_bytes().into();
-        assert_ne!(
-            ring.current_candidate(&secret).lookup_key.as_bytes(),
-            &plain
+    #[test]
+    fn derivation_matches_rfc_4231_where_the_message_fits() {
+        // RFC 4231 test case 2 has a 28-byte message; ours always fits one
+        // block after the pad, as does this: check the pad states against
+        // the reference on the standard key instead.
+        let key = b"Jefe";
+        let versioned = VersionedKey::new(KeyVersion(1), key);
+        let mut iv = SHA256_IV;
+        let mut pad = [0x36u8; 64];
+        for (p, k) in pad.iter_mut().zip(key) {
+            *p ^= k;
+        }
+        compress(&mut iv, &pad);
+        assert_eq!(versioned.inner, iv);
+        let secret = SessionSecret::from_bytes([0x42; 32]);
+        assert_eq!(
+            versioned.lookup_key(&secret).as_bytes(),
+            &reference_hmac(key, &[LOOKUP_DOMAIN, &[0x42; 32]])
         );
     }
 
     #[test]
-    fn candidates_cover_every_version_current_first() {
+    fn candidates_cover_every_value_and_version_current_first() {
         let ring = ring(2, &[1, 2, 3]);
-        let secret = SessionSecret::from_bytes([5; 32]);
-        let candidates = ring.candidates(&secret);
-        let versions: Vec<_> = candidates.iter().map(|c| c.key_version.0).collect();
-        assert_eq!(versions, [2, 1, 3]);
+        let secrets = [
+            SessionSecret::from_bytes([5; 32]),
+            SessionSecret::from_bytes([6; 32]),
+        ];
+        let candidates = ring.candidates(&secrets);
+        let seen: Vec<_> = candidates
+            .iter()
+            .map(|c| (c.value_index, c.key_version.0))
+            .collect();
+        assert_eq!(seen, [(0, 2), (0, 1), (0, 3), (1, 2), (1, 1), (1, 3)]);
         for c in candidates.iter() {
-            assert_eq!(ring.lookup_key(c.key_version, &secret), Some(c.lookup_key));
+            let secret = &secrets[c.value_index as usize];
+            assert_eq!(ring.lookup_key(c.key_version, secret), Some(c.lookup_key));
         }
         assert_ne!(candidates[0].lookup_key, candidates[1].lookup_key);
-        assert_eq!(ring.lookup_key(KeyVersion(9), &secret), None);
+        assert_eq!(ring.lookup_key(KeyVersion(9), &secrets[0]), None);
+        let many: Vec<_> = (0..6).map(|i| SessionSecret::from_bytes([i; 32])).collect();
+        assert_eq!(ring.candidates(&many).len(), MAX_COOKIE_VALUES * 3);
+    }
+
+    #[test]
+    fn the_same_key_under_two_versions_is_refused() {
+        assert_eq!(
+            KeyRing::builder()
+                .key(1, [4; 32])
+                .key(2, [4; 32])
+                .current(2)
+                .build()
+                .unwrap_err(),
+            KeyRingError::DuplicateKey {
+                first: KeyVersion(1),
+                second: KeyVersion(2)
+            }
+        );
     }
 
     #[test]
@@ -547,8 +705,8 @@ mod tests {
         ))
         .unwrap();
         let secret = SessionSecret::from_bytes([3; 32]);
-        let a = from_hex.current_candidate(&secret);
-        assert_eq!(a, from_b64.current_candidate(&secret));
+        let a = from_hex.current_credential(&secret);
+        assert_eq!(a, from_b64.current_credential(&secret));
         assert_eq!(from_list.current(), KeyVersion(7));
         assert_eq!(
             from_list.lookup_key(KeyVersion(1), &secret),
@@ -577,7 +735,7 @@ mod tests {
         let debug = format!("{ring:?} {:?}", KeyRing::builder().key(1, [0xcd; 32]));
         assert!(!debug.contains("205") && !debug.to_lowercase().contains("cd"));
         let secret = SessionSecret::from_bytes([1; 32]);
-        let candidate = format!("{:?}", ring.current_candidate(&secret));
+        let candidate = format!("{:?}", ring.current_credential(&secret));
         assert!(candidate.contains("<redacted>"));
     }
 }

@@ -1,8 +1,11 @@
 //! Session records: what stores keep and what handlers see.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use time::OffsetDateTime;
 
@@ -12,11 +15,15 @@ use crate::secret::fill_random;
 /// The longest subject accepted, in bytes.
 pub const MAX_SUBJECT_LEN: usize = 256;
 
-/// The largest attribute map accepted, in bytes of compact JSON.
-pub const MAX_ATTRIBUTES_LEN: usize = 4096;
+/// The largest session data accepted, in bytes of compact JSON.
+pub const MAX_DATA_LEN: usize = 4096;
 
-/// A session's attributes: a small JSON object (device label, tenant, …).
-pub type Attributes = serde_json::Map<String, serde_json::Value>;
+/// The longest user agent recorded, in bytes.
+pub const MAX_USER_AGENT_LEN: usize = 256;
+
+/// A session's data: a small JSON object (a CSRF token, a flash message, a
+/// theme, …).
+pub type Data = serde_json::Map<String, serde_json::Value>;
 
 /// The opaque, random identifier of a session.
 ///
@@ -193,13 +200,16 @@ pub struct Revoked {
 }
 
 /// Which credential slot of a record a lookup key is in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Slot {
     /// The secret the client should be using now.
     Current,
-    /// The secret that was current before the last rotation, accepted until
-    /// its `valid_until`.
+    /// The secret that was current before the last rotation: valid while the
+    /// current one is unconfirmed, then for a grace window.
     Previous,
+    /// A successor that a re-rotation replaced before anyone presented it.
+    /// Presenting it means two parties hold the session's cookies.
+    Superseded,
 }
 
 /// A credential slot: the lookup key of one secret, and its key version.
@@ -211,41 +221,73 @@ pub struct Credential {
     pub key_version: KeyVersion,
 }
 
-/// The previous credential slot: a rotated-away secret, still accepted until
-/// `valid_until` so that requests already in flight are served.
+/// The previous credential slot: the secret that was current before the
+/// last rotation.
+///
+/// While the current secret is unconfirmed (`valid_until` is `None`) the
+/// client may never have received it (a lost response), so the previous
+/// secret stays valid; once a request presents the current secret, the
+/// previous one is valid until `valid_until`, for requests in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PreviousCredential {
     /// The rotated-away credential.
     pub credential: Credential,
-    /// The end of its grace window.
-    pub valid_until: OffsetDateTime,
+    /// When the last rotation (or re-rotation) issued the current secret:
+    /// a previous secret presented within the grace after it is a request
+    /// in flight.
+    pub rotated_at: OffsetDateTime,
+    /// The end of its grace window; `None` while the current secret is
+    /// unconfirmed.
+    pub valid_until: Option<OffsetDateTime>,
 }
 
 /// A session as a store keeps it.
+///
+/// Stores treat it as a whole: every write but `insert` and the revocations
+/// is a compare-and-swap on [`generation`](Self::generation)
+/// ([`SessionStore::replace`](crate::SessionStore::replace)). The rules that
+/// produce the next record live in one place in the crate, not in stores.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SessionRecord {
     /// Opaque, random, store-wide unique.
     pub id: SessionId,
-    /// Whom the session belongs to: non-empty, at most [`MAX_SUBJECT_LEN`] bytes.
-    pub subject: String,
+    /// Incremented by every replacement: the compare-and-swap token.
+    pub generation: u64,
+    /// Whom the session belongs to: `None` for a session before login;
+    /// otherwise non-empty, at most [`MAX_SUBJECT_LEN`] bytes.
+    pub subject: Option<String>,
     /// When the session was created.
     pub created_at: OffsetDateTime,
+    /// When the subject last proved who they are (login, re-authentication);
+    /// `None` before login.
+    pub authenticated_at: Option<OffsetDateTime>,
     /// When the session was last used (updated at most once per touch interval).
     pub last_seen_at: OffsetDateTime,
     /// Idle expiry: slides on use, never past `absolute_expires_at`.
     pub expires_at: OffsetDateTime,
     /// Hard cap on the session's life; never extended.
     pub absolute_expires_at: OffsetDateTime,
+    /// This session's idle timeout (whole seconds).
+    pub idle_timeout: Duration,
+    /// Whether the cookie carries `Max-Age` (runs to `absolute_expires_at`)
+    /// or lasts for the browser session.
+    pub persistent: bool,
     /// When the current secret is due for rotation.
     pub access_expires_at: OffsetDateTime,
     /// The current secret's credential.
     pub current: Credential,
-    /// The previous secret's credential, within or past its grace window.
+    /// The previous secret's credential.
     pub previous: Option<PreviousCredential>,
+    /// A successor replaced by a re-rotation before anyone presented it.
+    pub superseded: Option<Credential>,
     /// Set once, never cleared.
     pub revoked: Option<Revoked>,
-    /// A small JSON map: device label, tenant, user agent, application data.
-    pub attributes: Attributes,
+    /// The client's `User-Agent` at login (at most [`MAX_USER_AGENT_LEN`] bytes).
+    pub user_agent: Option<String>,
+    /// The client's address at login.
+    pub client_ip: Option<IpAddr>,
+    /// Small typed data handlers keep in the session.
+    pub data: Data,
 }
 
 impl SessionRecord {
@@ -254,16 +296,21 @@ impl SessionRecord {
         self.revoked.is_none() && now < self.expires_at && now < self.absolute_expires_at
     }
 
-    /// The view handlers and lists get, with the key version of `slot`.
+    /// The view handlers and lists get, with the key version of the matched
+    /// credential.
     pub fn to_active(&self, key_version: KeyVersion) -> ActiveSessionRecord {
         ActiveSessionRecord {
             id: self.id,
             subject: self.subject.clone(),
             created_at: self.created_at,
+            authenticated_at: self.authenticated_at,
             last_seen_at: self.last_seen_at,
             expires_at: self.expires_at,
             absolute_expires_at: self.absolute_expires_at,
-            attributes: self.attributes.clone(),
+            persistent: self.persistent,
+            user_agent: self.user_agent.clone(),
+            client_ip: self.client_ip,
+            data: self.data.clone(),
             key_version,
         }
     }
@@ -273,25 +320,53 @@ impl SessionRecord {
         match slot {
             Slot::Current => Some(self.current),
             Slot::Previous => self.previous.map(|p| p.credential),
+            Slot::Superseded => self.superseded,
         }
     }
 
+    /// Every credential the record holds, with its slot.
+    pub fn credentials(&self) -> impl Iterator<Item = (Slot, Credential)> + '_ {
+        [Slot::Current, Slot::Previous, Slot::Superseded]
+            .into_iter()
+            .filter_map(|slot| self.credential(slot).map(|c| (slot, c)))
+    }
+
+    /// The slot holding `candidate` (same lookup key and key version), if any.
+    pub fn slot_of(&self, lookup_key: &LookupKey, key_version: KeyVersion) -> Option<Slot> {
+        self.credentials()
+            .find(|(_, c)| c.lookup_key == *lookup_key && c.key_version == key_version)
+            .map(|(slot, _)| slot)
+    }
+
     /// Checks the invariants every store relies on; a record read back from a
-    /// store that fails them is corrupt.
+    /// store that fails them is corrupt, and one given to a store is refused.
     pub fn validate(&self) -> Result<(), &'static str> {
-        validate_subject(&self.subject)?;
+        if let Some(subject) = &self.subject {
+            validate_subject(subject)?;
+        }
         if self.expires_at > self.absolute_expires_at {
             return Err("expires_at is past absolute_expires_at");
         }
         if self.last_seen_at < self.created_at {
             return Err("last_seen_at is before created_at");
         }
-        if let Some(previous) = &self.previous
-            && previous.credential.lookup_key == self.current.lookup_key
-        {
-            return Err("current and previous slots hold the same lookup key");
+        if self.idle_timeout.subsec_nanos() != 0 || self.idle_timeout.is_zero() {
+            return Err("the idle timeout is not a positive whole number of seconds");
         }
-        validate_attributes(&self.attributes)
+        if self.idle_timeout.as_secs() > i64::MAX as u64 {
+            return Err("the idle timeout is out of range");
+        }
+        if self.subject.is_none() && self.authenticated_at.is_some() {
+            return Err("a session without a subject has an authentication time");
+        }
+        let keys: Vec<LookupKey> = self.credentials().map(|(_, c)| c.lookup_key).collect();
+        if (1..keys.len()).any(|i| keys[..i].contains(&keys[i])) {
+            return Err("two slots hold the same lookup key");
+        }
+        if let Some(user_agent) = &self.user_agent {
+            validate_user_agent(user_agent)?;
+        }
+        validate_data(&self.data)
     }
 }
 
@@ -309,15 +384,89 @@ pub(crate) fn validate_subject(subject: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Checks an attribute map's size: at most [`MAX_ATTRIBUTES_LEN`] bytes of compact JSON.
-pub(crate) fn validate_attributes(attributes: &Attributes) -> Result<(), &'static str> {
-    if attributes.is_empty() {
+/// Checks a user agent: at most [`MAX_USER_AGENT_LEN`] bytes, no control characters.
+pub(crate) fn validate_user_agent(user_agent: &str) -> Result<(), &'static str> {
+    if user_agent.len() > MAX_USER_AGENT_LEN {
+        return Err("the user agent is longer than 256 bytes");
+    }
+    if user_agent.chars().any(char::is_control) {
+        return Err("the user agent contains control characters");
+    }
+    Ok(())
+}
+
+/// Checks session data: at most [`MAX_DATA_LEN`] bytes of compact JSON, and
+/// no NUL character in any key or string (so every backend stores the same
+/// values: PostgreSQL's `jsonb` cannot hold one).
+pub(crate) fn validate_data(data: &Data) -> Result<(), &'static str> {
+    if data.is_empty() {
         return Ok(());
     }
-    match serde_json::to_vec(attributes) {
-        Ok(json) if json.len() <= MAX_ATTRIBUTES_LEN => Ok(()),
-        Ok(_) => Err("the attributes are larger than 4096 bytes of JSON"),
-        Err(_) => Err("the attributes cannot be serialized"),
+    fn has_nul(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(has_nul),
+            serde_json::Value::Object(map) => {
+                map.iter().any(|(k, v)| k.contains('\0') || has_nul(v))
+            }
+            _ => false,
+        }
+    }
+    if data.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        return Err("session data holds a NUL character");
+    }
+    match serde_json::to_vec(data) {
+        Ok(json) if json.len() <= MAX_DATA_LEN => Ok(()),
+        Ok(_) => Err("the session data is larger than 4096 bytes of JSON"),
+        Err(_) => Err("the session data cannot be serialized"),
+    }
+}
+
+/// A change to session data: keys set and keys removed, applied by
+/// [`DataPatch::apply`] on whatever the record holds when it is written, so
+/// two requests changing different keys both persist and a key one request
+/// removed is never written back by another.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DataPatch {
+    set: Data,
+    removed: BTreeSet<String>,
+}
+
+impl DataPatch {
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.removed.is_empty()
+    }
+
+    /// Sets `key` to `value` (and forgets an earlier removal of it).
+    pub fn set(&mut self, key: String, value: serde_json::Value) {
+        self.removed.remove(&key);
+        self.set.insert(key, value);
+    }
+
+    /// Removes `key` (and forgets an earlier set of it).
+    pub fn remove(&mut self, key: String) {
+        self.set.remove(&key);
+        self.removed.insert(key);
+    }
+
+    /// What the patch does to `key`: `Some(Some(value))` sets it,
+    /// `Some(None)` removes it, `None` leaves it alone.
+    pub fn get(&self, key: &str) -> Option<Option<&serde_json::Value>> {
+        match self.set.get(key) {
+            Some(value) => Some(Some(value)),
+            None => self.removed.contains(key).then_some(None),
+        }
+    }
+
+    /// Applies the patch to `data`.
+    pub fn apply(&self, data: &mut Data) {
+        for key in &self.removed {
+            data.remove(key);
+        }
+        for (key, value) in &self.set {
+            data.insert(key.clone(), value.clone());
+        }
     }
 }
 
@@ -327,27 +476,35 @@ pub(crate) fn validate_attributes(attributes: &Attributes) -> Result<(), &'stati
 pub struct ActiveSessionRecord {
     /// The session's id.
     pub id: SessionId,
-    /// Whom it belongs to.
-    pub subject: String,
+    /// Whom it belongs to; `None` before login.
+    pub subject: Option<String>,
     /// When it was created.
     pub created_at: OffsetDateTime,
+    /// When the subject last proved who they are; `None` before login.
+    pub authenticated_at: Option<OffsetDateTime>,
     /// When it was last used (precise to the touch interval).
     pub last_seen_at: OffsetDateTime,
     /// Idle expiry.
     pub expires_at: OffsetDateTime,
     /// Hard expiry.
     pub absolute_expires_at: OffsetDateTime,
-    /// The session's attributes.
-    pub attributes: Attributes,
+    /// Whether the cookie outlives the browser session.
+    pub persistent: bool,
+    /// The client's `User-Agent` at login.
+    pub user_agent: Option<String>,
+    /// The client's address at login.
+    pub client_ip: Option<IpAddr>,
+    /// The session's data.
+    pub data: Data,
     /// The key version of the credential that matched (for lists: of the
     /// current credential).
     pub key_version: KeyVersion,
 }
 
 impl ActiveSessionRecord {
-    /// Whom the session belongs to.
-    pub fn subject(&self) -> &str {
-        &self.subject
+    /// Whom the session belongs to; `None` before login.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
     }
 
     /// The session's id.
@@ -355,15 +512,13 @@ impl ActiveSessionRecord {
         self.id
     }
 
-    /// Reads one attribute as `T`; `None` if absent or of another shape.
-    pub fn attribute<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
-        self.attributes
-            .get(key)
-            .and_then(|v| T::deserialize(v).ok())
+    /// Reads one data value as `T`; `None` if absent or of another shape.
+    pub fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        self.data.get(key).and_then(|v| T::deserialize(v).ok())
     }
 }
 
-/// What [`SessionStore::find_active`](crate::SessionStore::find_active) found.
+/// One record [`SessionStore::find_active`](crate::SessionStore::find_active) matched.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SessionMatch {
     /// The matching record. It is active (not revoked, not expired). Shared,
@@ -374,6 +529,8 @@ pub struct SessionMatch {
     pub slot: Slot,
     /// The key version of the matching candidate.
     pub key_version: KeyVersion,
+    /// Which cookie value the matching candidate came from.
+    pub value_index: u8,
 }
 
 impl SessionMatch {
@@ -381,26 +538,26 @@ impl SessionMatch {
     pub fn lookup_key(&self) -> Option<LookupKey> {
         self.record.credential(self.slot).map(|c| c.lookup_key)
     }
-
-    /// Whether the match is a previous secret presented after its grace
-    /// window: a replay of a rotated token.
-    pub fn is_stale_previous(&self, now: OffsetDateTime) -> bool {
-        match (self.slot, &self.record.previous) {
-            (Slot::Previous, Some(previous)) => now >= previous.valid_until,
-            _ => false,
-        }
-    }
 }
 
-/// The new timestamps a rotation writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RotationTimestamps {
-    /// The request's time.
-    pub last_seen_at: OffsetDateTime,
-    /// The new idle expiry (stores cap it at `absolute_expires_at`).
-    pub expires_at: OffsetDateTime,
-    /// When the new secret is due for rotation.
-    pub access_expires_at: OffsetDateTime,
+/// How many live sessions use one key version; see
+/// [`SessionStore::count_by_key_version`](crate::SessionStore::count_by_key_version).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VersionCount {
+    /// Seen within the recent window: their clients are active, and each is
+    /// re-keyed to the current version on its next request.
+    pub recent: u64,
+    /// Not seen within the window. A dormant session's secret is only ever
+    /// presented by its own client, so it cannot be re-keyed ahead of time:
+    /// retiring the version ends these sessions.
+    pub dormant: u64,
+}
+
+impl VersionCount {
+    /// Every live session under the version.
+    pub fn total(&self) -> u64 {
+        self.recent + self.dormant
+    }
 }
 
 /// The outcome of [`SessionStore::revoke`](crate::SessionStore::revoke).
@@ -410,7 +567,7 @@ pub enum RevokeOutcome {
     Revoked,
     /// The session was revoked before; nothing changed.
     AlreadyRevoked,
-    /// No such session (never existed, or purged).
+    /// No such session (never existed, purged, or not the given subject's).
     NotFound,
 }
 
@@ -437,16 +594,52 @@ mod tests {
     }
 
     #[test]
-    fn subjects_and_attributes_are_bounded() {
+    fn subjects_and_data_are_bounded() {
         assert!(validate_subject("").is_err());
         assert!(validate_subject(&"a".repeat(257)).is_err());
         assert!(validate_subject("a\nb").is_err());
         assert!(validate_subject("user-42").is_ok());
-        let mut big = Attributes::new();
+        let mut big = Data::new();
         big.insert("x".into(), "y".repeat(5000).into());
-        assert!(validate_attributes(&big).is_err());
-        let mut small = Attributes::new();
+        assert!(validate_data(&big).is_err());
+        let mut small = Data::new();
         small.insert("device".into(), "laptop".into());
-        assert!(validate_attributes(&small).is_ok());
+        assert!(validate_data(&small).is_ok());
+    }
+
+    #[test]
+    fn nul_characters_are_refused_anywhere_in_data() {
+        for value in [
+            serde_json::json!("a\u{0}b"),
+            serde_json::json!(["ok", "n\u{0}"]),
+            serde_json::json!({"in\u{0}key": 1}),
+        ] {
+            let mut data = Data::new();
+            data.insert("k".into(), value);
+            assert!(validate_data(&data).is_err());
+        }
+        let mut key = Data::new();
+        key.insert("k\u{0}".into(), 1.into());
+        assert!(validate_data(&key).is_err());
+    }
+
+    #[test]
+    fn patches_set_and_remove_on_the_data_they_are_applied_to() {
+        let mut patch = DataPatch::default();
+        patch.set("a".into(), 1.into());
+        patch.remove("b".into());
+        patch.set("c".into(), 3.into());
+        patch.remove("c".into());
+        let mut data = Data::new();
+        data.insert("b".into(), 2.into());
+        data.insert("c".into(), 0.into());
+        data.insert("d".into(), 4.into());
+        patch.apply(&mut data);
+        assert_eq!(
+            serde_json::Value::Object(data),
+            serde_json::json!({"a": 1, "d": 4})
+        );
+        assert!(DataPatch::default().is_empty());
+        assert!(!patch.is_empty());
     }
 }

@@ -14,10 +14,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::keys::{Candidate, KeyVersion, LookupKey};
+use crate::keys::{Candidate, KeyVersion};
 use crate::record::{
-    ActiveSessionRecord, Attributes, Credential, Revocation, RevokeOutcome, RotationTimestamps,
-    SessionId, SessionMatch, SessionRecord, Slot,
+    ActiveSessionRecord, Revocation, RevokeOutcome, SessionId, SessionMatch, SessionRecord,
+    VersionCount,
 };
 
 #[cfg(feature = "memory")]
@@ -84,7 +84,7 @@ pub enum StoreError {
         reason: String,
     },
     /// A record given to the store breaks an invariant (an empty subject,
-    /// oversized attributes, …).
+    /// oversized data, …).
     #[error("invalid session record: {0}")]
     Invalid(&'static str),
     /// The store did not apply a write the request depends on: the session
@@ -119,83 +119,82 @@ impl StoreError {
 ///
 /// Each method is one atomic operation on the backend (one round trip where
 /// the backend allows), and each write applies only under its stated
-/// condition, returning whether it did. Timestamps are passed in, never read
-/// from the store's clock, so a test clock governs every rule.
+/// condition, checked when the write happens, returning whether it did.
+/// Timestamps are passed in, never read from the store's clock, so a test
+/// clock governs every rule.
+///
+/// The session's lifecycle (confirm, rotate, re-rotate, renew, touch,
+/// re-key, data patches) is decided by the crate, which hands the store the
+/// next version of the record; the store only has to apply it atomically
+/// with [`replace`](Self::replace), a compare-and-swap on
+/// [`SessionRecord::generation`]. So no backend can get a rule subtly
+/// different from another.
 ///
 /// Implement it for your own backend and run the
 /// [`conformance`](crate::conformance) suite against it.
 #[async_trait]
 pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Finds the record whose current or previous slot holds one of
-    /// `candidates` (with the same key version), and which is not revoked
-    /// and expires neither idly nor absolutely at or before `now`.
+    /// Every record active at `now` (not revoked, and expiring neither idly
+    /// nor absolutely at or before `now`) that holds one of `candidates` in
+    /// any slot (current, previous or superseded) with the candidate's key
+    /// version. One [`SessionMatch`] per matching candidate, carrying the
+    /// slot, the key version and the candidate's `value_index`; the order is
+    /// unspecified.
     ///
-    /// A previous-slot match past its `valid_until` is still returned (the
-    /// caller detects the replay with [`SessionMatch::is_stale_previous`]).
+    /// A previous secret past its grace and a superseded secret are
+    /// returned like any other match: the caller decides that they are reuse.
     async fn find_active(
         &self,
         candidates: &[Candidate],
         now: OffsetDateTime,
-    ) -> Result<Option<SessionMatch>, StoreError>;
+    ) -> Result<Vec<SessionMatch>, StoreError>;
+
+    /// The record `id` if it is active at `now`.
+    async fn get_active(
+        &self,
+        id: &SessionId,
+        now: OffsetDateTime,
+    ) -> Result<Option<Arc<SessionRecord>>, StoreError>;
 
     /// Inserts a new record.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Conflict`] if the id or a lookup key already exists.
+    /// [`StoreError::Conflict`] if the id or a lookup key already exists;
+    /// [`StoreError::Invalid`] if the record fails
+    /// [`SessionRecord::validate`].
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError>;
 
-    /// Rotates the secret: if the record is active at
-    /// `timestamps.last_seen_at` and its current lookup key is
-    /// `expected_current`, the current credential moves to the previous slot
-    /// (valid until `previous_valid_until`; an older previous is forgotten),
-    /// `new_current` becomes current, and the timestamps are written
-    /// (`expires_at` capped at `absolute_expires_at`). Returns whether it
-    /// applied.
-    async fn rotate(
+    /// Compare-and-swap of a whole record: if the stored record `current.id`
+    /// still has generation `current.generation` and is active at `now`, it
+    /// becomes `next`, and the lookup keys follow `next`'s slots (a key only
+    /// `current` held stops resolving; a key only `next` holds resolves).
+    /// Returns whether it applied.
+    ///
+    /// `next.generation` is `current.generation + 1`; `id`, `subject`,
+    /// `created_at` and `absolute_expires_at` never change (stores may
+    /// ignore those fields of `next`). A revoked or expired record is never
+    /// replaced, so nothing written here can revive a session.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Invalid`] if `next` fails [`SessionRecord::validate`]
+    /// or is not `current`'s successor; [`StoreError::Conflict`] if a new
+    /// lookup key belongs to another record.
+    async fn replace(
         &self,
-        id: &SessionId,
-        expected_current: &LookupKey,
-        new_current: &Credential,
-        previous_valid_until: OffsetDateTime,
-        timestamps: &RotationTimestamps,
-    ) -> Result<bool, StoreError>;
-
-    /// Slides the idle expiry: if the record is active at `last_seen_at` and
-    /// its stored `last_seen_at` is earlier, writes both (`expires_at` capped
-    /// at `absolute_expires_at`). Returns whether it applied.
-    async fn touch(
-        &self,
-        id: &SessionId,
-        last_seen_at: OffsetDateTime,
-        expires_at: OffsetDateTime,
-    ) -> Result<bool, StoreError>;
-
-    /// Re-keys one slot: if the record is not revoked and `slot` holds
-    /// `expected`, replaces it with `new` under `new_version`. Returns
-    /// whether it applied.
-    async fn rekey(
-        &self,
-        id: &SessionId,
-        slot: Slot,
-        expected: &LookupKey,
-        new: &LookupKey,
-        new_version: KeyVersion,
-    ) -> Result<bool, StoreError>;
-
-    /// Replaces the attribute map of a record active at `now`. Returns
-    /// whether it applied (never on a revoked or expired record).
-    async fn update_attributes(
-        &self,
-        id: &SessionId,
-        attributes: &Attributes,
+        current: &SessionRecord,
+        next: &SessionRecord,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
 
-    /// Revokes one session. Idempotent; a revocation is never replaced.
+    /// Revokes one session, only if it belongs to `subject` when one is
+    /// given (a session without a subject never matches). Idempotent; a
+    /// revocation is never replaced.
     async fn revoke(
         &self,
         id: &SessionId,
+        subject: Option<&str>,
         now: OffsetDateTime,
         revocation: &Revocation,
     ) -> Result<RevokeOutcome, StoreError>;
@@ -218,14 +217,16 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
         now: OffsetDateTime,
     ) -> Result<Vec<ActiveSessionRecord>, StoreError>;
 
-    /// How many active records use each key version: a record counts under
-    /// its current credential's version and, while its grace window lasts,
-    /// under its previous credential's (so it may count twice). A version
-    /// whose count is zero can be removed from the ring.
+    /// How many active records use each key version, split into those seen
+    /// at or after `seen_since` (recent) and the others (dormant). A record
+    /// counts under its current credential's version and, while its previous
+    /// secret is still accepted (unconfirmed successor, or within its
+    /// grace), under the previous credential's version if that differs.
     async fn count_by_key_version(
         &self,
         now: OffsetDateTime,
-    ) -> Result<BTreeMap<KeyVersion, u64>, StoreError>;
+        seen_since: OffsetDateTime,
+    ) -> Result<BTreeMap<KeyVersion, VersionCount>, StoreError>;
 
     /// Deletes every record that is revoked or expired at `now`. Returns how
     /// many.
@@ -240,63 +241,35 @@ macro_rules! forward_store {
                 &self,
                 candidates: &[Candidate],
                 now: OffsetDateTime,
-            ) -> Result<Option<SessionMatch>, StoreError> {
+            ) -> Result<Vec<SessionMatch>, StoreError> {
                 (**self).find_active(candidates, now).await
+            }
+            async fn get_active(
+                &self,
+                id: &SessionId,
+                now: OffsetDateTime,
+            ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+                (**self).get_active(id, now).await
             }
             async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
                 (**self).insert(record).await
             }
-            async fn rotate(
+            async fn replace(
                 &self,
-                id: &SessionId,
-                expected_current: &LookupKey,
-                new_current: &Credential,
-                previous_valid_until: OffsetDateTime,
-                timestamps: &RotationTimestamps,
-            ) -> Result<bool, StoreError> {
-                (**self)
-                    .rotate(
-                        id,
-                        expected_current,
-                        new_current,
-                        previous_valid_until,
-                        timestamps,
-                    )
-                    .await
-            }
-            async fn touch(
-                &self,
-                id: &SessionId,
-                last_seen_at: OffsetDateTime,
-                expires_at: OffsetDateTime,
-            ) -> Result<bool, StoreError> {
-                (**self).touch(id, last_seen_at, expires_at).await
-            }
-            async fn rekey(
-                &self,
-                id: &SessionId,
-                slot: Slot,
-                expected: &LookupKey,
-                new: &LookupKey,
-                new_version: KeyVersion,
-            ) -> Result<bool, StoreError> {
-                (**self).rekey(id, slot, expected, new, new_version).await
-            }
-            async fn update_attributes(
-                &self,
-                id: &SessionId,
-                attributes: &Attributes,
+                current: &SessionRecord,
+                next: &SessionRecord,
                 now: OffsetDateTime,
             ) -> Result<bool, StoreError> {
-                (**self).update_attributes(id, attributes, now).await
+                (**self).replace(current, next, now).await
             }
             async fn revoke(
                 &self,
                 id: &SessionId,
+                subject: Option<&str>,
                 now: OffsetDateTime,
                 revocation: &Revocation,
             ) -> Result<RevokeOutcome, StoreError> {
-                (**self).revoke(id, now, revocation).await
+                (**self).revoke(id, subject, now, revocation).await
             }
             async fn revoke_all_for_subject(
                 &self,
@@ -319,8 +292,9 @@ macro_rules! forward_store {
             async fn count_by_key_version(
                 &self,
                 now: OffsetDateTime,
-            ) -> Result<BTreeMap<KeyVersion, u64>, StoreError> {
-                (**self).count_by_key_version(now).await
+                seen_since: OffsetDateTime,
+            ) -> Result<BTreeMap<KeyVersion, VersionCount>, StoreError> {
+                (**self).count_by_key_version(now, seen_since).await
             }
             async fn purge_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
                 (**self).purge_expired(now).await
@@ -331,3 +305,24 @@ macro_rules! forward_store {
 
 forward_store!(Arc<S>);
 forward_store!(Box<S>);
+
+/// Checks what [`SessionStore::replace`] requires of `next` before a store
+/// writes it: valid, and `current`'s successor.
+pub fn check_successor(current: &SessionRecord, next: &SessionRecord) -> Result<(), StoreError> {
+    next.validate().map_err(StoreError::Invalid)?;
+    if next.id != current.id
+        || next.subject != current.subject
+        || next.created_at != current.created_at
+        || next.absolute_expires_at != current.absolute_expires_at
+    {
+        return Err(StoreError::Invalid(
+            "a replacement changes the id, subject, creation time or absolute expiry",
+        ));
+    }
+    if Some(next.generation) != current.generation.checked_add(1) {
+        return Err(StoreError::Invalid(
+            "a replacement's generation is not the current one plus one",
+        ));
+    }
+    Ok(())
+}
