@@ -1,0 +1,177 @@
+//! [`RedisStoreBuilder`]: the URL, credentials, TLS, timeouts and
+//! connection count of a [`RedisStore`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use redis::IntoConnectionInfo;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::RedisStore;
+use super::scripts::Scripts;
+use crate::store::StoreError;
+
+/// The default number of connections; see [`RedisStoreBuilder::connections`].
+pub const DEFAULT_CONNECTIONS: usize = 4;
+
+/// Builds a [`RedisStore`]; see [`RedisStore::builder`].
+#[derive(Clone)]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    username: Option<String>,
+    password: Option<String>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    connections: usize,
+    root_certificate: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password: not shown.
+        f.debug_struct("RedisStoreBuilder")
+            .field("prefix", &self.prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("connections", &self.connections)
+            .field("root_certificate", &self.root_certificate.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStoreBuilder {
+    pub(super) fn new(url: String) -> Self {
+        Self {
+            url,
+            prefix: "ths:".to_owned(),
+            username: None,
+            password: None,
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            connections: DEFAULT_CONNECTIONS,
+            root_certificate: None,
+        }
+    }
+
+    /// Trusts the certificate authority in `pem` (and only it) for a
+    /// `rediss://` URL: for a server whose certificate a private CA signed.
+    /// Without it, the system's and the webpki roots are trusted.
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn root_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificate = Some(pem.into());
+        self
+    }
+
+    /// The prefix of every key (default `ths:`). App instances that share
+    /// sessions use the same prefix; different applications on one Redis
+    /// use different ones.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The ACL user name (overrides one in the URL).
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// The password (overrides one in the URL).
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// The limit on each operation (default 2 s): past it the operation
+    /// fails with [`StoreError::Timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The limit on each (re)connection attempt (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How many multiplexed connections to open (default
+    /// [`DEFAULT_CONNECTIONS`]; at least 1). Operations take them in turn.
+    /// One connection pipelines every request through one socket and one
+    /// reader task; a few let a busy app instance use more than one core
+    /// for Redis traffic. Each reconnects by itself after a failure.
+    pub fn connections(mut self, connections: usize) -> Self {
+        self.connections = connections.max(1);
+        self
+    }
+
+    /// Connects every connection.
+    ///
+    /// # Errors
+    ///
+    /// A malformed URL, `rediss://` without the `redis-tls` feature, or a
+    /// server that cannot be reached or refuses the credentials. Errors never
+    /// include the password.
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let err = |e| StoreError::backend("connect", e);
+        let mut info = self.url.as_str().into_connection_info().map_err(err)?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(username) = &self.username {
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        info = info.set_redis_settings(settings);
+        let client = match self.root_certificate {
+            #[cfg(feature = "redis-tls")]
+            Some(pem) => {
+                // rustls needs a process-wide crypto provider; keep one the
+                // application installed, else install ring (ours).
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(info, certificates).map_err(err)?
+            }
+            _ => {
+                #[cfg(feature = "redis-tls")]
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                redis::Client::open(info).map_err(err)?
+            }
+        };
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.timeout))
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_secs(1));
+        let mut connections = Vec::with_capacity(self.connections);
+        for _ in 0..self.connections {
+            let connection = tokio::time::timeout(
+                self.connect_timeout,
+                ConnectionManager::new_with_config(client.clone(), config.clone()),
+            )
+            .await
+            .map_err(|_| StoreError::Timeout {
+                operation: "connect",
+                timeout: self.connect_timeout,
+            })?
+            .map_err(err)?;
+            connections.push(connection);
+        }
+        Ok(RedisStore {
+            connections: connections.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+            prefix: self.prefix.into(),
+            timeout: self.timeout,
+            scripts: Arc::new(Scripts::new()),
+        })
+    }
+}

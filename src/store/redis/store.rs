@@ -1,0 +1,636 @@
+//! [`RedisStore`] and its [`SessionStore`] implementation.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Script;
+use redis::aio::ConnectionManager;
+use time::OffsetDateTime;
+
+use super::builder::RedisStoreBuilder;
+use super::scripts::Scripts;
+use super::value::{decode, encode, hex_of, revocation_field, to_micros};
+use crate::keys::{Candidate, KeyVersion, LookupKey};
+use crate::record::{
+    ActiveSessionRecord, Revocation, RevokeOutcome, SessionId, SessionMatch, SessionRecord,
+    VersionCount,
+};
+use crate::store::{SessionStore, StoreError, check_successor};
+
+/// How many keys one step of an admin scan (`count_by_key_version`,
+/// `purge_expired`) reads or deletes: each step is short, so Redis serves
+/// other clients in between.
+const SCAN_BATCH: usize = 500;
+
+/// The shortest time-to-live a write sets: a record already dead when it is
+/// written (a test, a clock far ahead) keeps its keys this long rather than
+/// none. Harmless: whether a record is active is decided from its
+/// timestamps, not from its keys' existence.
+const MIN_TTL_MS: i128 = 5 * 60 * 1000;
+
+/// A [`SessionStore`] in Redis (feature `redis`): every app instance on the
+/// same Redis and prefix sees every login and revocation on its next
+/// request.
+///
+/// A lookup is one `MGET`, with no script; every write is one small Lua
+/// script. Keys expire by themselves, relative to the application's clock.
+/// `rediss://` URLs need the `redis-tls` feature. See the
+/// [module docs](super) for the key layout, the expiry rule and the
+/// connections.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_hmac_session::{KeyRing, SessionConfig, SessionManager, store::RedisStore};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::builder("redis://cache.internal:6379/0")
+///     .prefix("myapp:sessions:")
+///     .username("myapp")
+///     .password(std::env::var("REDIS_PASSWORD")?)
+///     .timeout(Duration::from_millis(500))
+///     .connections(4)
+///     .connect()
+///     .await?;
+/// store.ping().await?; // a health check for readiness probes
+/// let keys = KeyRing::from_env("SESSION_KEYS")?;
+/// let sessions = SessionManager::new(store, keys, SessionConfig::default());
+/// # let _ = sessions; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    pub(super) connections: Arc<[ConnectionManager]>,
+    pub(super) next: Arc<AtomicUsize>,
+    pub(super) prefix: Arc<str>,
+    pub(super) timeout: Duration,
+    pub(super) scripts: Arc<Scripts>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("connections", &self.connections.len())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Starts building a store for `url` (`redis://[user:password@]host:port/db`,
+    /// or `rediss://…` for TLS with the `redis-tls` feature).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(url.into())
+    }
+
+    /// Connects to `url` with the defaults.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A health check: one `PING` round trip (on the next connection in turn).
+    ///
+    /// # Errors
+    ///
+    /// The server did not answer `PONG` in time.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection();
+        let pong: String = self
+            .run("ping", redis::cmd("PING").query_async(&mut connection))
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::backend("ping", "unexpected reply to PING"))
+        }
+    }
+
+    /// The next connection, round robin.
+    fn connection(&self) -> ConnectionManager {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        self.connections[index].clone()
+    }
+
+    fn key(&self, kind: &str, hex: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + kind.len() + hex.len());
+        key.push_str(&self.prefix);
+        key.push_str(kind);
+        key.push_str(hex);
+        key
+    }
+
+    fn session_key(&self, id: &SessionId) -> String {
+        self.key("s:", &hex_of(id.as_bytes()))
+    }
+
+    fn lookup_key(&self, key: &LookupKey) -> String {
+        self.key("k:", &hex_of(key.as_bytes()))
+    }
+
+    async fn run<T>(
+        &self,
+        operation: &'static str,
+        op: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, op).await {
+            Err(_) => Err(StoreError::Timeout {
+                operation,
+                timeout: self.timeout,
+            }),
+            Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout {
+                operation,
+                timeout: self.timeout,
+            }),
+            Ok(Err(e)) => Err(StoreError::backend(operation, e)),
+            Ok(Ok(value)) => Ok(value),
+        }
+    }
+
+    /// Runs `script` with the prefix and then `args` as `ARGV`.
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        script: &Script,
+        args: &[&[u8]],
+    ) -> Result<T, StoreError> {
+        let mut invocation = script.arg(self.prefix.as_bytes());
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut connection = self.connection();
+        self.run(operation, invocation.invoke_async(&mut connection))
+            .await
+    }
+
+    /// One step of a scan over the `s:` keys: the next cursor and the ids
+    /// found. A key under `s:` that is not an id is corruption.
+    async fn scan_ids(
+        &self,
+        operation: &'static str,
+        cursor: u64,
+    ) -> Result<(u64, Vec<SessionId>), StoreError> {
+        let pattern = format!("{}s:*", glob_escape(&self.prefix));
+        let mut connection = self.connection();
+        let (cursor, keys): (u64, Vec<String>) = self
+            .run(
+                operation,
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_BATCH)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        let start = self.prefix.len() + 2;
+        let ids = keys
+            .iter()
+            .map(|key| {
+                key.get(start..)
+                    .and_then(|hex| hex.parse::<SessionId>().ok())
+                    .ok_or_else(|| {
+                        StoreError::corrupt(None, "a key under `s:` is not a session id")
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((cursor, ids))
+    }
+}
+
+/// Escapes `*`, `?`, `[`, `]` and `\` for a `SCAN … MATCH` pattern.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// The time-to-live of a record's keys written at `now`: until its absolute
+/// expiry by the application's clock, at least [`MIN_TTL_MS`]. At most
+/// about 6.3e14 ms (20,000 years, the span of `OffsetDateTime`), far inside
+/// what Redis accepts.
+fn ttl_ms(absolute_expires_at: OffsetDateTime, now: OffsetDateTime) -> String {
+    let nanos = (absolute_expires_at - now).whole_nanoseconds();
+    // Rounded up, so a key never expires before the record does.
+    let ms = nanos.div_euclid(1_000_000) + i128::from(nanos.rem_euclid(1_000_000) != 0);
+    ms.max(MIN_TTL_MS).to_string()
+}
+
+fn micros(t: OffsetDateTime) -> String {
+    to_micros(t).to_string()
+}
+
+fn unexpected(operation: &'static str) -> StoreError {
+    StoreError::backend(operation, "unexpected reply from a script")
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn find_active(
+        &self,
+        candidates: &[Candidate],
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionMatch>, StoreError> {
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = candidates
+            .iter()
+            .map(|c| self.lookup_key(&c.lookup_key))
+            .collect();
+        let mut connection = self.connection();
+        let values: Vec<Option<Vec<u8>>> = self
+            .run(
+                "find_active",
+                redis::cmd("MGET").arg(&keys).query_async(&mut connection),
+            )
+            .await?;
+        if values.len() != candidates.len() {
+            return Err(StoreError::backend(
+                "find_active",
+                "MGET answered a different number of values",
+            ));
+        }
+        // The copies under one record's keys are the same bytes: decode once.
+        let mut decoded: Vec<(&[u8], Arc<SessionRecord>)> = Vec::new();
+        let mut matches = Vec::new();
+        for (candidate, value) in candidates.iter().zip(&values) {
+            let Some(value) = value.as_deref() else {
+                continue;
+            };
+            let record = match decoded.iter().find(|(bytes, _)| *bytes == value) {
+                Some((_, record)) => record.clone(),
+                None => {
+                    let record = Arc::new(decode(value, None)?);
+                    decoded.push((value, record.clone()));
+                    record
+                }
+            };
+            // Under a lookup key must be the record that holds it.
+            if !record
+                .credentials()
+                .any(|(_, c)| c.lookup_key == candidate.lookup_key)
+            {
+                return Err(StoreError::corrupt(
+                    Some(record.id),
+                    "a lookup key holds a record that does not hold it",
+                ));
+            }
+            if !record.is_active(now) {
+                continue;
+            }
+            if let Some(slot) = record.slot_of(&candidate.lookup_key, candidate.key_version) {
+                matches.push(SessionMatch {
+                    record,
+                    slot,
+                    key_version: candidate.key_version,
+                    value_index: candidate.value_index,
+                });
+            }
+        }
+        Ok(matches)
+    }
+
+    async fn get_active(
+        &self,
+        id: &SessionId,
+        now: OffsetDateTime,
+    ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        let mut connection = self.connection();
+        let value: Option<Vec<u8>> = self
+            .run(
+                "get_active",
+                redis::cmd("GET")
+                    .arg(self.session_key(id))
+                    .query_async(&mut connection),
+            )
+            .await?;
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let record = decode(&value, Some(*id))?;
+        if record.id != *id {
+            return Err(StoreError::corrupt(
+                Some(*id),
+                "the value under the id is another session's",
+            ));
+        }
+        Ok(record.is_active(now).then(|| Arc::new(record)))
+    }
+
+    async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        record.validate().map_err(StoreError::Invalid)?;
+        let id = hex_of(record.id.as_bytes());
+        // A new record's `last_seen_at` is the application's "now".
+        let ttl = ttl_ms(record.absolute_expires_at, record.last_seen_at);
+        let value = encode(record);
+        let subject = record.subject.as_deref().unwrap_or_default();
+        let score = micros(record.created_at);
+        let keys: Vec<String> = record
+            .credentials()
+            .map(|(_, c)| hex_of(c.lookup_key.as_bytes()))
+            .collect();
+        let mut args: Vec<&[u8]> = vec![
+            id.as_bytes(),
+            ttl.as_bytes(),
+            &value,
+            subject.as_bytes(),
+            score.as_bytes(),
+        ];
+        args.extend(keys.iter().map(|k| k.as_bytes()));
+        match self
+            .script::<i64>("insert", &self.scripts.insert, &args)
+            .await?
+        {
+            1 => Ok(()),
+            0 => Err(StoreError::Conflict),
+            _ => Err(unexpected("insert")),
+        }
+    }
+
+    async fn replace(
+        &self,
+        current: &SessionRecord,
+        next: &SessionRecord,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        check_successor(current, next)?;
+        let id = hex_of(current.id.as_bytes());
+        let generation = current.generation.to_string();
+        let now_micros = micros(now);
+        let ttl = ttl_ms(next.absolute_expires_at, now);
+        let value = encode(next);
+        let keys: Vec<String> = next
+            .credentials()
+            .map(|(_, c)| hex_of(c.lookup_key.as_bytes()))
+            .collect();
+        let mut args: Vec<&[u8]> = vec![
+            id.as_bytes(),
+            generation.as_bytes(),
+            now_micros.as_bytes(),
+            ttl.as_bytes(),
+            &value,
+        ];
+        args.extend(keys.iter().map(|k| k.as_bytes()));
+        match self
+            .script::<i64>("replace", &self.scripts.replace, &args)
+            .await?
+        {
+            1 => Ok(true),
+            0 => Ok(false),
+            -1 => Err(StoreError::Conflict),
+            -2 => Err(StoreError::corrupt(
+                Some(current.id),
+                "the stored value's header does not parse",
+            )),
+            _ => Err(unexpected("replace")),
+        }
+    }
+
+    async fn revoke(
+        &self,
+        id: &SessionId,
+        subject: Option<&str>,
+        now: OffsetDateTime,
+        revocation: &Revocation,
+    ) -> Result<RevokeOutcome, StoreError> {
+        let hex_id = hex_of(id.as_bytes());
+        let (check, subject) = match subject {
+            Some(subject) => ("1", hex_of(subject.as_bytes())),
+            None => ("0", String::new()),
+        };
+        let field = revocation_field(to_micros(now), revocation);
+        let args: [&[u8]; 4] = [
+            hex_id.as_bytes(),
+            check.as_bytes(),
+            subject.as_bytes(),
+            field.as_bytes(),
+        ];
+        match self
+            .script::<i64>("revoke", &self.scripts.revoke, &args)
+            .await?
+        {
+            1 => Ok(RevokeOutcome::Revoked),
+            2 => Ok(RevokeOutcome::AlreadyRevoked),
+            0 => Ok(RevokeOutcome::NotFound),
+            -2 => Err(StoreError::corrupt(
+                Some(*id),
+                "the stored value's header does not parse",
+            )),
+            _ => Err(unexpected("revoke")),
+        }
+    }
+
+    async fn revoke_all_for_subject(
+        &self,
+        subject: &str,
+        now: OffsetDateTime,
+        revocation: &Revocation,
+        except: Option<&SessionId>,
+    ) -> Result<u64, StoreError> {
+        const OPERATION: &str = "revoke_all_for_subject";
+        let hex_subject = hex_of(subject.as_bytes());
+        let field = revocation_field(to_micros(now), revocation);
+        let except = except.map(|id| hex_of(id.as_bytes())).unwrap_or_default();
+        let args: [&[u8]; 4] = [
+            subject.as_bytes(),
+            hex_subject.as_bytes(),
+            field.as_bytes(),
+            except.as_bytes(),
+        ];
+        let reply: Vec<String> = self
+            .script(OPERATION, &self.scripts.revoke_all, &args)
+            .await?;
+        match reply.as_slice() {
+            [count] => count.parse().map_err(|_| unexpected(OPERATION)),
+            [tag, id] if tag == "corrupt" => Err(StoreError::corrupt(
+                id.parse().ok(),
+                "a record in the subject's index is damaged or not the subject's",
+            )),
+            _ => Err(unexpected(OPERATION)),
+        }
+    }
+
+    async fn list_for_subject(
+        &self,
+        subject: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<ActiveSessionRecord>, StoreError> {
+        let flat: Vec<Vec<u8>> = self
+            .script(
+                "list_for_subject",
+                &self.scripts.list,
+                &[subject.as_bytes()],
+            )
+            .await?;
+        if !flat.len().is_multiple_of(2) {
+            return Err(unexpected("list_for_subject"));
+        }
+        let mut list = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks_exact(2) {
+            let id = std::str::from_utf8(&pair[0])
+                .ok()
+                .and_then(|hex| hex.parse::<SessionId>().ok())
+                .ok_or_else(|| {
+                    StoreError::corrupt(None, "the subject's index holds something not an id")
+                })?;
+            let record = decode(&pair[1], Some(id))?;
+            if record.id != id || record.subject.as_deref() != Some(subject) {
+                return Err(StoreError::corrupt(
+                    Some(id),
+                    "the subject's index names a record that is not the subject's",
+                ));
+            }
+            if record.is_active(now) {
+                list.push(record.to_active(record.current.key_version));
+            }
+        }
+        list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        Ok(list)
+    }
+
+    async fn count_by_key_version(
+        &self,
+        now: OffsetDateTime,
+        seen_since: OffsetDateTime,
+    ) -> Result<BTreeMap<KeyVersion, VersionCount>, StoreError> {
+        const OPERATION: &str = "count_by_key_version";
+        let mut counts: BTreeMap<KeyVersion, VersionCount> = BTreeMap::new();
+        // SCAN may return a key twice: count each record once.
+        let mut seen = HashSet::new();
+        let mut cursor = 0;
+        loop {
+            let (next, ids) = self.scan_ids(OPERATION, cursor).await?;
+            let ids: Vec<SessionId> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
+            if !ids.is_empty() {
+                let keys: Vec<String> = ids.iter().map(|id| self.session_key(id)).collect();
+                let mut connection = self.connection();
+                let values: Vec<Option<Vec<u8>>> = self
+                    .run(
+                        OPERATION,
+                        redis::cmd("MGET").arg(&keys).query_async(&mut connection),
+                    )
+                    .await?;
+                for (id, value) in ids.iter().zip(values) {
+                    // Gone since the scan saw it.
+                    let Some(value) = value else { continue };
+                    let record = decode(&value, Some(*id))?;
+                    if record.id != *id {
+                        return Err(StoreError::corrupt(
+                            Some(*id),
+                            "the value under the id is another session's",
+                        ));
+                    }
+                    if !record.is_active(now) {
+                        continue;
+                    }
+                    let recent = record.last_seen_at >= seen_since;
+                    let mut count = |version| {
+                        let entry: &mut VersionCount = counts.entry(version).or_default();
+                        match recent {
+                            true => entry.recent += 1,
+                            false => entry.dormant += 1,
+                        }
+                    };
+                    count(record.current.key_version);
+                    if let Some(previous) = &record.previous
+                        && previous.valid_until.is_none_or(|until| until > now)
+                        && previous.credential.key_version != record.current.key_version
+                    {
+                        count(previous.credential.key_version);
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(counts);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn purge_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        const OPERATION: &str = "purge_expired";
+        let now = micros(now);
+        let mut total = 0;
+        let mut corrupt = None;
+        let mut cursor = 0;
+        loop {
+            let (next, ids) = self.scan_ids(OPERATION, cursor).await?;
+            if !ids.is_empty() {
+                let hex: Vec<String> = ids.iter().map(|id| hex_of(id.as_bytes())).collect();
+                let mut args: Vec<&[u8]> = vec![now.as_bytes()];
+                args.extend(hex.iter().map(|h| h.as_bytes()));
+                // One batch per script: Redis runs nothing else meanwhile.
+                let reply: Vec<String> = self.script(OPERATION, &self.scripts.purge, &args).await?;
+                let (count, damaged) = reply.split_first().ok_or_else(|| unexpected(OPERATION))?;
+                total += count.parse::<u64>().map_err(|_| unexpected(OPERATION))?;
+                // Damaged records are left alone, and reported once the
+                // rest is purged.
+                if let Some(id) = damaged.first() {
+                    corrupt.get_or_insert(id.parse::<SessionId>().ok());
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        match corrupt {
+            None => Ok(total),
+            Some(id) => Err(StoreError::corrupt(
+                id,
+                "a stored value's header does not parse; it was not purged",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_are_relative_rounded_up_and_bounded() {
+        let now = OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let at = |secs: i64, nanos: i64| {
+            now + time::Duration::seconds(secs) + time::Duration::nanoseconds(nanos)
+        };
+        assert_eq!(ttl_ms(at(86_400, 0), now), "86400000");
+        assert_eq!(ttl_ms(at(86_400, 1), now), "86400001");
+        assert_eq!(ttl_ms(at(86_400, -1), now), "86400000");
+        assert_eq!(ttl_ms(at(1, 0), now), MIN_TTL_MS.to_string());
+        assert_eq!(ttl_ms(at(-86_400, 0), now), MIN_TTL_MS.to_string());
+        let far = OffsetDateTime::new_utc(
+            time::Date::from_calendar_date(9999, time::Month::December, 31).unwrap(),
+            time::Time::MIDNIGHT,
+        );
+        let past = OffsetDateTime::new_utc(
+            time::Date::from_calendar_date(-9999, time::Month::January, 1).unwrap(),
+            time::Time::MIDNIGHT,
+        );
+        assert_eq!(ttl_ms(far, past), "631107331200000");
+    }
+
+    #[test]
+    fn scan_patterns_match_the_prefix_literally() {
+        assert_eq!(glob_escape("app:*?[x]\\:"), "app:\\*\\?\\[x\\]\\\\:");
+    }
+}
