@@ -1,21 +1,39 @@
-//! `RedisStore` against a real server: the conformance suite, two app
-//! instances on one Redis, corrupt hashes, key expiry, ACL credentials and
-//! the health check.
+//! `RedisStore` against a real server: the conformance suite, the store's
+//! rules operation by operation, two app instances on one Redis, damaged
+//! values, expiry under a clock far from the server's, what a lookup sends,
+//! the connections, ACL credentials and the health check.
 //!
 //! `TOWER_HMAC_SESSION_REDIS_URL` (default `redis://127.0.0.1:6379`) names
-//! the server. Each test works under a key prefix of its own, so tests run
-//! in parallel.
-#![cfg(all(feature = "redis", feature = "conformance"))]
+//! the server; under `CI=true` an unreachable server fails the run. Each
+//! test works under a key prefix of its own, so tests run in parallel.
+//!
+//! `cargo test --features redis --test redis_store -- --ignored --nocapture`
+//! runs the one ignored test, which prints Redis's own per-command timings
+//! (`INFO commandstats`) for a lookup, a plain `GET` and each write script;
+//! it resets the server's statistics, so run it alone.
+#![cfg(all(feature = "redis", feature = "memory"))]
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Harness, ring, unique};
+use common::{Harness, T0, ring, unique};
 use http::StatusCode;
 use redis::AsyncCommands as _;
+use time::OffsetDateTime;
+use time::macros::datetime;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tower_hmac_session::store::RedisStore;
-use tower_hmac_session::{SessionConfig, SessionStore, StoreError};
+use tower_hmac_session::{
+    Candidate, Credential, Data, KeyVersion, LookupKey, PreviousCredential, Revocation,
+    RevocationReason, RevokeOutcome, SessionConfig, SessionId, SessionRecord, SessionStore, Slot,
+    StoreError, VersionCount,
+};
+
+type Admin = redis::aio::MultiplexedConnection;
 
 fn url() -> String {
     std::env::var("TOWER_HMAC_SESSION_REDIS_URL")
@@ -24,7 +42,7 @@ fn url() -> String {
 
 /// A plain connection for inspecting and damaging keys, or `None` (a skip)
 /// when the server is unreachable outside CI.
-async fn admin() -> Option<redis::aio::MultiplexedConnection> {
+async fn admin() -> Option<Admin> {
     let connect = async {
         redis::Client::open(url())?
             .get_multiplexed_async_connection()
@@ -51,34 +69,669 @@ async fn store(prefix: &str) -> RedisStore {
         .unwrap()
 }
 
-async fn keys(admin: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<String> {
+async fn keys(admin: &mut Admin, prefix: &str) -> Vec<String> {
     let mut keys: Vec<String> = admin.keys(format!("{prefix}*")).await.unwrap();
     keys.sort();
     keys
 }
 
-async fn cleanup(admin: &mut redis::aio::MultiplexedConnection, prefix: &str) {
+async fn cleanup(admin: &mut Admin, prefix: &str) {
     let keys = keys(admin, prefix).await;
     if !keys.is_empty() {
         let _: () = admin.del(keys).await.unwrap();
     }
 }
 
+fn random_key() -> LookupKey {
+    let (a, b) = (SessionId::generate(), SessionId::generate());
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(a.as_bytes());
+    bytes[16..].copy_from_slice(b.as_bytes());
+    LookupKey::from_bytes(bytes)
+}
+
+fn credential(version: u32) -> Credential {
+    Credential {
+        lookup_key: random_key(),
+        key_version: KeyVersion(version),
+    }
+}
+
+fn secs(n: i64) -> time::Duration {
+    time::Duration::seconds(n)
+}
+
+/// A fresh record created at `now`: idle 1 h, absolute 1 day, key version 1.
+fn record(subject: Option<&str>, now: OffsetDateTime) -> SessionRecord {
+    let mut data = Data::new();
+    data.insert("theme".into(), "dark".into());
+    SessionRecord {
+        id: SessionId::generate(),
+        generation: 0,
+        subject: subject.map(str::to_owned),
+        created_at: now,
+        authenticated_at: subject.map(|_| now),
+        last_seen_at: now,
+        expires_at: now + secs(3600),
+        absolute_expires_at: now + secs(86_400),
+        idle_timeout: Duration::from_secs(3600),
+        persistent: true,
+        access_expires_at: now + secs(900),
+        current: credential(1),
+        previous: None,
+        superseded: None,
+        revoked: None,
+        user_agent: Some("test agent".into()),
+        client_ip: Some("192.0.2.7".parse().unwrap()),
+        data,
+    }
+}
+
+fn candidate(credential: Credential, value_index: u8) -> Candidate {
+    Candidate {
+        key_version: credential.key_version,
+        lookup_key: credential.lookup_key,
+        value_index,
+    }
+}
+
+/// `record` one generation on, with `change` applied.
+fn successor(record: &SessionRecord, change: impl FnOnce(&mut SessionRecord)) -> SessionRecord {
+    let mut next = record.clone();
+    next.generation += 1;
+    change(&mut next);
+    next
+}
+
+/// Moves the current credential to the previous slot (unconfirmed) and
+/// makes `new` current.
+fn rotated(record: &SessionRecord, new: Credential, now: OffsetDateTime) -> SessionRecord {
+    successor(record, |next| {
+        next.previous = Some(PreviousCredential {
+            credential: record.current,
+            rotated_at: now,
+            valid_until: None,
+        });
+        next.current = new;
+    })
+}
+
+async fn found(store: &RedisStore, credential: Credential, now: OffsetDateTime) -> Vec<Slot> {
+    store
+        .find_active(&[candidate(credential, 0)], now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.slot)
+        .collect()
+}
+
+#[cfg(feature = "conformance")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_passes_the_conformance_suite() {
     let Some(mut admin) = admin().await else {
         return;
     };
-    let mut prefixes = Vec::new();
-    tower_hmac_session::conformance::run(|| {
+    let prefixes = Arc::new(Mutex::new(Vec::new()));
+    let made = prefixes.clone();
+    tower_hmac_session::conformance::run(move || {
         let prefix = unique("ths-conformance") + ":";
-        prefixes.push(prefix.clone());
+        made.lock().unwrap().push(prefix.clone());
         async move { store(&prefix).await }
     })
     .await;
+    let prefixes = prefixes.lock().unwrap().clone();
     for prefix in prefixes {
         cleanup(&mut admin, &prefix).await;
     }
+}
+
+#[tokio::test]
+async fn inserts_lookups_and_compare_and_swap_follow_the_trait() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-rules") + ":";
+    let store = store(&prefix).await;
+    let now = T0;
+    let a = record(Some("alice"), now);
+    store.insert(&a).await.unwrap();
+    assert_eq!(
+        store.get_active(&a.id, now).await.unwrap().as_deref(),
+        Some(&a)
+    );
+    assert_eq!(found(&store, a.current, now).await, [Slot::Current]);
+    // The lookup key under another key version is no match.
+    let other_version = Credential {
+        key_version: KeyVersion(9),
+        ..a.current
+    };
+    assert!(found(&store, other_version, now).await.is_empty());
+
+    // Conflicts: the same id, or a lookup key another record holds.
+    let mut same_id = record(Some("alice"), now);
+    same_id.id = a.id;
+    assert!(matches!(
+        store.insert(&same_id).await,
+        Err(StoreError::Conflict)
+    ));
+    let mut same_key = record(None, now);
+    same_key.current = a.current;
+    assert!(matches!(
+        store.insert(&same_key).await,
+        Err(StoreError::Conflict)
+    ));
+    let mut invalid = record(Some("alice"), now);
+    invalid.expires_at = invalid.absolute_expires_at + secs(1);
+    assert!(matches!(
+        store.insert(&invalid).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Rotate: the old key resolves as the previous slot.
+    let new = credential(1);
+    let b = rotated(&a, new, now + secs(10));
+    assert!(store.replace(&a, &b, now + secs(10)).await.unwrap());
+    assert_eq!(found(&store, new, now).await, [Slot::Current]);
+    assert_eq!(found(&store, a.current, now).await, [Slot::Previous]);
+    // A lost compare-and-swap: the generation moved on.
+    assert!(!store.replace(&a, &b, now + secs(10)).await.unwrap());
+
+    // Re-rotate: the unconfirmed current is superseded.
+    let newer = credential(1);
+    let c = successor(&b, |next| {
+        next.superseded = Some(new);
+        next.current = newer;
+    });
+    assert!(store.replace(&b, &c, now + secs(20)).await.unwrap());
+    assert_eq!(found(&store, new, now).await, [Slot::Superseded]);
+
+    // Renew: every old key stops resolving, at once.
+    let renewed = credential(2);
+    let d = successor(&c, |next| {
+        next.current = renewed;
+        next.previous = None;
+        next.superseded = None;
+    });
+    assert!(store.replace(&c, &d, now + secs(30)).await.unwrap());
+    for old in [a.current, new, newer] {
+        assert!(found(&store, old, now).await.is_empty());
+        let key = format!("{prefix}k:{}", hex::encode(old.lookup_key.as_bytes()));
+        assert!(!admin.exists::<_, bool>(key).await.unwrap());
+    }
+    assert_eq!(found(&store, renewed, now).await, [Slot::Current]);
+
+    // A new key another record holds is a conflict, and nothing changes.
+    let other = record(Some("bob"), now);
+    store.insert(&other).await.unwrap();
+    let stealing = successor(&d, |next| next.current = other.current);
+    assert!(matches!(
+        store.replace(&d, &stealing, now).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(found(&store, renewed, now).await, [Slot::Current]);
+    // Not a successor: refused before any write.
+    let skipping = successor(&d, |next| next.generation += 1);
+    assert!(matches!(
+        store.replace(&d, &skipping, now).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // The condition is checked at the write's time: past the idle expiry
+    // nothing is written back.
+    let late = d.expires_at;
+    let touched = successor(&d, |next| next.last_seen_at = late);
+    assert!(!store.replace(&d, &touched, late).await.unwrap());
+    assert!(store.get_active(&d.id, late).await.unwrap().is_none());
+    assert_eq!(
+        store.get_active(&d.id, now).await.unwrap().as_deref(),
+        Some(&d)
+    );
+
+    // Revoked: never found, never replaced.
+    let logout = Revocation::new(RevocationReason::Logout);
+    assert_eq!(
+        store.revoke(&d.id, None, now, &logout).await.unwrap(),
+        RevokeOutcome::Revoked
+    );
+    assert!(found(&store, renewed, now).await.is_empty());
+    assert!(store.get_active(&d.id, now).await.unwrap().is_none());
+    let revived = successor(&d, |_| {});
+    assert!(!store.replace(&d, &revived, now).await.unwrap());
+    cleanup(&mut admin, &prefix).await;
+}
+
+#[tokio::test]
+async fn several_cookie_values_are_matched_in_one_lookup() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-values") + ":";
+    let store = store(&prefix).await;
+    let a = record(Some("alice"), T0);
+    let b = record(Some("bob"), T0);
+    store.insert(&a).await.unwrap();
+    store.insert(&b).await.unwrap();
+    let new = credential(2);
+    let a2 = rotated(&a, new, T0);
+    assert!(store.replace(&a, &a2, T0).await.unwrap());
+    let candidates = [
+        candidate(credential(1), 0),
+        candidate(a.current, 1),
+        candidate(new, 1),
+        candidate(new, 2),
+        candidate(b.current, 3),
+    ];
+    let mut matches: Vec<_> = store
+        .find_active(&candidates, T0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.value_index, m.record.id, m.slot, m.key_version))
+        .collect();
+    matches.sort();
+    let mut expected = vec![
+        (1, a.id, Slot::Previous, KeyVersion(1)),
+        (1, a.id, Slot::Current, KeyVersion(2)),
+        (2, a.id, Slot::Current, KeyVersion(2)),
+        (3, b.id, Slot::Current, KeyVersion(1)),
+    ];
+    expected.sort();
+    assert_eq!(matches, expected);
+    assert!(store.find_active(&[], T0).await.unwrap().is_empty());
+    cleanup(&mut admin, &prefix).await;
+}
+
+#[tokio::test]
+async fn subjects_lists_and_revocations() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-subjects") + ":";
+    let store = store(&prefix).await;
+    let mut alice = Vec::new();
+    for i in 0..4 {
+        let r = record(Some("alice smith|x"), T0 + secs(i));
+        store.insert(&r).await.unwrap();
+        alice.push(r);
+    }
+    let anonymous = record(None, T0);
+    store.insert(&anonymous).await.unwrap();
+    let list = store
+        .list_for_subject("alice smith|x", T0 + secs(10))
+        .await
+        .unwrap();
+    let ids: Vec<_> = list.iter().map(|r| r.id).collect();
+    let newest_first: Vec<_> = alice.iter().rev().map(|r| r.id).collect();
+    assert_eq!(ids, newest_first);
+    assert_eq!(list[0].key_version, KeyVersion(1));
+    assert_eq!(list[0].client_ip, alice[3].client_ip);
+
+    // The subject filter: someone else's session, or one without a
+    // subject, is not found; the right subject revokes it.
+    let admin_revocation = Revocation::new(RevocationReason::Admin).by("ops");
+    for (id, subject) in [
+        (alice[0].id, "bob"),
+        (alice[0].id, "alice smith"),
+        (anonymous.id, "alice smith|x"),
+        (SessionId::generate(), "alice smith|x"),
+    ] {
+        assert_eq!(
+            store
+                .revoke(&id, Some(subject), T0, &admin_revocation)
+                .await
+                .unwrap(),
+            RevokeOutcome::NotFound
+        );
+    }
+    assert_eq!(
+        store
+            .revoke(&alice[0].id, Some("alice smith|x"), T0, &admin_revocation)
+            .await
+            .unwrap(),
+        RevokeOutcome::Revoked
+    );
+    assert_eq!(
+        store
+            .revoke(&alice[0].id, None, T0, &admin_revocation)
+            .await
+            .unwrap(),
+        RevokeOutcome::AlreadyRevoked
+    );
+    // The revocation is stamped on the record, as given.
+    let value: Vec<u8> = admin
+        .get(format!("{prefix}s:{}", alice[0].id))
+        .await
+        .unwrap();
+    assert!(String::from_utf8(value).unwrap().contains(&format!(
+        "|{},admin,{}|",
+        T0.unix_timestamp() * 1_000_000,
+        hex::encode("ops")
+    )));
+
+    // Everything but the caller's session, atomically; dead ids leave the
+    // index as they are met.
+    let _: () = admin
+        .del(format!("{prefix}s:{}", alice[1].id))
+        .await
+        .unwrap();
+    let logout = Revocation::new(RevocationReason::LogoutOtherDevices);
+    assert_eq!(
+        store
+            .revoke_all_for_subject("alice smith|x", T0, &logout, Some(&alice[3].id))
+            .await
+            .unwrap(),
+        1
+    );
+    let remaining: Vec<String> = admin
+        .zrange(format!("{prefix}u:alice smith|x"), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(remaining, [alice[3].id.to_string()]);
+    let list = store.list_for_subject("alice smith|x", T0).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, alice[3].id);
+    assert_eq!(
+        store
+            .revoke_all_for_subject("alice smith|x", T0, &logout, None)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        store
+            .list_for_subject("alice smith|x", T0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_for_subject("nobody", T0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    cleanup(&mut admin, &prefix).await;
+}
+
+#[tokio::test]
+async fn counts_and_purges_scan_in_bounded_batches() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-scan") + ":";
+    let store = store(&prefix).await;
+    // More records than one scan step reads.
+    let mut records = Vec::new();
+    for i in 0..1200 {
+        let mut r = record(Some(&format!("user{}", i % 7)), T0);
+        if i % 3 == 0 {
+            r.last_seen_at = T0 + secs(100);
+        }
+        store.insert(&r).await.unwrap();
+        records.push(r);
+    }
+    // One record mid-rotation from version 1 to 2, one revoked, and one
+    // expired by the time of the count.
+    let rotating = rotated(&records[1], credential(2), T0);
+    assert!(store.replace(&records[1], &rotating, T0).await.unwrap());
+    let revocation = Revocation::new(RevocationReason::Logout);
+    store
+        .revoke(&records[2].id, None, T0, &revocation)
+        .await
+        .unwrap();
+    let short = record(Some("short"), T0);
+    let short = SessionRecord {
+        expires_at: T0 + secs(10),
+        ..short
+    };
+    store.insert(&short).await.unwrap();
+
+    let now = T0 + secs(60);
+    let counts = store
+        .count_by_key_version(now, T0 + secs(50))
+        .await
+        .unwrap();
+    let recent = records.iter().filter(|r| r.last_seen_at > T0).count() as u64;
+    let mut expected = BTreeMap::new();
+    // records[1] (dormant) moved to version 2 and, its successor
+    // unconfirmed, still counts under 1; records[2] (dormant) is revoked.
+    expected.insert(
+        KeyVersion(1),
+        VersionCount {
+            recent,
+            dormant: 1200 - recent - 1,
+        },
+    );
+    expected.insert(
+        KeyVersion(2),
+        VersionCount {
+            recent: 0,
+            dormant: 1,
+        },
+    );
+    assert_eq!(counts, expected);
+
+    assert_eq!(store.purge_expired(now).await.unwrap(), 2);
+    assert!(
+        !admin
+            .exists::<_, bool>(format!("{prefix}s:{}", short.id))
+            .await
+            .unwrap()
+    );
+    let short_key = format!(
+        "{prefix}k:{}",
+        hex::encode(short.current.lookup_key.as_bytes())
+    );
+    assert!(!admin.exists::<_, bool>(short_key).await.unwrap());
+    // Past everyone's absolute expiry, everything goes, indexes included.
+    assert_eq!(store.purge_expired(T0 + secs(86_400)).await.unwrap(), 1199);
+    assert!(keys(&mut admin, &prefix).await.is_empty());
+    cleanup(&mut admin, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_clock_years_from_the_servers_does_not_make_sessions_vanish() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    for start in [
+        datetime!(2001-02-03 04:05 UTC),
+        datetime!(2093-01-01 00:00 UTC),
+    ] {
+        let prefix = unique("ths-clock") + ":";
+        let h = Harness::with_store(
+            store(&prefix).await,
+            SessionConfig::default(),
+            ring(1, &[1]),
+        );
+        h.clock.set(start);
+        let secret = h.login("alice").await;
+        let keys = keys(&mut admin, &prefix).await;
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        // Each key lives for the session's absolute lifetime (30 days by
+        // default) from now, whatever Redis's own clock says.
+        for key in &keys {
+            let ttl: i64 = admin.pttl(key).await.unwrap();
+            let lifetime = 30 * 24 * 3600 * 1000;
+            assert!(
+                (lifetime - 60_000..=lifetime).contains(&ttl),
+                "{start}: {key} {ttl}"
+            );
+        }
+        h.advance(3600);
+        let res = h.call("GET", "/me", Some(&secret)).await;
+        assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
+        cleanup(&mut admin, &prefix).await;
+    }
+}
+
+/// A TCP proxy in front of Redis that records every command clients send
+/// through it, by connection: what the store puts on the wire, without
+/// `MONITOR` and without other tests' traffic.
+struct Proxy {
+    url: String,
+    commands: Arc<Mutex<Vec<(usize, String)>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let url = url();
+        let rest = url.strip_prefix("redis://").expect("a redis:// URL");
+        let (user_info, rest) = match rest.rsplit_once('@') {
+            Some((user_info, rest)) => (format!("{user_info}@"), rest),
+            None => (String::new(), rest),
+        };
+        let (upstream, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let upstream = upstream.to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let commands = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (log, count) = (commands.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let index = count.fetch_add(1, Ordering::SeqCst);
+                let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut chunk = [0u8; 16 * 1024];
+                    loop {
+                        let n = match client_read.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        pending.extend_from_slice(&chunk[..n]);
+                        while let Some((used, name)) = parse_command(&pending) {
+                            log.lock().unwrap().push((index, name));
+                            pending.drain(..used);
+                        }
+                        if server_write.write_all(&chunk[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Proxy {
+            url: format!("redis://{user_info}127.0.0.1:{port}/{path}"),
+            commands,
+            connections,
+        }
+    }
+
+    /// The command names sent since the last call, uppercase.
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.commands.lock().unwrap())
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect()
+    }
+}
+
+/// One RESP command (an array of bulk strings) at the start of `buf`: the
+/// bytes it takes and its name; `None` until it is complete.
+fn parse_command(buf: &[u8]) -> Option<(usize, String)> {
+    fn line(buf: &[u8], at: usize) -> Option<(usize, &[u8])> {
+        let end = buf[at..].windows(2).position(|w| w == b"\r\n")? + at;
+        Some((end + 2, &buf[at..end]))
+    }
+    let number = |bytes: &[u8]| -> usize { std::str::from_utf8(bytes).unwrap().parse().unwrap() };
+    let (mut at, header) = line(buf, 0)?;
+    assert_eq!(
+        header.first(),
+        Some(&b'*'),
+        "the proxy reads RESP arrays only"
+    );
+    let mut name = None;
+    for _ in 0..number(&header[1..]) {
+        let (start, len) = line(buf, at)?;
+        let len = number(&len[1..]);
+        if buf.len() < start + len + 2 {
+            return None;
+        }
+        name.get_or_insert_with(|| {
+            String::from_utf8_lossy(&buf[start..start + len]).to_uppercase()
+        });
+        at = start + len + 2;
+    }
+    Some((at, name.unwrap_or_default()))
+}
+
+#[tokio::test]
+async fn a_lookup_is_one_mget_and_no_script() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-wire") + ":";
+    let proxy = Proxy::start().await;
+    let store = RedisStore::builder(&proxy.url)
+        .prefix(&prefix)
+        .connections(1)
+        .connect()
+        .await
+        .unwrap();
+    let a = record(Some("alice"), T0);
+    store.insert(&a).await.unwrap();
+    let b = rotated(&a, credential(2), T0);
+    assert!(store.replace(&a, &b, T0).await.unwrap());
+    let writes = proxy.take();
+    assert!(
+        writes.iter().all(|c| c != "MGET" && c != "GET"),
+        "{writes:?}"
+    );
+
+    // Eight candidates (two cookie values, four key versions), one round
+    // trip, no script.
+    let mut candidates = vec![candidate(b.current, 0), candidate(a.current, 1)];
+    candidates.extend((0..6).map(|i| candidate(credential(i), i as u8 / 3)));
+    let matches = store.find_active(&candidates, T0).await.unwrap();
+    assert_eq!(matches.len(), 2);
+    assert_eq!(proxy.take(), ["MGET"]);
+    assert!(store.get_active(&a.id, T0).await.unwrap().is_some());
+    assert_eq!(proxy.take(), ["GET"]);
+    // No candidates, no command.
+    assert!(store.find_active(&[], T0).await.unwrap().is_empty());
+    assert!(proxy.take().is_empty());
+    cleanup(&mut admin, &prefix).await;
+}
+
+#[tokio::test]
+async fn operations_take_the_connections_in_turn() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-connections") + ":";
+    let proxy = Proxy::start().await;
+    let store = RedisStore::builder(&proxy.url)
+        .prefix(&prefix)
+        .connections(3)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(proxy.connections.load(Ordering::SeqCst), 3);
+    proxy.commands.lock().unwrap().clear();
+    let id = SessionId::generate();
+    for _ in 0..6 {
+        assert!(store.get_active(&id, T0).await.unwrap().is_none());
+    }
+    let mut per_connection = [0; 3];
+    for (index, name) in proxy.commands.lock().unwrap().iter() {
+        assert_eq!(name, "GET");
+        per_connection[*index] += 1;
+    }
+    assert_eq!(per_connection, [2, 2, 2]);
+    let debug = format!("{store:?}");
+    assert!(debug.contains("connections: 3"), "{debug}");
+    cleanup(&mut admin, &prefix).await;
 }
 
 /// Two app instances: separate connections and managers on one prefix.
@@ -117,36 +770,15 @@ async fn concurrent_rotation_through_both_instances_has_one_winner() {
 }
 
 #[tokio::test]
-async fn keys_expire_by_themselves_at_the_absolute_expiry() {
+async fn lost_responses_and_copied_cookies_through_redis() {
     let Some(mut admin) = admin().await else {
         return;
     };
-    let prefix = unique("ths-ttl") + ":";
-    let h = Harness::with_store(
-        store(&prefix).await,
-        SessionConfig::default(),
-        ring(1, &[1]),
-    );
-    h.login("alice").await;
-    let absolute_ms = (common::T0 + Duration::from_secs(30 * 24 * 3600)).unix_timestamp() * 1000;
-    let keys = keys(&mut admin, &prefix).await;
-    let session_keys: Vec<_> = keys
-        .iter()
-        .filter(|k| {
-            k.starts_with(&format!("{prefix}s:"))
-                || k.starts_with(&format!("{prefix}k:"))
-                || k.starts_with(&format!("{prefix}u:"))
-        })
-        .collect();
-    assert_eq!(session_keys.len(), 3, "{keys:?}");
-    for key in session_keys {
-        let at: i64 = redis::cmd("PEXPIRETIME")
-            .arg(key)
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-        assert_eq!(at, absolute_ms, "{key}");
-    }
+    let prefix = unique("ths-lifecycle") + ":";
+    let h = Harness::with_store(store(&prefix).await, common::rotating(), ring(1, &[1]));
+    common::lost_rotation_response_keeps_the_session(&h).await;
+    common::copied_cookie_after_confirmed_rotation_is_reuse(&h).await;
+    common::superseded_secret_is_reuse(&h).await;
     cleanup(&mut admin, &prefix).await;
 }
 
@@ -171,8 +803,44 @@ async fn prefixes_keep_stores_apart() {
     cleanup(&mut admin, &p1).await;
 }
 
+/// Rewrites the value of record `id`, under its id and every lookup key it
+/// holds, as `case` says: `h<n>=<text>` replaces header field `n`,
+/// `b<from>=><to>` replaces text in the JSON, `raw=<text>` the whole value.
+async fn damage(admin: &mut Admin, prefix: &str, id: SessionId, case: &str) {
+    let value: String = admin.get(format!("{prefix}s:{id}")).await.unwrap();
+    let (header, body) = value.split_once('\n').unwrap();
+    let fields: Vec<&str> = header.split('|').collect();
+    let damaged = if let Some(raw) = case.strip_prefix("raw=") {
+        raw.to_owned()
+    } else if let Some(change) = case.strip_prefix('h') {
+        let (index, text) = change.split_once('=').unwrap();
+        let mut fields = fields.clone();
+        fields[index.parse::<usize>().unwrap()] = text;
+        format!("{}\n{body}", fields.join("|"))
+    } else {
+        let (from, to) = case[1..].split_once("=>").unwrap();
+        assert!(body.contains(from), "{case}");
+        format!("{header}\n{}", body.replacen(from, to, 1))
+    };
+    let mut keys = vec![format!("{prefix}s:{id}")];
+    for field in &fields[6..9] {
+        if *field != "-" {
+            keys.push(format!("{prefix}k:{field}"));
+        }
+    }
+    for key in keys {
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(&damaged)
+            .arg("KEEPTTL")
+            .query_async(admin)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
-async fn corrupt_hashes_are_reported_as_corruption() {
+async fn damaged_values_are_reported_as_corruption() {
     let Some(mut admin) = admin().await else {
         return;
     };
@@ -182,31 +850,119 @@ async fn corrupt_hashes_are_reported_as_corruption() {
         SessionConfig::default(),
         ring(1, &[1]),
     );
+    let other_key = "f".repeat(64);
+    let (h6, h7) = (format!("h6={other_key}"), format!("h7={other_key}"));
     let cases = [
-        "expires_at=01893456000000000",
-        "expires_at=1.9e15",
-        "expires_at= 1893456000000000",
-        "current_key_version=+1",
-        "attributes=[1]",
-        "subject=",
-        "revoked_reason=bogus",
-        "id=ABABABABABABABABABABABABABABABAB",
-        // Well-formed, but not the id of the key the hash lives under.
-        "id=0000000000000000000000000000000a",
-        "unexpected_field=1",
-        "previous_key_version=1",
-        "current_lookup_key=0102",
-        "current_lookup_key=ZZ00000000000000000000000000000000000000000000000000000000000000",
+        "raw=",
+        "raw=garbage",
+        "raw=ths2|x\n{}",
+        "h0=ths1",
+        "h1=ABABABABABABABABABABABABABABABAB",
+        "h2=01",
+        "h3=+1893456000000000",
+        "h3=1.9e15",
+        "h4= 1",
+        "h5=1,bogus",
+        "h5=x,logout",
+        // The value under the lookup key does not hold it.
+        &h6,
+        "h6=ABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABAB",
+        &h7,
+        "h9=",
+        "h9=zz",
+        "b\"persistent\":true=>\"persistent\":1",
+        "b\"persistent\":true=>\"persistent\":true,\"unexpected\":1",
+        "b\"idle_timeout\":=>\"idle_timeout\":-",
+        "b\"created_at\":=>\"created_at\":9",
+        "b{=>[",
     ];
     common::assert_damage_is_corruption(&h, &cases, |_user, id, case| {
         let mut admin = admin.clone();
-        let key = format!("{prefix}s:{id}");
-        async move {
-            let (field, value) = case.split_once('=').unwrap();
-            let _: () = admin.hset(key, field, value).await.unwrap();
-        }
+        let prefix = prefix.clone();
+        async move { damage(&mut admin, &prefix, id, &case).await }
     })
     .await;
+    cleanup(&mut admin, &prefix).await;
+}
+
+/// Whether `error` is corruption naming one of `ids`.
+fn is_corrupt(error: &StoreError, ids: &[SessionId]) -> bool {
+    matches!(error, StoreError::Corrupt { id: Some(id), .. } if ids.contains(id))
+}
+
+#[tokio::test]
+async fn every_operation_reports_a_damaged_record() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-damaged") + ":";
+    let store = store(&prefix).await;
+    let healthy = record(Some("alice"), T0);
+    let a = record(Some("alice"), T0);
+    let b = record(Some("alice"), T0);
+    for r in [&healthy, &a, &b] {
+        store.insert(r).await.unwrap();
+    }
+    // `a`'s header no longer parses; under `b`'s id is another record.
+    damage(&mut admin, &prefix, a.id, "h0=ths1").await;
+    let b_value: Vec<u8> = admin
+        .get(format!("{prefix}s:{}", healthy.id))
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}s:{}", b.id))
+        .arg(b_value)
+        .arg("KEEPTTL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let revocation = Revocation::new(RevocationReason::Admin);
+    for id in [a.id, b.id] {
+        let error = store.get_active(&id, T0).await.unwrap_err();
+        assert!(is_corrupt(&error, &[id]), "{error:?}");
+    }
+    let error = store
+        .revoke(&a.id, None, T0, &revocation)
+        .await
+        .unwrap_err();
+    assert!(is_corrupt(&error, &[a.id]), "{error:?}");
+    let error = store
+        .replace(&a, &successor(&a, |_| {}), T0)
+        .await
+        .unwrap_err();
+    assert!(is_corrupt(&error, &[a.id]), "{error:?}");
+    let error = store.list_for_subject("alice", T0).await.unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    let error = store
+        .revoke_all_for_subject("alice", T0, &revocation, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    // Nothing was revoked by the refused revoke-all.
+    assert!(store.get_active(&healthy.id, T0).await.unwrap().is_some());
+    let error = store.count_by_key_version(T0, T0).await.unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    // Errors name the id, never a lookup key.
+    let message = format!("{error} {error:?}");
+    for r in [&healthy, &a, &b] {
+        assert!(!message.contains(&hex::encode(r.current.lookup_key.as_bytes())));
+    }
+    // Purging past everyone's expiry deletes the healthy record and
+    // reports a damaged one, which it leaves alone.
+    let error = store.purge_expired(T0 + secs(86_400)).await.unwrap_err();
+    assert!(is_corrupt(&error, &[a.id, b.id]), "{error:?}");
+    assert!(
+        !admin
+            .exists::<_, bool>(format!("{prefix}s:{}", healthy.id))
+            .await
+            .unwrap()
+    );
+    assert!(
+        admin
+            .exists::<_, bool>(format!("{prefix}s:{}", a.id))
+            .await
+            .unwrap()
+    );
     cleanup(&mut admin, &prefix).await;
 }
 
@@ -241,16 +997,18 @@ async fn acl_credentials_and_the_health_check() {
         .await
         .unwrap();
     store.ping().await.unwrap();
+    let debug = format!("{:?}", RedisStore::builder(url()).password(&password));
+    assert!(!debug.contains(&password), "{debug}");
     let h = Harness::with_store(store, SessionConfig::default(), ring(1, &[1]));
     let secret = h.login("alice").await;
     assert_eq!(h.call("GET", "/me", Some(&secret)).await.body, "alice");
-    let whoami: String = redis::cmd("CLIENT")
+    let clients: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(&mut admin)
         .await
         .unwrap();
     assert!(
-        whoami.contains(&format!("user={user}")),
+        clients.contains(&format!("user={user}")),
         "the store connected as the ACL user"
     );
 
@@ -263,7 +1021,7 @@ async fn acl_credentials_and_the_health_check() {
         .await
         .unwrap();
     assert!(matches!(
-        outside.purge_expired(common::T0).await,
+        outside.insert(&record(Some("bob"), T0)).await,
         Err(StoreError::Backend { .. })
     ));
 
@@ -281,5 +1039,233 @@ async fn acl_credentials_and_the_health_check() {
         .query_async(&mut admin)
         .await
         .unwrap();
+    cleanup(&mut admin, &prefix).await;
+}
+
+/// `INFO commandstats` for the commands named: calls and microseconds per
+/// call, as Redis measured them.
+async fn command_stats(admin: &mut Admin, names: &[&str]) -> Vec<(String, u64, f64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .unwrap();
+    let mut stats = Vec::new();
+    for line in info.lines() {
+        let Some((name, fields)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        if !names.contains(&name) {
+            continue;
+        }
+        let field = |key: &str| {
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix(&format!("{key}=")))
+                .unwrap()
+                .to_owned()
+        };
+        stats.push((
+            name.to_owned(),
+            field("calls").parse().unwrap(),
+            field("usec_per_call").parse().unwrap(),
+        ));
+    }
+    stats
+}
+
+/// Reports the statistics of `names` since the last phase under `label`,
+/// then resets them.
+async fn phase(admin: &mut Admin, label: &str, names: &[&str], report: &mut Vec<String>) {
+    for (name, calls, per_call) in command_stats(admin, names).await {
+        report.push(format!(
+            "{label:<40} {name:<8} {calls:>6} calls {per_call:>6.2} µs/call"
+        ));
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(admin)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+#[ignore = "resets the server's statistics and prints timings: run alone"]
+async fn measure_server_time_per_operation() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-measure") + ":";
+    let store = RedisStore::builder(url())
+        .prefix(&prefix)
+        .connections(1)
+        .connect()
+        .await
+        .unwrap();
+    const N: usize = 2000;
+    let records: Vec<SessionRecord> = (0..N).map(|_| record(Some("alice"), T0)).collect();
+    let plain_key = format!("{prefix}plain");
+    let _: () = admin.set(&plain_key, "x".repeat(400)).await.unwrap();
+    let mut report = Vec::new();
+    phase(&mut admin, "(reset)", &[], &mut report).await;
+
+    for r in &records {
+        store.insert(r).await.unwrap();
+    }
+    phase(
+        &mut admin,
+        "insert (script)",
+        &["evalsha", "eval"],
+        &mut report,
+    )
+    .await;
+
+    for _ in 0..N {
+        let _: Vec<u8> = admin.get(&plain_key).await.unwrap();
+    }
+    phase(
+        &mut admin,
+        "plain GET of a 400-byte value",
+        &["get"],
+        &mut report,
+    )
+    .await;
+
+    // What any script costs on this server, for scale.
+    let empty = redis::Script::new("return 1");
+    for _ in 0..N {
+        let _: i64 = empty.invoke_async(&mut admin).await.unwrap();
+    }
+    phase(
+        &mut admin,
+        "baseline: script `return 1`",
+        &["evalsha"],
+        &mut report,
+    )
+    .await;
+    let set_get =
+        redis::Script::new("redis.call('SET', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])");
+    for _ in 0..N {
+        let _: Vec<u8> = set_get
+            .key(&plain_key)
+            .arg("x".repeat(400))
+            .invoke_async(&mut admin)
+            .await
+            .unwrap();
+    }
+    phase(
+        &mut admin,
+        "baseline: script SET + GET",
+        &["evalsha"],
+        &mut report,
+    )
+    .await;
+
+    for r in &records {
+        assert!(store.get_active(&r.id, T0).await.unwrap().is_some());
+    }
+    phase(&mut admin, "get_active (GET)", &["get"], &mut report).await;
+
+    for r in &records {
+        let found = store
+            .find_active(&[candidate(r.current, 0)], T0)
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+    }
+    phase(
+        &mut admin,
+        "find_active, 1 candidate (MGET)",
+        &["mget"],
+        &mut report,
+    )
+    .await;
+
+    for r in &records {
+        let candidates = [candidate(r.current, 0), candidate(credential(2), 0)];
+        assert_eq!(store.find_active(&candidates, T0).await.unwrap().len(), 1);
+    }
+    phase(
+        &mut admin,
+        "find_active, 2 candidates (MGET)",
+        &["mget"],
+        &mut report,
+    )
+    .await;
+
+    let mut touched = Vec::with_capacity(N);
+    for r in &records {
+        let next = successor(r, |n| n.last_seen_at = T0 + secs(60));
+        assert!(store.replace(r, &next, T0 + secs(60)).await.unwrap());
+        touched.push(next);
+    }
+    phase(
+        &mut admin,
+        "replace: touch (script)",
+        &["evalsha"],
+        &mut report,
+    )
+    .await;
+
+    for r in &touched {
+        let next = rotated(r, credential(1), T0 + secs(60));
+        assert!(store.replace(r, &next, T0 + secs(60)).await.unwrap());
+    }
+    phase(
+        &mut admin,
+        "replace: rotate (script)",
+        &["evalsha"],
+        &mut report,
+    )
+    .await;
+
+    let revocation = Revocation::new(RevocationReason::Logout);
+    for r in &records {
+        store.revoke(&r.id, None, T0, &revocation).await.unwrap();
+    }
+    phase(&mut admin, "revoke (script)", &["evalsha"], &mut report).await;
+
+    // 10 sessions per subject.
+    let subjects: Vec<SessionRecord> = (0..100)
+        .map(|i| record(Some(&format!("user{}", i / 10)), T0))
+        .collect();
+    for r in &subjects {
+        store.insert(r).await.unwrap();
+    }
+    phase(&mut admin, "(setup)", &[], &mut report).await;
+    for i in 0..10 {
+        store
+            .list_for_subject(&format!("user{i}"), T0)
+            .await
+            .unwrap();
+    }
+    phase(
+        &mut admin,
+        "list_for_subject, 10 sessions (script)",
+        &["evalsha"],
+        &mut report,
+    )
+    .await;
+    for i in 0..10 {
+        store
+            .revoke_all_for_subject(&format!("user{i}"), T0, &revocation, None)
+            .await
+            .unwrap();
+    }
+    phase(
+        &mut admin,
+        "revoke_all_for_subject, 10 (script)",
+        &["evalsha"],
+        &mut report,
+    )
+    .await;
+
+    println!("\nRedis server time per call (INFO commandstats), {N} operations each:");
+    for line in report {
+        println!("{line}");
+    }
     cleanup(&mut admin, &prefix).await;
 }

@@ -25,33 +25,31 @@ end
 local function unhex(h)
   return (string.gsub(h, '%x%x', function(c) return string.char(tonumber(c, 16)) end))
 end
-local function is_key(k) return #k == 64 and string.match(k, '^[0-9a-f]+$') ~= nil end
+-- One pattern over the header, capturing where the JSON starts rather than
+-- copying it: a script reads the header only.
+local HEADER = '^ths2|(%x+)|(%d+)|(%-?%d+)|(%-?%d+)|([^|]*)|(%x+)|([^|]*)|([^|]*)|([^|\n]*)\n()'
+local function is_key(k) return #k == 64 and string.match(k, '^%x+$') ~= nil end
 -- A stored value's header: nil for no value, false for one that does not
 -- parse (the caller reports corruption).
 local function parse(v)
   if not v then return nil end
-  local head, body = string.match(v, '^([^\n]*)\n(.*)$')
-  if not head then return false end
-  local f = {}
-  for x in string.gmatch(head .. '|', '([^|]*)|') do f[#f + 1] = x end
-  if #f ~= 10 or f[1] ~= 'ths2' or not string.match(f[3], '^%d+$')
-    or not string.match(f[4], '^%-?%d+$') or not string.match(f[5], '^%-?%d+$')
-    or not is_key(f[7]) then return false end
-  local keys = {f[7]}
-  for i = 8, 9 do
-    if f[i] ~= '-' then
-      if not is_key(f[i]) then return false end
-      keys[#keys + 1] = f[i]
+  local id, gen, exp, abs, rev, cur, prev, sup, subject, body = string.match(v, HEADER)
+  if not id or #cur ~= 64 then return false end
+  local keys = {cur}
+  for _, k in ipairs({prev, sup}) do
+    if k ~= '-' then
+      if not is_key(k) then return false end
+      keys[#keys + 1] = k
     end
   end
-  return {id = f[2], gen = f[3], exp = f[4], abs = f[5], rev = f[6], keys = keys,
-    subject = f[10], f = f, body = body}
+  return {id = id, gen = gen, exp = exp, abs = abs, rev = rev, keys = keys,
+    subject = subject, v = v, body = body, prev = prev, sup = sup}
 end
 -- Stamps a revocation on the value under the id and every lookup key (the
 -- keys keep their expiry) and drops the id from its subject's index.
 local function revoke_one(r, revocation)
-  r.f[6] = revocation
-  local v = table.concat(r.f, '|') .. '\n' .. r.body
+  local v = table.concat({'ths2', r.id, r.gen, r.exp, r.abs, revocation, r.keys[1], r.prev, r.sup,
+    r.subject}, '|') .. '\n' .. string.sub(r.v, r.body)
   redis.call('SET', skey(r.id), v, 'XX', 'KEEPTTL')
   for _, k in ipairs(r.keys) do redis.call('SET', kkey(k), v, 'XX', 'KEEPTTL') end
   if r.subject ~= '-' then redis.call('ZREM', ukey(unhex(r.subject)), r.id) end
@@ -62,11 +60,9 @@ end
 /// lookup keys… 1 inserted, 0 conflict.
 const INSERT: &str = r#"
 local id, ttl, value, subject, score = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-if redis.call('EXISTS', skey(id)) == 1 then return 0 end
-local keys = {}
+local keys = {skey(id)}
 for i = 7, #ARGV do keys[#keys + 1] = kkey(ARGV[i]) end
 if redis.call('EXISTS', unpack(keys)) > 0 then return 0 end
-redis.call('SET', skey(id), value, 'PX', ttl)
 for _, k in ipairs(keys) do redis.call('SET', k, value, 'PX', ttl) end
 if subject ~= '' then
   local u = ukey(subject)
@@ -85,15 +81,18 @@ local r = parse(redis.call('GET', skey(id)))
 if r == nil then return 0 end
 if r == false or r.id ~= id then return -2 end
 if r.gen ~= expected or r.rev ~= '-' or not lt(now, r.exp) or not lt(now, r.abs) then return 0 end
-local old, new = {}, {}
+local old, new, fresh = {}, {}, {}
 for _, k in ipairs(r.keys) do old[k] = true end
 for i = 7, #ARGV do
   new[ARGV[i]] = true
-  if not old[ARGV[i]] and redis.call('EXISTS', kkey(ARGV[i])) == 1 then return -1 end
+  if not old[ARGV[i]] then fresh[#fresh + 1] = kkey(ARGV[i]) end
 end
+if #fresh > 0 and redis.call('EXISTS', unpack(fresh)) > 0 then return -1 end
 redis.call('SET', skey(id), value, 'PX', ttl)
 for i = 7, #ARGV do redis.call('SET', kkey(ARGV[i]), value, 'PX', ttl) end
-for _, k in ipairs(r.keys) do if not new[k] then redis.call('DEL', kkey(k)) end end
+local gone = {}
+for _, k in ipairs(r.keys) do if not new[k] then gone[#gone + 1] = kkey(k) end end
+if #gone > 0 then redis.call('DEL', unpack(gone)) end
 return 1
 "#;
 
@@ -152,8 +151,9 @@ for i = 3, #ARGV do
   local r = parse(redis.call('GET', skey(id)))
   if r == false or (r and r.id ~= id) then out[#out + 1] = id
   elseif r and (r.rev ~= '-' or not lt(now, r.exp) or not lt(now, r.abs)) then
-    redis.call('DEL', skey(id))
-    for _, k in ipairs(r.keys) do redis.call('DEL', kkey(k)) end
+    local keys = {skey(id)}
+    for _, k in ipairs(r.keys) do keys[#keys + 1] = kkey(k) end
+    redis.call('DEL', unpack(keys))
     if r.subject ~= '-' then redis.call('ZREM', ukey(unhex(r.subject)), id) end
     n = n + 1
   end
