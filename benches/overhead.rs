@@ -25,7 +25,7 @@ use support::{get_req, ring, set_cookie, tower_sessions};
 use time::macros::datetime;
 use tower::ServiceExt as _;
 use tower_hmac_session::{
-    Attributes, MemoryStore, MockClock, Session, SessionConfig, SessionLayer, SessionManager,
+    Data as Attributes, MemoryStore, MockClock, Session, SessionConfig, SessionLayer, SessionManager,
     SessionSecret, SessionStore,
 };
 
@@ -229,7 +229,7 @@ fn bench_micro(c: &mut Criterion) {
     let ring1 = ring(1);
     let secret = SessionSecret::parse(&encoded).unwrap();
     group.bench_function("candidate_derivation", |b| {
-        b.iter(|| ring1.current_candidate(black_box(&secret)))
+        b.iter(|| ring1.current_credential(black_box(&secret)))
     });
     group.finish();
 }
