@@ -691,6 +691,30 @@ pub async fn lost_rotation_response_keeps_the_session(h: &Harness) {
     assert_eq!(h.call("GET", "/me", Some(&fresh)).await.body, "carol");
 }
 
+/// A rotation write that applies but whose answer is lost (reported as a
+/// timeout): the request is served without a cookie, the client keeps the
+/// old secret, is served in the grace and re-rotated after it, and stays
+/// signed in with the fresh secret.
+pub async fn rotation_write_that_times_out_converges(h: &Harness) {
+    let old = h.login("alice").await;
+    h.advance(16 * 60);
+    h.store.apply_then_fail.store(true, Ordering::SeqCst);
+    let res = h.call("GET", "/me", Some(&old)).await;
+    h.store.apply_then_fail.store(false, Ordering::SeqCst);
+    // Served, and no cookie: the layer cannot know the write applied.
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
+    assert!(res.raw_set_cookies.is_empty());
+    assert_eq!(Counts::get(&h.store.counts.rotate_applied), 1, "it did apply");
+    assert_eq!(h.call("GET", "/me", Some(&old)).await.body, "alice");
+    h.advance(2 * 60);
+    let res = h.call("GET", "/me", Some(&old)).await;
+    assert_eq!(res.body, "alice");
+    let fresh = res.new_secret().expect("re-rotated");
+    assert_eq!(h.call("GET", "/me", Some(&fresh)).await.body, "alice");
+    h.advance(10 * 60);
+    assert_eq!(h.call("GET", "/me", Some(&fresh)).await.body, "alice");
+}
+
 /// Two parties use copies of one cookie through a rotation: once the owner
 /// confirmed the new secret and the grace passed, the copy's old secret ends
 /// the session for both.
