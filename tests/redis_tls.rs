@@ -1,7 +1,7 @@
 //! `RedisStore` over TLS: a `rediss://` URL against a TLS-only Redis that
 //! this test starts on a free loopback port, with a certificate authority it
 //! makes with `openssl`.
-#![cfg(all(feature = "redis-tls", feature = "conformance"))]
+#![cfg(all(feature = "redis-tls", feature = "memory"))]
 
 mod common;
 
