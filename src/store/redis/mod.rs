@@ -51,9 +51,9 @@
 //!
 //! A few multiplexed connections (default
 //! [`DEFAULT_CONNECTIONS`]), taken in turn; each reconnects by itself after a
-//! failure (redis-rs's `ConnectionManager`). Needs Redis 7.0 or later and a
-//! single node: scripts derive key names from the prefix, which Redis
-//! Cluster does not allow.
+//! failure (redis-rs's `ConnectionManager`). Needs Redis 6.0 or later
+//! (`SET … KEEPTTL`; tested with 7.0) and a single node: scripts derive key
+//! names from the prefix, which Redis Cluster does not allow.
 
 mod builder;
 mod scripts;

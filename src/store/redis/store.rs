@@ -176,13 +176,15 @@ impl RedisStore {
     }
 
     /// One step of a scan over the `s:` keys: the next cursor and the ids
-    /// found. A key under `s:` that is not an id is corruption.
+    /// found. The pattern matches exactly 32 lowercase hex digits after
+    /// `s:`, so another prefix that happens to start with this one is not
+    /// read.
     async fn scan_ids(
         &self,
         operation: &'static str,
         cursor: u64,
     ) -> Result<(u64, Vec<SessionId>), StoreError> {
-        let pattern = format!("{}s:*", glob_escape(&self.prefix));
+        let pattern = format!("{}s:{}", glob_escape(&self.prefix), "[0-9a-f]".repeat(32));
         let mut connection = self.connection();
         let (cursor, keys): (u64, Vec<String>) = self
             .run(
