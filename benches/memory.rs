@@ -16,7 +16,7 @@ use http::Request;
 use time::macros::datetime;
 use tower::ServiceExt as _;
 use tower_hmac_session::{
-    Attributes, MemoryStore, MockClock, Session, SessionConfig, SessionLayer, SessionManager,
+    Data as Attributes, MemoryStore, MockClock, Session, SessionConfig, SessionLayer, SessionManager,
     SessionStore,
 };
 

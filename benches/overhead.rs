@@ -25,7 +25,7 @@ use support::{get_req, ring, set_cookie, tower_sessions};
 use time::macros::datetime;
 use tower::ServiceExt as _;
 use tower_hmac_session::{
-    Attributes, MemoryStore, MockClock, Session, SessionConfig, SessionLayer, SessionManager,
+    Data as Attributes, MemoryStore, MockClock, Session, SessionConfig, SessionLayer, SessionManager,
     SessionSecret, SessionStore,
 };
 
@@ -166,15 +166,20 @@ fn bench_routers(c: &mut Criterion) {
             let req = get_req("/read", Some(&cookie));
             async {
                 let res = call(&router, req).await;
-                debug_assert!(set_cookie(&res, COOKIE).is_some());
+                // A slide sends no cookie: Max-Age runs to the absolute expiry.
+                debug_assert!(set_cookie(&res, COOKIE).is_none());
                 res
             }
         })
     });
 
-    // Due for rotation on every request; the client follows the new cookie.
+    // A rotation cycle per iteration, two requests: one due for rotation
+    // (new secret, CAS write, new cookie), then the first use of the new
+    // secret, which confirms it (CAS write, no cookie). The client follows
+    // the new cookie.
     let rotating = SessionConfig::builder()
-        .access_ttl(Some(Duration::from_secs(1)))
+        .access_ttl(Some(Duration::from_secs(2)))
+        .rotation_grace(Duration::from_secs(1))
         .touch_interval(Duration::from_secs(1))
         .idle_timeout(Duration::from_secs(3600))
         .absolute_lifetime(Duration::from_secs(99 * 365 * 24 * 3600))
@@ -183,16 +188,19 @@ fn bench_routers(c: &mut Criterion) {
     let (manager, clock, cookie) = rt.block_on(session(MemoryStore::new(), 2, rotating));
     let router = ours(&manager);
     let cookie = Rc::new(RefCell::new(cookie));
-    group.bench_function("ours/rotate", |b| {
+    group.bench_function("ours/rotate_and_confirm", |b| {
         b.to_async(&rt).iter(|| {
-            clock.advance(Duration::from_secs(1));
+            clock.advance(Duration::from_secs(2));
             let req = get_req("/read", Some(&cookie.borrow()));
             let cookie = cookie.clone();
             let router = &router;
             async move {
                 let res = call(router, req).await;
-                *cookie.borrow_mut() = set_cookie(&res, COOKIE).expect("rotated");
-                res
+                let new = set_cookie(&res, COOKIE).expect("rotated");
+                let confirm = call(router, get_req("/read", Some(&new))).await;
+                debug_assert!(set_cookie(&confirm, COOKIE).is_none());
+                *cookie.borrow_mut() = new;
+                (res, confirm)
             }
         })
     });
@@ -229,7 +237,7 @@ fn bench_micro(c: &mut Criterion) {
     let ring1 = ring(1);
     let secret = SessionSecret::parse(&encoded).unwrap();
     group.bench_function("candidate_derivation", |b| {
-        b.iter(|| ring1.current_candidate(black_box(&secret)))
+        b.iter(|| ring1.current_credential(black_box(&secret)))
     });
     group.finish();
 }

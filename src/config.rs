@@ -74,12 +74,16 @@ impl CookieConfig {
         &self.name
     }
 
-    /// The `Set-Cookie` value that gives the client `value` for `max_age_secs`.
-    pub(crate) fn set_cookie(&self, value: &str, max_age_secs: i64) -> String {
-        format!(
-            "{}={value}; Max-Age={max_age_secs}{}",
-            self.name, self.attributes
-        )
+    /// The `Set-Cookie` value that gives the client `value` for
+    /// `max_age_secs`, or for the browser session when `None`.
+    pub(crate) fn set_cookie(&self, value: &str, max_age_secs: Option<i64>) -> String {
+        match max_age_secs {
+            Some(max_age) => format!(
+                "{}={value}; Max-Age={max_age}{}",
+                self.name, self.attributes
+            ),
+            None => format!("{}={value}{}", self.name, self.attributes),
+        }
     }
 
     /// The `Set-Cookie` value that removes the cookie.
@@ -170,11 +174,11 @@ pub enum ConfigError {
 /// | `idle_timeout` | 7 days | a session unused for a week ends; used daily it lives on, like the "keep me signed in" of most web apps |
 /// | `absolute_lifetime` | 30 days | a hard cap: even a session in daily use signs in again monthly, bounding what one stolen session is worth |
 /// | `access_ttl` | 15 minutes | a cookie secret is a short-lived access token: a copied cookie is useful for minutes, and its replay after rotation revokes the session |
-/// | `rotation_grace` | 60 seconds | requests already in flight with the old secret (parallel tabs, slow uploads, retries) are still served |
+/// | `rotation_grace` | 60 seconds | requests already in flight with the old secret (parallel tabs, slow uploads, retries) are still served once the new secret is confirmed; must be shorter than `access_ttl` |
 /// | `touch_interval` | 5 minutes | at most one sliding-expiry write per session per 5 minutes: idle expiry is precise to 5 minutes of 7 days, at a fraction of the writes |
 /// | `store_timeout` | 5 seconds | a hung store answers 503 rather than holding connections open |
 /// | store errors | [`StoreErrorPolicy::FailClosed`] | a store outage never logs anyone out or loses a change |
-/// | reuse detection | on | a rotated-away secret presented after its grace revokes the whole session |
+/// | reuse detection | on | a rotated-away secret presented after its grace (once its successor was confirmed), or a superseded one, revokes the whole session |
 /// | cookie | `__Host-session`, `Secure; HttpOnly; SameSite=Lax; Path=/`, no `Domain` | the `__Host-` prefix pins the cookie to this origin over HTTPS |
 ///
 /// ```
@@ -250,6 +254,32 @@ impl SessionConfig {
         }
     }
 
+    /// The preset for plain-HTTP local development: the cookie is named
+    /// `dev-session`, without the `__Host-` prefix and without `Secure`, so
+    /// a browser sends it to `http://127.0.0.1`. **Never ship it:** without
+    /// `Secure` the secret travels in clear text, and without the prefix a
+    /// sibling subdomain can toss a cookie of the same name.
+    ///
+    /// ```
+    /// use tower_hmac_session::SessionConfig;
+    ///
+    /// let config = SessionConfig::development();
+    /// assert_eq!(config.cookie().name(), "dev-session");
+    /// ```
+    pub fn development() -> Self {
+        Self::development_builder()
+            .build()
+            .expect("the development preset is a valid configuration")
+    }
+
+    /// A builder starting from [`development`](Self::development), to change
+    /// lifetimes while keeping the plain-HTTP cookie.
+    pub fn development_builder() -> SessionConfigBuilder {
+        Self::builder()
+            .cookie_name("dev-session")
+            .cookie_secure(false)
+    }
+
     /// Idle expiry: a session unused this long ends.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
@@ -265,7 +295,9 @@ impl SessionConfig {
         self.access_ttl
     }
 
-    /// How long a rotated-away secret stays valid.
+    /// How long a rotated-away secret stays valid once its successor is
+    /// confirmed, and how long after a rotation the previous secret is
+    /// still a request in flight.
     pub fn rotation_grace(&self) -> Duration {
         self.rotation_grace
     }
@@ -273,6 +305,13 @@ impl SessionConfig {
     /// Least time between two sliding-expiry writes for one session.
     pub fn touch_interval(&self) -> Duration {
         self.touch_interval
+    }
+
+    /// The touch interval in force for a session with `idle_timeout`:
+    /// `min(touch_interval, idle_timeout / 2)`, so a session used steadily
+    /// never expires between two writes.
+    pub fn effective_touch_interval(&self, idle_timeout: Duration) -> Duration {
+        self.touch_interval.min(idle_timeout / 2)
     }
 
     /// Limit on each store operation; `None`: no limit.
@@ -444,6 +483,9 @@ impl SessionConfigBuilder {
         if c.touch_interval >= c.idle_timeout {
             return lifetime("touch_interval must be shorter than idle_timeout");
         }
+        if c.access_ttl.is_some_and(|ttl| c.rotation_grace >= ttl) {
+            return lifetime("rotation_grace must be shorter than access_ttl");
+        }
         if c.absolute_lifetime < c.idle_timeout {
             return lifetime("absolute_lifetime must be at least idle_timeout");
         }
@@ -519,13 +561,17 @@ mod tests {
     fn set_cookie_values_render_every_attribute() {
         let default = SessionConfig::default();
         assert_eq!(
-            default.cookie.set_cookie("abc", 60),
+            default.cookie.set_cookie("abc", Some(60)),
             "__Host-session=abc; Max-Age=60; Path=/; Secure; HttpOnly; SameSite=Lax"
         );
         assert_eq!(
             default.cookie.removal(),
             "__Host-session=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; \
              Path=/; Secure; HttpOnly; SameSite=Lax"
+        );
+        assert_eq!(
+            default.cookie.set_cookie("abc", None),
+            "__Host-session=abc; Path=/; Secure; HttpOnly; SameSite=Lax"
         );
         let custom = SessionConfig::builder()
             .cookie_name("sid")
@@ -536,7 +582,7 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(
-            custom.cookie.set_cookie("v", 5),
+            custom.cookie.set_cookie("v", Some(5)),
             "sid=v; Max-Age=5; Path=/app; Domain=example.com; Secure; SameSite=Strict"
         );
         let dev = SessionConfig::builder()
@@ -545,7 +591,7 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(
-            dev.cookie.set_cookie("v", 1),
+            dev.cookie.set_cookie("v", Some(1)),
             "dev=v; Max-Age=1; Path=/; HttpOnly; SameSite=Lax"
         );
     }
@@ -565,6 +611,27 @@ mod tests {
                 .is_err()
         );
         assert!(b().access_ttl(Some(Duration::ZERO)).build().is_err());
+        for grace in [60, 61] {
+            assert_eq!(
+                b().access_ttl(Some(Duration::from_secs(60)))
+                    .rotation_grace(Duration::from_secs(grace))
+                    .build()
+                    .unwrap_err(),
+                ConfigError::Lifetime("rotation_grace must be shorter than access_ttl")
+            );
+        }
+        assert!(
+            b().access_ttl(Some(Duration::from_secs(60)))
+                .rotation_grace(Duration::from_secs(59))
+                .build()
+                .is_ok()
+        );
+        let dev = SessionConfig::development();
+        assert!(!dev.cookie.secure);
+        assert_eq!(
+            dev.cookie.set_cookie("v", Some(1)),
+            "dev-session=v; Max-Age=1; Path=/; HttpOnly; SameSite=Lax"
+        );
         assert!(b().access_ttl(None).build().is_ok());
         assert!(
             b().absolute_lifetime(Duration::from_secs(200 * 366 * 24 * 3600))

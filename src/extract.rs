@@ -1,6 +1,7 @@
 //! The axum extractors [`Session`] and [`ActiveSession`], and their rejections.
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
@@ -12,21 +13,23 @@ use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
 use crate::keys::KeyVersion;
+use crate::lifecycle;
 use crate::manager::{SessionError, SessionManager};
 use crate::record::{
-    ActiveSessionRecord, Attributes, Revocation, RevocationReason, SessionId, SessionRecord, Slot,
-    validate_attributes,
+    ActiveSessionRecord, Data, DataPatch, Revocation, RevocationReason, SessionId, SessionRecord,
+    Slot, validate_data,
 };
 use crate::secret::SessionSecret;
 
 /// The request's session handle, present under [`SessionLayer`](crate::SessionLayer)
 /// whether or not the request carries a live session.
 ///
-/// Operations that change the store (`login`, `logout`, …) write at once and
-/// return `Result`; they only *stage* the cookie change, which the layer
-/// applies to the response. Attribute changes (`insert`, `remove`) are
-/// written once, on the way out, with a single `update_attributes` call;
-/// if that write fails the response becomes a 503.
+/// Operations that change the store (`login`, `logout`, `renew`, …) write at
+/// once and return `Result`; they only *stage* the cookie change, which the
+/// layer applies to the response. Data changes (`insert`, `remove`) are
+/// written once, on the way out, as a patch merged into whatever the store
+/// holds then (two requests changing different keys both persist); if that
+/// write fails the response becomes an error.
 ///
 /// ```
 /// use axum::{Json, response::IntoResponse};
@@ -57,6 +60,9 @@ struct Shared {
     /// The request's time: read when the request arrived with a cookie, or
     /// on first use for an anonymous one (most never need it).
     now: OnceLock<OffsetDateTime>,
+    /// Whether an extractor handed the session to a handler: the response
+    /// then depends on the cookie (`Vary: Cookie`).
+    extracted: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -66,32 +72,35 @@ struct Shared {
 pub(crate) struct State {
     pub(crate) current: Option<Current>,
     pub(crate) cookie: CookieChange,
-    pub(crate) attributes_dirty: bool,
+    /// Data changes not yet written.
+    pub(crate) patch: DataPatch,
 }
 
 /// The live session of the request.
 #[derive(Debug)]
 pub(crate) struct Current {
-    /// Shared with the store's copy until the handler changes attributes.
+    /// The record as the store holds it (shared with a memory store's copy).
     pub(crate) record: Arc<SessionRecord>,
     pub(crate) slot: Slot,
     pub(crate) key_version: KeyVersion,
-    /// Whether the layer should slide, rotate and re-key it on the way out:
-    /// true for a session the request's cookie resolved, false for one the
-    /// handler just created.
+    /// Which cookie value matched (its secret is kept for re-keying).
+    pub(crate) value_index: u8,
+    /// Whether the layer maintains it on the way out (confirm, rotate,
+    /// re-key, slide): true for a session the request's cookie resolved,
+    /// false for one a handler just created or renewed.
     pub(crate) maintain: bool,
 }
 
 /// The cookie change the handler staged.
 #[derive(Debug, Default)]
 pub(crate) enum CookieChange {
-    /// No change (the layer may still refresh the cookie).
+    /// No change (the layer may still rotate).
     #[default]
     Keep,
-    /// Give the client a new secret.
+    /// Give the client a new secret for this record.
     Set {
         secret: SessionSecret,
-        expires_at: OffsetDateTime,
+        max_age: Option<std::time::Duration>,
     },
     /// Remove the cookie.
     Clear,
@@ -103,6 +112,7 @@ impl Session {
             shared: Arc::new(Shared {
                 manager,
                 now: OnceLock::from(now),
+                extracted: AtomicBool::new(false),
                 state: Mutex::new(state),
             }),
         }
@@ -114,6 +124,7 @@ impl Session {
             shared: Arc::new(Shared {
                 manager,
                 now: OnceLock::new(),
+                extracted: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
             }),
         }
@@ -133,17 +144,28 @@ impl Session {
         *self.shared.now.get_or_init(|| self.shared.manager.now())
     }
 
+    /// Whether an extractor handed this session to a handler.
+    pub(crate) fn was_extracted(&self) -> bool {
+        self.shared.extracted.load(Ordering::Relaxed)
+    }
+
+    fn mark_extracted(&self) {
+        self.shared.extracted.store(true, Ordering::Relaxed);
+    }
+
     /// The manager behind the layer, for admin operations.
     pub fn manager(&self) -> &SessionManager {
         &self.shared.manager
     }
 
-    /// The live session, if the request has one.
+    /// The live session, if the request has one, with the data as this
+    /// request changed it.
     pub fn active(&self) -> Option<ActiveSessionRecord> {
-        self.lock()
-            .current
-            .as_ref()
-            .map(|c| c.record.to_active(c.key_version))
+        let state = self.lock();
+        let current = state.current.as_ref()?;
+        let mut active = current.record.to_active(current.key_version);
+        state.patch.apply(&mut active.data);
+        Some(active)
     }
 
     /// Whether the request has a live session.
@@ -156,12 +178,20 @@ impl Session {
         self.lock().current.as_ref().map(|c| c.record.id)
     }
 
-    /// The live session's subject.
+    /// The live session's subject (`None` without a session, or before login).
     pub fn subject(&self) -> Option<String> {
         self.lock()
             .current
             .as_ref()
-            .map(|c| c.record.subject.clone())
+            .and_then(|c| c.record.subject.clone())
+    }
+
+    fn record(&self) -> Result<Arc<SessionRecord>, SessionError> {
+        self.lock()
+            .current
+            .as_ref()
+            .map(|c| c.record.clone())
+            .ok_or(SessionError::NotLoggedIn)
     }
 
     /// Logs `subject` in: creates a new session with a new secret, ends the
@@ -175,23 +205,23 @@ impl Session {
         &self,
         subject: impl Into<String>,
     ) -> Result<ActiveSessionRecord, SessionError> {
-        self.login_with(subject, Attributes::new()).await
+        self.login_with_data(subject, Data::new()).await
     }
 
-    /// Like [`login`](Self::login), with initial attributes (device label,
-    /// tenant, user agent, …).
+    /// Like [`login`](Self::login), with initial data.
     ///
     /// # Errors
     ///
-    /// As [`login`](Self::login), and attributes over 4 KiB of JSON.
-    pub async fn login_with(
+    /// As [`login`](Self::login), and data over 4 KiB of JSON or holding a
+    /// NUL character.
+    pub async fn login_with_data(
         &self,
         subject: impl Into<String>,
-        attributes: Attributes,
+        data: Data,
     ) -> Result<ActiveSessionRecord, SessionError> {
         let manager = self.manager();
         let now = self.now();
-        let (record, secret) = manager.new_record(subject.into(), attributes, now)?;
+        let (record, secret) = manager.new_record(subject.into(), data, now)?;
         // Insert first, then end the old session: if either fails, the old
         // session is still there (nothing lost). A new record whose login
         // failed is unreachable (its secret was never sent) and expires.
@@ -202,24 +232,65 @@ impl Session {
         if let Some(old) = self.id() {
             let revocation = Revocation::new(RevocationReason::ReplacedByLogin);
             manager
-                .call("revoke", manager.store().revoke(&old, now, &revocation))
+                .call(
+                    "revoke",
+                    manager.store().revoke(&old, None, now, &revocation),
+                )
                 .await?;
             tracing::info!(session.id = %old, "session replaced by a new login");
         }
         let active = record.to_active(record.current.key_version);
         let mut state = self.lock();
         state.cookie = CookieChange::Set {
+            max_age: lifecycle::cookie_max_age(&record, now),
             secret,
-            expires_at: record.expires_at,
         };
-        state.attributes_dirty = false;
+        state.patch = DataPatch::default();
         state.current = Some(Current {
             key_version: record.current.key_version,
             record: Arc::new(record),
             slot: Slot::Current,
+            value_index: 0,
             maintain: false,
         });
         Ok(active)
+    }
+
+    /// Gives the session a fresh random secret now and stages its cookie.
+    /// The previous and superseded secrets become unknown (not "reuse": the
+    /// browser's own requests in flight must not end the session). Use it
+    /// after a privilege change.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotLoggedIn`] without a session;
+    /// [`SessionError::SessionEnded`] if it ended meanwhile; a store failure.
+    pub async fn renew(&self) -> Result<(), SessionError> {
+        let record = self.record()?;
+        let manager = self.manager();
+        let secret = SessionSecret::generate();
+        let fresh = manager.key_ring().current_credential(&secret);
+        let renewed = manager
+            .update(record, |stored, now| {
+                let mut next = lifecycle::successor(stored);
+                lifecycle::renew(&mut next, fresh, manager.config(), now);
+                Ok(next)
+            })
+            .await?;
+        tracing::info!(session.id = %renewed.id, "session secret renewed");
+        let mut state = self.lock();
+        state.cookie = CookieChange::Set {
+            max_age: lifecycle::cookie_max_age(&renewed, self.now()),
+            secret,
+        };
+        state.current = Some(Current {
+            key_version: renewed.current.key_version,
+            record: renewed,
+            slot: Slot::Current,
+            value_index: 0,
+            maintain: false,
+        });
+        Ok(())
     }
 
     /// Logs out: revokes the request's session (reason `logout`) and stages
@@ -236,7 +307,7 @@ impl Session {
                 manager
                     .call(
                         "revoke",
-                        manager.store().revoke(&id, self.now(), &revocation),
+                        manager.store().revoke(&id, None, self.now(), &revocation),
                     )
                     .await?;
                 tracing::info!(session.id = %id, "session logged out");
@@ -254,7 +325,7 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// [`SessionError::NotLoggedIn`] without a session; a store failure.
+    /// [`SessionError::NotLoggedIn`] without a logged-in session; a store failure.
     pub async fn logout_everywhere(&self) -> Result<u64, SessionError> {
         let count = self
             .revoke_subject(RevocationReason::LogoutEverywhere, false)
@@ -263,13 +334,20 @@ impl Session {
         Ok(count)
     }
 
-    /// Revokes every other session of the request's subject (reason
-    /// `logout_other_devices`), keeping this one. Returns how many.
+    /// Signs out the subject's other devices: renews this session's secret
+    /// first (a copy of this cookie elsewhere stops working too), then
+    /// revokes every other session of the subject (reason
+    /// `logout_other_devices`). Returns how many were revoked. If the renew
+    /// fails, nothing is revoked and the call fails.
     ///
     /// # Errors
     ///
-    /// [`SessionError::NotLoggedIn`] without a session; a store failure.
+    /// [`SessionError::NotLoggedIn`] without a logged-in session; a store failure.
     pub async fn logout_other_devices(&self) -> Result<u64, SessionError> {
+        if self.subject().is_none() {
+            return Err(SessionError::NotLoggedIn);
+        }
+        self.renew().await?;
         self.revoke_subject(RevocationReason::LogoutOtherDevices, true)
             .await
     }
@@ -282,7 +360,12 @@ impl Session {
         let (id, subject) = {
             let state = self.lock();
             let current = state.current.as_ref().ok_or(SessionError::NotLoggedIn)?;
-            (current.record.id, current.record.subject.clone())
+            let subject = current
+                .record
+                .subject
+                .clone()
+                .ok_or(SessionError::NotLoggedIn)?;
+            (current.record.id, subject)
         };
         let manager = self.manager();
         let except = keep_own.then_some(&id);
@@ -306,7 +389,7 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// [`SessionError::NotLoggedIn`] without a session; a store failure.
+    /// [`SessionError::NotLoggedIn`] without a logged-in session; a store failure.
     pub async fn devices(&self) -> Result<Vec<ActiveSessionRecord>, SessionError> {
         let subject = self.subject().ok_or(SessionError::NotLoggedIn)?;
         Ok(self.manager().list_for_subject(&subject).await?)
@@ -315,22 +398,25 @@ impl Session {
     fn end(&self) {
         let mut state = self.lock();
         state.current = None;
-        state.attributes_dirty = false;
+        state.patch = DataPatch::default();
         state.cookie = CookieChange::Clear;
     }
 
-    /// Reads attribute `key` as `T`; `Ok(None)` if absent or without a session.
+    /// Reads data `key` as `T`; `Ok(None)` if absent or without a session.
     ///
     /// # Errors
     ///
     /// The stored value does not deserialize as `T`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
         let state = self.lock();
-        let Some(value) = state
-            .current
-            .as_ref()
-            .and_then(|c| c.record.attributes.get(key))
-        else {
+        let Some(current) = &state.current else {
+            return Ok(None);
+        };
+        let value = match state.patch.get(key) {
+            Some(changed) => changed,
+            None => current.record.data.get(key),
+        };
+        let Some(value) = value else {
             return Ok(None);
         };
         T::deserialize(value)
@@ -341,14 +427,14 @@ impl Session {
             })
     }
 
-    /// Sets attribute `key`; written to the store when the response leaves
-    /// the layer. Returns the previous value.
+    /// Sets data `key` to `value`; written to the store when the response
+    /// leaves the layer. Returns the previous value.
     ///
     /// # Errors
     ///
-    /// [`SessionError::NotLoggedIn`] without a session (attributes belong to
-    /// a logged-in session); a value that does not serialize; attributes
-    /// over 4 KiB of JSON (nothing changes then).
+    /// [`SessionError::NotLoggedIn`] without a session; a value that does not
+    /// serialize; data over 4 KiB of JSON or holding a NUL character
+    /// (nothing changes then).
     pub fn insert<T: Serialize>(
         &self,
         key: &str,
@@ -358,40 +444,41 @@ impl Session {
             key: key.to_owned(),
             source,
         })?;
-        self.change_attributes(|attributes| attributes.insert(key.to_owned(), value))
+        self.change_data(key, |patch| patch.set(key.to_owned(), value))
     }
 
-    /// Removes attribute `key`; written to the store when the response
-    /// leaves the layer. Returns the removed value.
+    /// Removes data `key`; written to the store when the response leaves the
+    /// layer. Returns the removed value.
     ///
     /// # Errors
     ///
     /// [`SessionError::NotLoggedIn`] without a session.
     pub fn remove(&self, key: &str) -> Result<Option<serde_json::Value>, SessionError> {
-        self.change_attributes(|attributes| attributes.remove(key))
+        self.change_data(key, |patch| patch.remove(key.to_owned()))
     }
 
-    fn change_attributes(
+    fn change_data(
         &self,
-        change: impl FnOnce(&mut Attributes) -> Option<serde_json::Value>,
+        key: &str,
+        change: impl FnOnce(&mut DataPatch),
     ) -> Result<Option<serde_json::Value>, SessionError> {
         let mut state = self.lock();
-        let current = state.current.as_mut().ok_or(SessionError::NotLoggedIn)?;
-        let record = Arc::make_mut(&mut current.record);
-        let before = record.attributes.clone();
-        let old = change(&mut record.attributes);
-        if let Err(reason) = validate_attributes(&record.attributes) {
-            record.attributes = before;
-            return Err(SessionError::InvalidAttributes(reason));
-        }
-        if record.attributes != before {
-            state.attributes_dirty = true;
-        }
+        let state = &mut *state;
+        let current = state.current.as_ref().ok_or(SessionError::NotLoggedIn)?;
+        let mut data = current.record.data.clone();
+        state.patch.apply(&mut data);
+        let old = data.get(key).cloned();
+        let mut patch = state.patch.clone();
+        change(&mut patch);
+        let mut merged = current.record.data.clone();
+        patch.apply(&mut merged);
+        validate_data(&merged).map_err(SessionError::InvalidData)?;
+        state.patch = patch;
         Ok(old)
     }
 }
 
-/// The request's live session; rejects with 401 when there is none.
+/// The request's live, logged-in session; rejects with 401 when there is none.
 ///
 /// Dereferences to [`ActiveSessionRecord`]. Use `Option<ActiveSession>` for
 /// pages that work either way, and [`Session`] to log in or out.
@@ -420,9 +507,14 @@ pub struct ActiveSession {
 }
 
 impl ActiveSession {
-    /// The session handle, to log out or change attributes.
+    /// The session handle, to log out or change data.
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// Whom the session belongs to (an `ActiveSession` is always logged in).
+    pub fn subject(&self) -> &str {
+        self.record.subject.as_deref().unwrap_or_default()
     }
 
     /// The record.
@@ -480,11 +572,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
     type Rejection = MissingSessionLayer;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
+        let session = parts
             .extensions
             .get::<Session>()
             .cloned()
-            .ok_or(MissingSessionLayer)
+            .ok_or(MissingSessionLayer)?;
+        session.mark_extracted();
+        Ok(session)
     }
 }
 
@@ -495,6 +589,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ActiveSession {
         let session = Session::from_request_parts(parts, state).await?;
         let record = session
             .active()
+            .filter(|r| r.subject.is_some())
             .ok_or(ActiveSessionRejection::Unauthenticated)?;
         Ok(Self { record, session })
     }
@@ -508,6 +603,9 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for ActiveSession {
         state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
         let session = <Session as FromRequestParts<S>>::from_request_parts(parts, state).await?;
-        Ok(session.active().map(|record| Self { record, session }))
+        Ok(session
+            .active()
+            .filter(|r| r.subject.is_some())
+            .map(|record| Self { record, session }))
     }
 }

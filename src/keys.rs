@@ -36,8 +36,7 @@ pub const MAX_COOKIE_VALUES: usize = 4;
 
 /// The SHA-256 initial state (FIPS 180-4, 5.3.3).
 const SHA256_IV: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-    0x5be0cd19,
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 ];
 const BLOCK: usize = 64;
 const _: () = assert!(LOOKUP_DOMAIN.len() + SECRET_LEN + 9 <= BLOCK);
@@ -364,7 +363,10 @@ impl KeyRing {
     /// One lookup key per secret (at most [`MAX_COOKIE_VALUES`]) and accepted
     /// version: secret by secret, each current version first. On the stack:
     /// no allocation per request.
-    pub fn candidates(&self, secrets: &[SessionSecret]) -> Candidates {
+    pub fn candidates<'a>(
+        &self,
+        secrets: impl IntoIterator<Item = &'a SessionSecret>,
+    ) -> Candidates {
         let mut candidates = Candidates {
             items: [Candidate {
                 key_version: KeyVersion(0),
@@ -373,7 +375,7 @@ impl KeyRing {
             }; MAX_COOKIE_VALUES * MAX_KEY_VERSIONS],
             len: 0,
         };
-        for (index, secret) in secrets.iter().take(MAX_COOKIE_VALUES).enumerate() {
+        for (index, secret) in secrets.into_iter().take(MAX_COOKIE_VALUES).enumerate() {
             for key in &self.keys {
                 candidates.items[candidates.len] = Candidate {
                     key_version: key.version,
@@ -572,7 +574,10 @@ mod tests {
                 &expected
             );
             let plain = reference_hmac(&key, &[&[9; 32]]);
-            assert_ne!(ring.current_credential(&secret).lookup_key.as_bytes(), &plain);
+            assert_ne!(
+                ring.current_credential(&secret).lookup_key.as_bytes(),
+                &plain
+            );
         }
     }
 
@@ -600,7 +605,10 @@ mod tests {
     #[test]
     fn candidates_cover_every_value_and_version_current_first() {
         let ring = ring(2, &[1, 2, 3]);
-        let secrets = [SessionSecret::from_bytes([5; 32]), SessionSecret::from_bytes([6; 32])];
+        let secrets = [
+            SessionSecret::from_bytes([5; 32]),
+            SessionSecret::from_bytes([6; 32]),
+        ];
         let candidates = ring.candidates(&secrets);
         let seen: Vec<_> = candidates
             .iter()

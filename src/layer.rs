@@ -1,11 +1,22 @@
 //! [`SessionLayer`] and [`SessionService`]: the request path, top to bottom.
 //!
-//! 1. Read the session cookie; only a strictly well-formed secret goes on.
-//! 2. Derive one lookup key per accepted key version (no per-request key setup).
-//! 3. One store call: `find_active`.
-//! 4. Put the [`Session`] handle into the request extensions; run the inner service.
-//! 5. On the way out: write changed attributes (once), apply the cookie the
-//!    handler staged, or maintain the session (rotate, re-key, slide).
+//! 1. Read the session cookie: up to four strictly well-formed values of its
+//!    name (a browser may hold several); none means anonymous, with no HMAC
+//!    and no store call.
+//! 2. Derive one lookup key per value and accepted key version (no
+//!    per-request key setup).
+//! 3. One store call: `find_active`. One record matched: its best slot
+//!    wins, unless any match is reuse. Two records: anonymous, no cookie
+//!    change.
+//! 4. Decide with [`lifecycle::decide`](crate::lifecycle): serve, or treat
+//!    as reuse (revoke, serve anonymously, clear the cookie). Put the
+//!    [`Session`] handle into the request extensions; run the inner service.
+//! 5. On the way out, with the clock read again: write the handler's data
+//!    patch and the maintenance the lifecycle decides now (confirm, rotate,
+//!    re-rotate, re-key, touch) in one compare-and-swap, or apply the cookie
+//!    the handler staged.
+//! 6. Response headers: `Set-Cookie` (appended, sensitive) with
+//!    `Cache-Control: no-store`; `Vary: Cookie` when a handler read the session.
 
 use std::fmt;
 use std::future::Future;
@@ -13,10 +24,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum_core::body::Body;
-use axum_core::response::Response;
+use axum_core::response::{IntoResponse as _, Response};
 use bytes::Bytes;
-use http::header::{COOKIE, SET_COOKIE};
-use http::{HeaderMap, Request};
+use http::header::{CACHE_CONTROL, COOKIE, EXPIRES, SET_COOKIE, VARY};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use pin_project_lite::pin_project;
 use time::OffsetDateTime;
 use tower_layer::Layer;
@@ -25,8 +36,10 @@ use tracing::Instrument as _;
 
 use crate::config::StoreErrorPolicy;
 use crate::extract::{CookieChange, Current, Session, State};
-use crate::manager::SessionManager;
-use crate::record::{Credential, Revocation, RevocationReason, RotationTimestamps, Slot};
+use crate::keys::MAX_COOKIE_VALUES;
+use crate::lifecycle::{self, Credentials, Decision, Input, Maintenance};
+use crate::manager::{ErrorChain, SessionError, SessionManager};
+use crate::record::{DataPatch, Revocation, RevocationReason, SessionMatch};
 use crate::secret::SessionSecret;
 use crate::store::{BoxError, StoreError};
 
@@ -91,8 +104,8 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F, E> {
         // No session cookie: the inner future, polled in place. Finishing is
-        // synchronous unless the handler logged in and then changed
-        // attributes (a store write).
+        // synchronous unless the handler logged in and then changed data
+        // (a store write).
         Anonymous {
             #[pin]
             future: F,
@@ -138,12 +151,18 @@ where
                     (session, response)
                 }
             };
-            match finish_without_store(&session, response) {
-                Anonymous::Finished(response) => return Poll::Ready(Ok(response)),
-                Anonymous::NeedsStore(response) => kind.set(Kind::Boxed {
-                    future: Box::pin(async move { Ok(finish(&session, None, response).await) }),
-                }),
+            if !session.lock().patch.is_empty() {
+                // The handler logged in and stored data: a store write.
+                kind.set(Kind::Boxed {
+                    future: Box::pin(async move {
+                        Ok(finish(&session, &Secrets::default(), response).await)
+                    }),
+                });
+                continue;
             }
+            let cookie = std::mem::take(&mut session.lock().cookie);
+            let set_cookie = staged_cookie(&session, cookie);
+            return Poll::Ready(Ok(headers_out(&session, set_cookie, response)));
         }
     }
 }
@@ -167,7 +186,8 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let manager = self.manager.clone();
-        let Some(secret) = find_secret(req.headers(), manager.config().cookie().name()) else {
+        let secrets = find_secrets(req.headers(), manager.config().cookie().name());
+        if secrets.is_empty() {
             // No well-formed secret: anonymous. No HMAC, no store call, and
             // the inner service is called right away, so nothing is cloned
             // or boxed.
@@ -179,7 +199,7 @@ where
                     session: Some(session),
                 },
             };
-        };
+        }
         // The store must be awaited before the inner service is called: the
         // ready service goes into the future, and a fresh clone stays behind
         // to be driven to readiness by the next `poll_ready`.
@@ -188,16 +208,18 @@ where
         let span = tracing::debug_span!("session", session.id = tracing::field::Empty);
         let future = async move {
             let now = manager.now();
-            let (state, secret) = match resolve(&manager, secret, now).await {
-                Ok(resolved) => resolved,
+            let state = match resolve(&manager, &secrets, now).await {
+                Ok(state) => state,
                 Err(error) => match manager.config().store_error_policy() {
                     StoreErrorPolicy::FailClosed => {
-                        tracing::error!(%error, "session store failed: answering with the store-error response");
-                        return Ok(manager.store_error_response(&error));
+                        tracing::error!(error = %ErrorChain(&error), "session store failed: answering with the store-error response");
+                        let mut response = manager.store_error_response(&error);
+                        vary_cookie(response.headers_mut());
+                        return Ok(response);
                     }
                     StoreErrorPolicy::ContinueAnonymous => {
-                        tracing::error!(%error, "session store failed: serving the request as anonymous");
-                        (State::default(), None)
+                        tracing::error!(error = %ErrorChain(&error), "session store failed: serving the request as anonymous");
+                        State::default()
                     }
                 },
             };
@@ -208,7 +230,7 @@ where
             let session = Session::new(manager, now, state);
             req.extensions_mut().insert(session.clone());
             let response = inner.call(req).await?.map(Body::new);
-            Ok(finish(&session, secret, response).await)
+            Ok(finish(&session, &secrets, response).await)
         };
         ResponseFuture {
             kind: Kind::Boxed {
@@ -218,12 +240,53 @@ where
     }
 }
 
-/// The first value of cookie `name`, in any `Cookie` header, that parses as
-/// a secret. Works on raw bytes (a header need not be UTF-8) and allocates
-/// nothing; malformed values are skipped, never an error.
-pub(crate) fn find_secret(headers: &HeaderMap, name: &str) -> Option<SessionSecret> {
+/// The well-formed values of the session cookie, at most
+/// [`MAX_COOKIE_VALUES`], without repeats. On the stack.
+#[derive(Default)]
+pub(crate) struct Secrets {
+    items: [Option<SessionSecret>; MAX_COOKIE_VALUES],
+}
+
+impl Secrets {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items[0].is_none()
+    }
+
+    pub(crate) fn get(&self, index: u8) -> Option<&SessionSecret> {
+        self.items.get(usize::from(index))?.as_ref()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &SessionSecret> {
+        self.items.iter().map_while(Option::as_ref)
+    }
+
+    fn push(&mut self, secret: SessionSecret) -> bool {
+        // Comparing the request's own secrets with each other reveals
+        // nothing to the client that sent them.
+        if self
+            .iter()
+            .any(|s| s.expose_bytes() == secret.expose_bytes())
+        {
+            return true;
+        }
+        match self.items.iter_mut().find(|s| s.is_none()) {
+            Some(free) => {
+                *free = Some(secret);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The values of cookie `name`, in every `Cookie` header, that parse as a
+/// secret: at most [`MAX_COOKIE_VALUES`]. Works on raw bytes (a header need
+/// not be UTF-8) and allocates nothing; malformed values are skipped, never
+/// an error, and scanning is linear in the header's length.
+pub(crate) fn find_secrets(headers: &HeaderMap, name: &str) -> Secrets {
     let name = name.as_bytes();
-    headers
+    let mut secrets = Secrets::default();
+    let values = headers
         .get_all(COOKIE)
         .iter()
         .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
@@ -232,314 +295,335 @@ pub(crate) fn find_secret(headers: &HeaderMap, name: &str) -> Option<SessionSecr
             let eq = pair.iter().position(|&b| b == b'=')?;
             (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
         })
-        .find_map(SessionSecret::parse_bytes)
+        .filter_map(SessionSecret::parse_bytes);
+    for secret in values {
+        if !secrets.push(secret) {
+            break;
+        }
+    }
+    secrets
 }
 
-/// Step 2–3: derive the candidates and make the one store call.
-///
-/// Returns the request's initial state and, when a live session matched,
-/// the secret (kept for maintenance on the way out).
+/// Steps 2–4: derive the candidates, make the one store call, decide.
 async fn resolve(
     manager: &SessionManager,
-    secret: SessionSecret,
+    secrets: &Secrets,
     now: OffsetDateTime,
-) -> Result<(State, Option<SessionSecret>), StoreError> {
-    let candidates = manager.keys().candidates(&secret);
-    let found = manager
+) -> Result<State, StoreError> {
+    let keys = manager.keys();
+    let candidates = keys.candidates(secrets.iter());
+    let current_version = keys.current();
+    drop(keys);
+    let matches = manager
         .call("find_active", manager.store().find_active(&candidates, now))
         .await?;
-    let unknown = State {
-        cookie: CookieChange::Clear,
-        ..State::default()
+    let Some(first) = matches.first() else {
+        // Unknown, expired or revoked: anonymous, and the cookie is left
+        // alone (a parallel request's login may just have replaced it).
+        return Ok(State::default());
     };
-    let Some(found) = found else {
-        // Well-formed but unknown, expired or revoked: clear the cookie.
-        return Ok((unknown, None));
+    let id = first.record.id;
+    if matches.iter().any(|m| m.record.id != id) {
+        // Cookies of two sessions (cookie tossing, a restored backup):
+        // trust neither, change nothing.
+        tracing::error!(
+            session.id = %id,
+            "the request's cookies resolve to two different sessions: serving it anonymously"
+        );
+        return Ok(State::default());
+    }
+    let decide = |m: &SessionMatch| {
+        lifecycle::decide(Input {
+            record: &m.record,
+            slot: m.slot,
+            key_version: m.key_version,
+            current_version,
+            config: manager.config(),
+            now,
+            shared_cacheable: false,
+        })
     };
-    if found.is_stale_previous(now) {
-        let id = found.record.id;
+    // A stale or superseded secret is reuse even when another value is the
+    // current secret: both parties' cookies reached us.
+    if matches.iter().any(|m| decide(m) == Decision::Reuse) {
         if manager.config().revoke_on_reuse() {
-            // A rotated-away secret after its grace: someone holds a copy of
-            // an old cookie. End the whole session, so the copy and the
-            // current secret both stop working. If this write fails, the
-            // request fails closed like any other store failure.
+            // End the whole session, so the copy and the current secret both
+            // stop working. If this write fails, the request fails closed
+            // like any other store failure.
             let revocation = Revocation::new(RevocationReason::ReuseDetected);
             manager
-                .call("revoke", manager.store().revoke(&id, now, &revocation))
+                .call(
+                    "revoke",
+                    manager.store().revoke(&id, None, now, &revocation),
+                )
                 .await?;
-            tracing::warn!(session.id = %id, "rotated session secret replayed after its grace window: session revoked");
-        } else {
-            tracing::info!(session.id = %id, "rotated session secret presented after its grace window");
+            tracing::warn!(session.id = %id, "an old session secret was presented again: session revoked as reuse");
+            return Ok(State {
+                cookie: CookieChange::Clear,
+                ..State::default()
+            });
         }
-        return Ok((unknown, None));
+        tracing::info!(session.id = %id, "an old session secret was presented again");
+        return Ok(State::default());
     }
-    let state = State {
+    let Some(best) = matches.into_iter().min_by_key(|m| m.slot) else {
+        return Ok(State::default());
+    };
+    Ok(State {
         current: Some(Current {
-            slot: found.slot,
-            key_version: found.key_version,
-            record: found.record,
+            record: best.record,
+            slot: best.slot,
+            key_version: best.key_version,
+            value_index: best.value_index,
             maintain: true,
         }),
         ..State::default()
-    };
-    Ok((state, Some(secret)))
+    })
 }
 
-/// How an anonymous request finishes.
-enum Anonymous {
-    /// Done: the staged cookie, if any, is applied.
-    Finished(Response),
-    /// The handler logged in and changed attributes: `finish` must write them.
-    NeedsStore(Response),
-}
-
-/// Step 5 for an anonymous request, when no store write is needed: applies
-/// the cookie the handler staged.
-fn finish_without_store(session: &Session, response: Response) -> Anonymous {
-    let cookie = {
-        let mut state = session.lock();
-        if state.attributes_dirty {
-            return Anonymous::NeedsStore(response);
-        }
-        std::mem::take(&mut state.cookie)
-    };
-    Anonymous::Finished(apply_cookie(session, cookie, response))
-}
-
-fn apply_cookie(session: &Session, cookie: CookieChange, mut response: Response) -> Response {
-    let manager = session.manager();
-    let value = match cookie {
-        CookieChange::Set { secret, expires_at } => {
-            manager.set_cookie_header_at(&secret, expires_at, session.now())
-        }
-        CookieChange::Clear => manager.clear_cookie_header(),
-        CookieChange::Keep => return response,
-    };
-    // Appended: cookies set by other code stay.
-    response.headers_mut().append(SET_COOKIE, value);
-    response
-}
-
-/// Step 5: attributes, the staged cookie, or maintenance.
+/// Steps 5–6: the data patch and maintenance (one write), or the staged
+/// cookie; then the response headers.
 ///
-/// The store writes are rare (a changed attribute, a due touch, rotation or
-/// re-key), so each is boxed only when it happens: the per-request future
-/// stays small.
-async fn finish(session: &Session, secret: Option<SessionSecret>, response: Response) -> Response {
-    let manager = session.manager();
-    let now = session.now();
-    let (current, cookie, attributes_dirty) = {
+/// The store writes are rare (changed data, a due touch, confirmation,
+/// rotation or re-key), so the write is boxed only when it happens: the
+/// per-request future stays small.
+async fn finish(session: &Session, secrets: &Secrets, response: Response) -> Response {
+    let (current, cookie, patch) = {
         let mut state = session.lock();
         (
             state.current.take(),
             std::mem::take(&mut state.cookie),
-            std::mem::take(&mut state.attributes_dirty),
+            std::mem::take(&mut state.patch),
         )
     };
-
     let mut response = response;
-    if let (Some(current), true) = (&current, attributes_dirty) {
-        let written: BoxFutureRef<'_, _> = Box::pin(write_attributes(manager, current, now));
-        if let Err(error) = written.await {
-            // The handler's answer would claim a change that was not saved.
-            tracing::error!(session.id = %current.record.id, %error, "session attributes not saved");
-            response = manager.store_error_response(&error);
+    let mut set_cookie = None;
+    if let Some(current) = current {
+        let staged = !matches!(cookie, CookieChange::Keep);
+        let cacheable = shared_cacheable(response.headers());
+        let written: BoxFutureRef<'_, _> =
+            Box::pin(write(session, secrets, current, patch, !staged, cacheable));
+        match written.await {
+            Ok(cookie) => set_cookie = cookie,
+            Err(error) => response = write_error_response(session.manager(), error),
         }
     }
-
-    if !matches!(cookie, CookieChange::Keep) {
-        return apply_cookie(session, cookie, response);
+    if let Some(staged) = staged_cookie(session, cookie) {
+        set_cookie = Some(staged);
     }
-    let (Some(current), Some(secret)) = (current, secret) else {
-        return response;
-    };
-    let plan = match current.maintain {
-        true => Maintenance::plan(manager, &current, now),
-        false => None,
-    };
-    let (Some(plan), Some(target)) = (plan, Target::of(&current)) else {
-        return response;
-    };
-    // Release the request's share of the record before writing, so a store
-    // that keeps records in memory updates it in place instead of copying.
-    drop(current);
-    let maintained: BoxFutureRef<'_, _> = Box::pin(maintain(manager, &target, &secret, plan, now));
-    if let Some(value) = maintained.await {
-        response.headers_mut().append(SET_COOKIE, value);
-    }
-    response
+    headers_out(session, set_cookie, response)
 }
 
-async fn write_attributes(
-    manager: &SessionManager,
-    current: &Current,
-    now: OffsetDateTime,
-) -> Result<(), StoreError> {
+/// The data patch and, when `maintain`, what the lifecycle decides now, in
+/// one compare-and-swap. Returns the `Set-Cookie` of a rotation.
+///
+/// A failed maintenance write is logged and the request still served: the
+/// old cookie keeps working and the rules converge on a later request. A
+/// failed data write is an error: the handler's answer would claim a
+/// change that was not saved.
+async fn write(
+    session: &Session,
+    secrets: &Secrets,
+    current: Current,
+    patch: DataPatch,
+    maintain: bool,
+    shared_cacheable: bool,
+) -> Result<Option<HeaderValue>, SessionError> {
+    let manager = session.manager();
+    // Read again: conditions hold at the time of the write, not of the
+    // request, so a request that outlived its session cannot revive it.
+    let now = manager.now();
+    let keys = manager.key_ring();
+    let maintenance = match (maintain && current.maintain, current.record.is_active(now)) {
+        (true, true) => match lifecycle::decide(Input {
+            record: &current.record,
+            slot: current.slot,
+            key_version: current.key_version,
+            current_version: keys.current(),
+            config: manager.config(),
+            now,
+            shared_cacheable,
+        }) {
+            Decision::Maintain(maintenance) => Some(maintenance),
+            Decision::Serve | Decision::Reuse => None,
+        },
+        _ => None,
+    };
+    if patch.is_empty() && maintenance.is_none() {
+        return Ok(None);
+    }
+    let fresh_secret = maintenance
+        .filter(|m| m.issues_secret())
+        .map(|_| SessionSecret::generate());
+    let needs_rekey = matches!(
+        maintenance,
+        Some(Maintenance::Rekey { .. } | Maintenance::Confirm { rekey: true })
+    );
+    let credentials = Credentials {
+        fresh: fresh_secret.as_ref().map(|s| keys.current_credential(s)),
+        rekeyed: secrets
+            .get(current.value_index)
+            .filter(|_| needs_rekey)
+            .map(|s| keys.current_credential(s)),
+    };
     let id = current.record.id;
-    let applied = manager
-        .call(
-            "update_attributes",
-            manager
-                .store()
-                .update_attributes(&id, &current.record.attributes, now),
-        )
+    let config = manager.config();
+
+    if patch.is_empty() {
+        let maintenance = maintenance.expect("checked above");
+        let mut next = lifecycle::successor(&current.record);
+        lifecycle::apply(&mut next, maintenance, config, now, credentials);
+        let applied = manager
+            .call(
+                "replace",
+                manager.store().replace(&current.record, &next, now),
+            )
+            .await;
+        let applied = log_maintenance(maintenance, id, applied);
+        return Ok(match (applied, fresh_secret) {
+            (true, Some(secret)) => Some(manager.set_cookie_for(&secret, &next, now)),
+            _ => None,
+        });
+    }
+
+    // Data changed: the patch is merged into the record as stored at the
+    // time of the write. The first attempt carries the maintenance too; if
+    // another request changed the record meanwhile, the retry carries only
+    // the patch (maintenance is best effort: the next request does it).
+    let mut first = true;
+    let mut with_maintenance = false;
+    let written = manager
+        .update(current.record, |stored, now| {
+            let mut next = lifecycle::successor(stored);
+            patch.apply(&mut next.data);
+            crate::record::validate_data(&next.data).map_err(SessionError::InvalidData)?;
+            with_maintenance = std::mem::take(&mut first) && maintenance.is_some();
+            if let (true, Some(maintenance)) = (with_maintenance, maintenance) {
+                lifecycle::apply(&mut next, maintenance, config, now, credentials);
+            }
+            Ok(next)
+        })
         .await?;
-    applied.then_some(()).ok_or(StoreError::NotApplied {
-        operation: "update_attributes",
+    tracing::debug!(session.id = %id, with_maintenance, "session data written");
+    Ok(match (with_maintenance, fresh_secret) {
+        (true, Some(secret)) => {
+            Some(manager.set_cookie_for(&secret, &written, written.last_seen_at))
+        }
+        _ => None,
     })
 }
 
-/// What the way out must write for a resolved session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Maintenance {
-    /// The access ttl has passed: a new secret (which also re-keys and touches).
-    rotate: bool,
-    /// The matched credential is under an old key version.
-    rekey: bool,
-    /// The touch interval has passed and the idle expiry can still move.
-    touch: bool,
-}
-
-impl Maintenance {
-    /// Decided without the store, so requests with nothing due box nothing.
-    fn plan(manager: &SessionManager, current: &Current, now: OffsetDateTime) -> Option<Self> {
-        let record = &current.record;
-        let config = manager.config();
-        let rekey = current.key_version != manager.keys().current();
-        let plan = match current.slot {
-            // In-grace request with the old secret: the client has (or will
-            // get) the new one. Only move it off a retired key version.
-            Slot::Previous => Self {
-                rotate: false,
-                rekey,
-                touch: false,
-            },
-            Slot::Current => Self {
-                rotate: config.access_ttl().is_some() && now >= record.access_expires_at,
-                rekey,
-                touch: now - record.last_seen_at >= config.touch_interval()
-                    && manager.sliding_expiry(now, record.absolute_expires_at) > record.expires_at,
-            },
-        };
-        (plan.rotate || plan.rekey || plan.touch).then_some(plan)
-    }
-}
-
-/// What maintenance needs of the resolved record: a few words, so the
-/// record itself can be released before the writes.
-struct Target {
-    id: crate::SessionId,
-    slot: Slot,
-    matched: Credential,
-    absolute_expires_at: OffsetDateTime,
-}
-
-impl Target {
-    fn of(current: &Current) -> Option<Self> {
-        Some(Self {
-            id: current.record.id,
-            slot: current.slot,
-            matched: current.record.credential(current.slot)?,
-            absolute_expires_at: current.record.absolute_expires_at,
-        })
-    }
-}
-
-/// Rotation when the access ttl has passed, else re-key to the current key
-/// version and slide the idle expiry when the touch interval has passed.
-///
-/// Every write is a compare-and-swap, so concurrent requests apply it once.
-/// A failure is logged and the request still served: the old cookie keeps
-/// working. Returns the `Set-Cookie` value to send, if any.
-async fn maintain(
-    manager: &SessionManager,
-    target: &Target,
-    secret: &SessionSecret,
-    plan: Maintenance,
-    now: OffsetDateTime,
-) -> Option<http::HeaderValue> {
-    let id = target.id;
-    // Owned, not a guard: it lives across the store writes.
-    let keys = manager.key_ring();
-    let matched = target.matched;
-    let expires_at = manager.sliding_expiry(now, target.absolute_expires_at);
-
-    if plan.rotate {
-        let new_secret = SessionSecret::generate();
-        // The new secret's lookup key is always under the current version,
-        // so rotation re-keys too.
-        let new = keys.current_candidate(&new_secret);
-        let timestamps = RotationTimestamps {
-            last_seen_at: now,
-            expires_at,
-            access_expires_at: manager.access_expiry(now, target.absolute_expires_at),
-        };
-        let previous_valid_until =
-            crate::manager::saturating_add(now, manager.config().rotation_grace());
-        let applied = manager
-            .call(
-                "rotate",
-                manager.store().rotate(
-                    &id,
-                    &matched.lookup_key,
-                    &Credential {
-                        lookup_key: new.lookup_key,
-                        key_version: new.key_version,
-                    },
-                    previous_valid_until,
-                    &timestamps,
-                ),
-            )
-            .await;
-        // A lost race issues no cookie: this request's secret is now the
-        // previous one, valid through the grace window.
-        return log_write("rotate", id, applied)
-            .then(|| manager.set_cookie_header_at(&new_secret, expires_at, now));
-    }
-
-    if plan.rekey {
-        // Same secret, current key: the cookie does not change.
-        let new = keys.current_candidate(secret);
-        let applied = manager
-            .call(
-                "rekey",
-                manager.store().rekey(
-                    &id,
-                    target.slot,
-                    &matched.lookup_key,
-                    &new.lookup_key,
-                    new.key_version,
-                ),
-            )
-            .await;
-        log_write("rekey", id, applied);
-    }
-
-    if plan.touch {
-        let applied = manager
-            .call("touch", manager.store().touch(&id, now, expires_at))
-            .await;
-        // The cookie's Max-Age follows the session's new expiry.
-        return log_write("touch", id, applied)
-            .then(|| manager.set_cookie_header_at(secret, expires_at, now));
-    }
-    None
-}
-
-fn log_write(
-    operation: &'static str,
+fn log_maintenance(
+    maintenance: Maintenance,
     id: crate::SessionId,
     result: Result<bool, StoreError>,
 ) -> bool {
     match result {
         Ok(applied) => {
-            tracing::debug!(session.id = %id, applied, "session {operation}");
+            tracing::debug!(session.id = %id, applied, ?maintenance, "session maintained");
             applied
         }
         Err(error) => {
-            tracing::warn!(session.id = %id, %error, "session {operation} failed; the old cookie keeps working");
+            tracing::warn!(session.id = %id, ?maintenance, error = %ErrorChain(&error), "session maintenance failed; the old cookie keeps working");
             false
         }
+    }
+}
+
+/// The response when the data write failed: the configured store-error
+/// response for a store failure, else the error's own (kind only).
+fn write_error_response(manager: &SessionManager, error: SessionError) -> Response {
+    tracing::error!(error = %ErrorChain(&error), "session data not saved");
+    match error {
+        SessionError::Store(error) => manager.store_error_response(&error),
+        other => (other.status(), other.body_text()).into_response(),
+    }
+}
+
+/// The `Set-Cookie` value of the cookie change the handler staged.
+fn staged_cookie(session: &Session, cookie: CookieChange) -> Option<HeaderValue> {
+    let manager = session.manager();
+    match cookie {
+        CookieChange::Set { secret, max_age } => Some(manager.set_cookie_header(&secret, max_age)),
+        CookieChange::Clear => Some(manager.clear_cookie_header()),
+        CookieChange::Keep => None,
+    }
+}
+
+/// Step 6: the session's `Set-Cookie`, appended (cookies other code set
+/// stay), with `Cache-Control: no-store`; `Vary: Cookie` when a handler read
+/// the session.
+fn headers_out(
+    session: &Session,
+    set_cookie: Option<HeaderValue>,
+    mut response: Response,
+) -> Response {
+    let headers = response.headers_mut();
+    if let Some(value) = set_cookie {
+        headers.append(SET_COOKIE, value);
+        // A secret must never be stored by a cache, shared or private.
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.remove(EXPIRES);
+        headers.remove(CDN_CACHE_CONTROL);
+        headers.remove(SURROGATE_CONTROL);
+    }
+    if session.was_extracted() {
+        vary_cookie(headers);
+    }
+    response
+}
+
+const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+
+/// Whether shared caches may store the response: `public` or `s-maxage` in
+/// `Cache-Control`, or any `CDN-Cache-Control` / `Surrogate-Control`. A value
+/// that is not ASCII counts as cacheable: when in doubt, issue no secret.
+pub(crate) fn shared_cacheable(headers: &HeaderMap) -> bool {
+    if headers.contains_key(CDN_CACHE_CONTROL) || headers.contains_key(SURROGATE_CONTROL) {
+        return true;
+    }
+    headers.get_all(CACHE_CONTROL).iter().any(|value| {
+        let Ok(value) = value.to_str() else {
+            return true;
+        };
+        value.split(',').any(|directive| {
+            let name = directive.split('=').next().unwrap_or_default().trim();
+            name.eq_ignore_ascii_case("public") || name.eq_ignore_ascii_case("s-maxage")
+        })
+    })
+}
+
+/// Adds `Cookie` to `Vary`, merged into one value with what is there, once.
+pub(crate) fn vary_cookie(headers: &mut HeaderMap) {
+    let mut merged = String::new();
+    for value in headers.get_all(VARY) {
+        let Ok(value) = value.to_str() else {
+            // Not ASCII: leave it, and add ours beside it.
+            headers.append(VARY, HeaderValue::from_static("Cookie"));
+            return;
+        };
+        let already = value
+            .split(',')
+            .map(str::trim)
+            .any(|token| token == "*" || token.eq_ignore_ascii_case("cookie"));
+        if already {
+            return;
+        }
+        if !value.trim().is_empty() {
+            if !merged.is_empty() {
+                merged.push_str(", ");
+            }
+            merged.push_str(value.trim());
+        }
+    }
+    if merged.is_empty() {
+        headers.insert(VARY, HeaderValue::from_static("Cookie"));
+        return;
+    }
+    merged.push_str(", Cookie");
+    if let Ok(value) = HeaderValue::from_str(&merged) {
+        headers.insert(VARY, value);
     }
 }
 
@@ -556,19 +640,74 @@ mod tests {
         map
     }
 
+    fn find_secret(headers: &HeaderMap, name: &str) -> Option<SessionSecret> {
+        let mut secrets = find_secrets(headers, name);
+        secrets.items[0].take()
+    }
+
     #[test]
-    fn finds_the_first_well_formed_value_of_the_name() {
-        let good = SessionSecret::from_bytes([1; 32]).encode();
-        let other = SessionSecret::from_bytes([2; 32]).encode();
+    fn finds_every_well_formed_value_of_the_name_up_to_four() {
+        let value = |b: u8| SessionSecret::from_bytes([b; 32]).encode();
         let h = headers(&[
             b"a=1; sid=short",
-            format!("sid={good}; sid={other}").as_bytes(),
+            format!("sid={}; sid={}; sid={}", value(1), value(2), value(1)).as_bytes(),
         ]);
-        let found = find_secret(&h, "sid").unwrap();
-        assert_eq!(found.expose_bytes(), &[1; 32]);
-        assert!(find_secret(&h, "other").is_none());
-        assert!(find_secret(&headers(&[format!("xsid={good}").as_bytes()]), "sid").is_none());
+        let found: Vec<_> = find_secrets(&h, "sid")
+            .iter()
+            .map(|s| s.expose_bytes()[0])
+            .collect();
+        assert_eq!(found, [1, 2]);
+        assert!(find_secrets(&h, "other").is_empty());
+        assert!(find_secret(&headers(&[format!("xsid={}", value(1)).as_bytes()]), "sid").is_none());
         assert!(find_secret(&headers(&[b"sid=\xff\xfe; \x80"]), "sid").is_none());
+        let six: String = (1..=6).map(|b| format!("sid={}; ", value(b))).collect();
+        let found: Vec<_> = find_secrets(&headers(&[six.as_bytes()]), "sid")
+            .iter()
+            .map(|s| s.expose_bytes()[0])
+            .collect();
+        assert_eq!(found, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn shared_cacheable_responses_are_recognised() {
+        let with = |name: &str, value: &str| {
+            let mut map = HeaderMap::new();
+            map.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+            shared_cacheable(&map)
+        };
+        assert!(with("cache-control", "public, max-age=600"));
+        assert!(with("cache-control", "max-age=60, S-MaxAge=600"));
+        assert!(with("cdn-cache-control", "max-age=60"));
+        assert!(with("surrogate-control", "max-age=60"));
+        assert!(!with("cache-control", "private, max-age=600"));
+        assert!(!with("cache-control", "no-store"));
+        assert!(!shared_cacheable(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn vary_cookie_is_merged_once() {
+        let vary = |values: &[&str]| {
+            let mut map = HeaderMap::new();
+            for v in values {
+                map.append(VARY, HeaderValue::from_str(v).unwrap());
+            }
+            vary_cookie(&mut map);
+            map.get_all(VARY)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(vary(&[]), ["Cookie"]);
+        assert_eq!(vary(&["Accept-Encoding"]), ["Accept-Encoding, Cookie"]);
+        assert_eq!(
+            vary(&["Accept-Encoding", "Origin"]),
+            ["Accept-Encoding, Origin, Cookie"]
+        );
+        assert_eq!(vary(&["accept, cookie"]), ["accept, cookie"]);
+        assert_eq!(vary(&["*"]), ["*"]);
     }
 
     #[test]

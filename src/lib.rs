@@ -7,6 +7,7 @@ mod config;
 mod extract;
 mod keys;
 mod layer;
+mod lifecycle;
 mod manager;
 mod record;
 mod secret;
@@ -28,7 +29,7 @@ pub use extract::{ActiveSession, ActiveSessionRejection, MissingSessionLayer, Se
 #[doc(inline)]
 pub use keys::{
     Candidate, Candidates, KeyRing, KeyRingBuilder, KeyRingError, KeyVersion, LOOKUP_DOMAIN,
-    LookupKey, MAX_KEY_VERSIONS, MIN_KEY_LEN,
+    LookupKey, MAX_COOKIE_VALUES, MAX_KEY_VERSIONS, MIN_KEY_LEN,
 };
 #[doc(inline)]
 pub use layer::{ResponseFuture, SessionLayer, SessionService};
@@ -36,10 +37,10 @@ pub use layer::{ResponseFuture, SessionLayer, SessionService};
 pub use manager::{IssuedSession, SessionError, SessionManager};
 #[doc(inline)]
 pub use record::{
-    ActiveSessionRecord, Attributes, Credential, MAX_ATTRIBUTES_LEN, MAX_SUBJECT_LEN,
-    ParseRevocationReasonError, ParseSessionIdError, PreviousCredential, Revocation,
-    RevocationReason, RevokeOutcome, Revoked, RotationTimestamps, SessionId, SessionMatch,
-    SessionRecord, Slot,
+    ActiveSessionRecord, Credential, Data, DataPatch, MAX_DATA_LEN, MAX_SUBJECT_LEN,
+    MAX_USER_AGENT_LEN, ParseRevocationReasonError, ParseSessionIdError, PreviousCredential,
+    Revocation, RevocationReason, RevokeOutcome, Revoked, SessionId, SessionMatch, SessionRecord,
+    Slot, VersionCount,
 };
 #[doc(inline)]
 pub use secret::{ENCODED_SECRET_LEN, SECRET_LEN, SessionSecret};
@@ -47,4 +48,4 @@ pub use secret::{ENCODED_SECRET_LEN, SECRET_LEN, SessionSecret};
 #[doc(inline)]
 pub use store::MemoryStore;
 #[doc(inline)]
-pub use store::{SessionStore, StoreError};
+pub use store::{SessionStore, StoreError, check_successor};

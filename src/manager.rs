@@ -17,14 +17,19 @@ use zeroize::Zeroizing;
 use crate::clock::{Clock, SystemClock};
 use crate::config::SessionConfig;
 use crate::keys::{KeyRing, KeyVersion};
+use crate::lifecycle;
 use crate::record::{
-    ActiveSessionRecord, Attributes, Credential, Revocation, RevokeOutcome, SessionId,
-    SessionRecord, validate_attributes, validate_subject,
+    ActiveSessionRecord, Data, Revocation, RevokeOutcome, SessionId, SessionRecord, VersionCount,
+    validate_data, validate_subject,
 };
 use crate::secret::SessionSecret;
 use crate::store::{SessionStore, StoreError};
 
 /// Why a session operation failed.
+///
+/// As a response (`IntoResponse`) it names the kind of failure only
+/// ("session store unavailable"): never an id, an operation or a driver's
+/// message. Those go to the log, with the whole source chain.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
@@ -34,16 +39,20 @@ pub enum SessionError {
     /// The operation needs an active session and the request has none.
     #[error("no active session")]
     NotLoggedIn,
+    /// The session ended (logged out, revoked or expired) while the request
+    /// ran, so the write was refused: the session is gone, the store is fine.
+    #[error("the session ended while the request ran")]
+    SessionEnded,
     /// The subject is empty, too long, or has control characters.
     #[error("invalid subject: {0}")]
     InvalidSubject(&'static str),
-    /// The attributes are too large or not serializable.
-    #[error("invalid attributes: {0}")]
-    InvalidAttributes(&'static str),
-    /// An attribute value could not be converted to or from JSON.
-    #[error("attribute `{key}` could not be converted")]
+    /// The session data is too large, or holds a NUL character.
+    #[error("invalid session data: {0}")]
+    InvalidData(&'static str),
+    /// A data value could not be converted to or from JSON.
+    #[error("session data value `{key}` could not be converted")]
     Serde {
-        /// The attribute's key.
+        /// The data key.
         key: String,
         /// What serde said.
         #[source]
@@ -51,15 +60,55 @@ pub enum SessionError {
     },
 }
 
+impl SessionError {
+    /// The response status: 503 for a store failure, 401 without a session
+    /// (or when it ended meanwhile), 500 for what the application asked wrong.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotLoggedIn | Self::SessionEnded => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The response body: the kind of failure, nothing more.
+    pub fn body_text(&self) -> &'static str {
+        match self {
+            Self::Store(_) => "session store unavailable",
+            Self::NotLoggedIn => "not signed in",
+            Self::SessionEnded => "session ended",
+            Self::InvalidSubject(_) => "invalid session subject",
+            Self::InvalidData(_) | Self::Serde { .. } => "invalid session data",
+        }
+    }
+}
+
 impl IntoResponse for SessionError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::NotLoggedIn => StatusCode::UNAUTHORIZED,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        tracing::warn!(error = %self, "session operation failed");
-        (status, self.to_string()).into_response()
+        tracing::warn!(error = %ErrorChain(&self), "session operation failed");
+        let mut response = (self.status(), self.body_text()).into_response();
+        if matches!(self, Self::Store(_)) {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Displays an error with its whole source chain (`a: b: c`), for logs:
+/// `%error` alone shows only the outermost message.
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
     }
 }
 
@@ -99,7 +148,9 @@ pub struct SessionManager {
 
 struct Inner {
     store: Arc<dyn SessionStore>,
-    keys: ArcSwap<KeyRing>,
+    /// Shared by every manager made from this one (`with_clock` included),
+    /// so `set_key_ring` reaches them all.
+    keys: Arc<ArcSwap<KeyRing>>,
     config: SessionConfig,
     clock: Arc<dyn Clock>,
 }
@@ -143,7 +194,7 @@ impl SessionManager {
         Self {
             inner: Arc::new(Inner {
                 store,
-                keys: ArcSwap::from_pointee(keys),
+                keys: Arc::new(ArcSwap::from_pointee(keys)),
                 config,
                 clock,
             }),
@@ -151,14 +202,17 @@ impl SessionManager {
     }
 
     /// The same manager reading time from `clock` (a
-    /// [`MockClock`](crate::MockClock) in tests).
+    /// [`MockClock`](crate::MockClock) in tests). It shares the store and
+    /// the key ring with this one: `set_key_ring` on either reaches both.
     pub fn with_clock(self, clock: impl Clock) -> Self {
-        Self::from_parts(
-            self.inner.store.clone(),
-            (**self.inner.keys.load()).clone(),
-            self.inner.config.clone(),
-            Arc::new(clock),
-        )
+        Self {
+            inner: Arc::new(Inner {
+                store: self.inner.store.clone(),
+                keys: self.inner.keys.clone(),
+                config: self.inner.config.clone(),
+                clock: Arc::new(clock),
+            }),
+        }
     }
 
     /// The configuration.
@@ -223,55 +277,38 @@ impl SessionManager {
             .unwrap_or(Err(StoreError::Timeout { operation, timeout }))
     }
 
-    /// The idle expiry of a session used at `now`: `now + idle_timeout`,
-    /// never past `absolute_expires_at`.
-    pub(crate) fn sliding_expiry(
-        &self,
-        now: OffsetDateTime,
-        absolute_expires_at: OffsetDateTime,
-    ) -> OffsetDateTime {
-        saturating_add(now, self.inner.config.idle_timeout).min(absolute_expires_at)
-    }
-
-    /// When a secret issued at `now` is due for rotation.
-    pub(crate) fn access_expiry(
-        &self,
-        now: OffsetDateTime,
-        absolute_expires_at: OffsetDateTime,
-    ) -> OffsetDateTime {
-        match self.inner.config.access_ttl {
-            Some(ttl) => saturating_add(now, ttl).min(absolute_expires_at),
-            None => absolute_expires_at,
-        }
-    }
-
     /// Builds a new record and its secret, under the current key version.
     pub(crate) fn new_record(
         &self,
         subject: String,
-        attributes: Attributes,
+        data: Data,
         now: OffsetDateTime,
     ) -> Result<(SessionRecord, SessionSecret), SessionError> {
         validate_subject(&subject).map_err(SessionError::InvalidSubject)?;
-        validate_attributes(&attributes).map_err(SessionError::InvalidAttributes)?;
+        validate_data(&data).map_err(SessionError::InvalidData)?;
+        let config = &self.inner.config;
         let secret = SessionSecret::generate();
-        let candidate = self.keys().current_candidate(&secret);
-        let absolute_expires_at = saturating_add(now, self.inner.config.absolute_lifetime);
+        let absolute_expires_at = saturating_add(now, config.absolute_lifetime);
+        let idle_timeout = whole_seconds(config.idle_timeout);
         let record = SessionRecord {
             id: SessionId::generate(),
-            subject,
+            generation: 0,
+            subject: Some(subject),
             created_at: now,
+            authenticated_at: Some(now),
             last_seen_at: now,
-            expires_at: self.sliding_expiry(now, absolute_expires_at),
+            expires_at: saturating_add(now, idle_timeout).min(absolute_expires_at),
             absolute_expires_at,
-            access_expires_at: self.access_expiry(now, absolute_expires_at),
-            current: Credential {
-                lookup_key: candidate.lookup_key,
-                key_version: candidate.key_version,
-            },
+            idle_timeout,
+            persistent: true,
+            access_expires_at: lifecycle::access_expiry(config, now, absolute_expires_at),
+            current: self.keys().current_credential(&secret),
             previous: None,
+            superseded: None,
             revoked: None,
-            attributes,
+            user_agent: None,
+            client_ip: None,
+            data,
         };
         Ok((record, secret))
     }
@@ -283,14 +320,14 @@ impl SessionManager {
     ///
     /// # Errors
     ///
-    /// An invalid subject or attributes, or a store failure.
+    /// An invalid subject or data, or a store failure.
     pub async fn create_session(
         &self,
         subject: impl Into<String>,
-        attributes: Attributes,
+        data: Data,
     ) -> Result<IssuedSession, SessionError> {
         let now = self.now();
-        let (record, secret) = self.new_record(subject.into(), attributes, now)?;
+        let (record, secret) = self.new_record(subject.into(), data, now)?;
         self.call("insert", self.inner.store.insert(&record))
             .await?;
         tracing::info!(session.id = %record.id, "session created");
@@ -298,6 +335,52 @@ impl SessionManager {
             record: record.to_active(record.current.key_version),
             secret,
         })
+    }
+
+    /// Writes a handler-requested change to `record`: `change` builds the
+    /// next record from the one stored (a [`lifecycle::successor`]); the
+    /// write is a compare-and-swap at the time it happens. When another
+    /// request changed the record meanwhile, the record is read again and
+    /// `change` applied to it, so concurrent changes compose instead of
+    /// overwriting each other.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::SessionEnded`] when the session is no longer active
+    /// at the write's time; a store failure; whatever `change` returns.
+    pub(crate) async fn update(
+        &self,
+        record: Arc<SessionRecord>,
+        mut change: impl FnMut(&SessionRecord, OffsetDateTime) -> Result<SessionRecord, SessionError>,
+    ) -> Result<Arc<SessionRecord>, SessionError> {
+        /// Each lost race means another write landed; far more than
+        /// concurrent requests on one session ever make.
+        const ATTEMPTS: usize = 64;
+        let mut current = record;
+        for _ in 0..ATTEMPTS {
+            // The clock is read for each attempt: the store checks the
+            // session is active at the time of the write, not of the request.
+            let now = self.now();
+            if !current.is_active(now) {
+                return Err(SessionError::SessionEnded);
+            }
+            let next = change(&current, now)?;
+            let store = self.store();
+            if self
+                .call("replace", store.replace(&current, &next, now))
+                .await?
+            {
+                return Ok(Arc::new(next));
+            }
+            current = self
+                .call("get_active", store.get_active(&current.id, now))
+                .await?
+                .ok_or(SessionError::SessionEnded)?;
+        }
+        Err(SessionError::Store(StoreError::Timeout {
+            operation: "replace",
+            timeout: Duration::ZERO,
+        }))
     }
 
     /// Revokes one session by id.
@@ -314,7 +397,7 @@ impl SessionManager {
         let outcome = self
             .call(
                 "revoke",
-                self.inner.store.revoke(id, self.now(), &revocation),
+                self.inner.store.revoke(id, None, self.now(), &revocation),
             )
             .await?;
         tracing::info!(session.id = %id, reason = %revocation.reason, ?outcome, "session revoked");
@@ -381,17 +464,30 @@ impl SessionManager {
         .await
     }
 
-    /// How many live records use each key version. A version whose count is
-    /// zero (or whose sessions have all passed their absolute lifetime) can
-    /// be removed from the ring.
+    /// How many live sessions use each key version, split into those seen
+    /// within `recent` (their clients are active: each is re-keyed to the
+    /// current version on its next request) and dormant ones.
+    ///
+    /// A dormant session's secret is only ever presented by its own client,
+    /// so it cannot be re-keyed ahead of time: removing a version from the
+    /// ring ends its dormant sessions. Wait until `recent` is zero (a window
+    /// of a day or two is usual), and read `dormant` as the number of
+    /// sessions that retiring it now would end.
     ///
     /// # Errors
     ///
     /// A store failure.
-    pub async fn count_by_key_version(&self) -> Result<BTreeMap<KeyVersion, u64>, StoreError> {
+    pub async fn count_by_key_version(
+        &self,
+        recent: Duration,
+    ) -> Result<BTreeMap<KeyVersion, VersionCount>, StoreError> {
+        let now = self.now();
+        let seen_since = now
+            .checked_sub(time::Duration::try_from(recent).unwrap_or(time::Duration::MAX))
+            .unwrap_or(PrimitiveDateTime::MIN.assume_utc());
         self.call(
             "count_by_key_version",
-            self.inner.store.count_by_key_version(self.now()),
+            self.inner.store.count_by_key_version(now, seen_since),
         )
         .await
     }
@@ -420,59 +516,57 @@ impl SessionManager {
             loop {
                 ticker.tick().await;
                 if let Err(error) = manager.purge_expired().await {
-                    tracing::warn!(%error, "purging expired sessions failed");
+                    tracing::warn!(error = %ErrorChain(&error), "purging expired sessions failed");
                 }
             }
         })
     }
 
-    /// The `Set-Cookie` value that gives a client `secret`, expiring with
-    /// the session at `expires_at`.
+    /// The `Set-Cookie` value that gives a client `secret` for `max_age`, or
+    /// for the browser session when `None`. Marked sensitive: never indexed
+    /// by HTTP/2 header compression, redacted by `Debug`.
     pub fn set_cookie_header(
         &self,
         secret: &SessionSecret,
-        expires_at: OffsetDateTime,
+        max_age: Option<Duration>,
     ) -> HeaderValue {
-        self.set_cookie_header_at(secret, expires_at, self.now())
+        let value = Zeroizing::new(secret.encode());
+        let max_age = max_age.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.cookie_header(self.inner.config.cookie.set_cookie(&value, max_age))
     }
 
-    /// [`set_cookie_header`](Self::set_cookie_header) with `Max-Age` counted
-    /// from the request's time `now`.
-    pub(crate) fn set_cookie_header_at(
+    /// The `Set-Cookie` value that gives a client `secret` for `record`:
+    /// `Max-Age` to the absolute expiry for a persistent session.
+    pub(crate) fn set_cookie_for(
         &self,
         secret: &SessionSecret,
-        expires_at: OffsetDateTime,
+        record: &SessionRecord,
         now: OffsetDateTime,
     ) -> HeaderValue {
-        let max_age = (expires_at - now).max(time::Duration::ZERO);
-        let value = Zeroizing::new(secret.encode());
-        self.cookie_header(&value, max_age)
+        self.set_cookie_header(secret, lifecycle::cookie_max_age(record, now))
     }
 
     /// The `Set-Cookie` value that removes the session cookie.
     pub fn clear_cookie_header(&self) -> HeaderValue {
-        self.cookie_header("", time::Duration::ZERO)
+        self.cookie_header(self.inner.config.cookie.removal())
     }
 
-    fn cookie_header(&self, value: &str, max_age: time::Duration) -> HeaderValue {
-        let cookie = &self.inner.config.cookie;
-        let rendered = if value.is_empty() {
-            cookie.removal()
-        } else {
-            cookie.set_cookie(value, max_age.whole_seconds())
-        };
+    fn cookie_header(&self, rendered: String) -> HeaderValue {
         // Config validation keeps names, paths and domains to visible ASCII
         // and secrets are base64url, so the value is always valid; the
         // header takes the buffer without a copy. It holds the secret and
         // leaves with the response: there is no copy of ours to wipe.
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(rendered))
-            .unwrap_or_else(|_| HeaderValue::from_static(""))
+        let mut value = HeaderValue::from_maybe_shared(bytes::Bytes::from(rendered))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        value.set_sensitive(true);
+        value
     }
 
     /// The response for a store failure: the configured one, or a plain 503.
     pub(crate) fn store_error_response(&self, error: &StoreError) -> Response {
         match &self.inner.config.store_error_response {
             Some(make) => make(error),
+            // The kind of failure only: the details are in the log.
             None => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(http::header::RETRY_AFTER, "1")],
@@ -481,4 +575,9 @@ impl SessionManager {
                 .into_response(),
         }
     }
+}
+
+/// `d` truncated to whole seconds, at least one: how records keep an idle timeout.
+pub(crate) fn whole_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs().max(1))
 }

@@ -406,7 +406,9 @@ pub(crate) fn validate_data(data: &Data) -> Result<(), &'static str> {
         match value {
             serde_json::Value::String(s) => s.contains('\0'),
             serde_json::Value::Array(items) => items.iter().any(has_nul),
-            serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            serde_json::Value::Object(map) => {
+                map.iter().any(|(k, v)| k.contains('\0') || has_nul(v))
+            }
             _ => false,
         }
     }
@@ -446,6 +448,15 @@ impl DataPatch {
     pub fn remove(&mut self, key: String) {
         self.set.remove(&key);
         self.removed.insert(key);
+    }
+
+    /// What the patch does to `key`: `Some(Some(value))` sets it,
+    /// `Some(None)` removes it, `None` leaves it alone.
+    pub fn get(&self, key: &str) -> Option<Option<&serde_json::Value>> {
+        match self.set.get(key) {
+            Some(value) => Some(Some(value)),
+            None => self.removed.contains(key).then_some(None),
+        }
     }
 
     /// Applies the patch to `data`.
@@ -599,9 +610,9 @@ mod tests {
     #[test]
     fn nul_characters_are_refused_anywhere_in_data() {
         for value in [
-            serde_json::json!("a\u0000b"),
-            serde_json::json!(["ok", "n\u0000"]),
-            serde_json::json!({"in\u0000key": 1}),
+            serde_json::json!("a\u{0}b"),
+            serde_json::json!(["ok", "n\u{0}"]),
+            serde_json::json!({"in\u{0}key": 1}),
         ] {
             let mut data = Data::new();
             data.insert("k".into(), value);
@@ -624,7 +635,10 @@ mod tests {
         data.insert("c".into(), 0.into());
         data.insert("d".into(), 4.into());
         patch.apply(&mut data);
-        assert_eq!(serde_json::Value::Object(data), serde_json::json!({"a": 1, "d": 4}));
+        assert_eq!(
+            serde_json::Value::Object(data),
+            serde_json::json!({"a": 1, "d": 4})
+        );
         assert!(DataPatch::default().is_empty());
         assert!(!patch.is_empty());
     }

@@ -84,7 +84,7 @@ async fn malformed_cookies_are_anonymous_without_a_store_call() {
 }
 
 #[tokio::test]
-async fn the_first_well_formed_value_is_used_across_headers_and_duplicates() {
+async fn well_formed_values_are_found_across_headers_among_malformed_ones() {
     let h = Harness::new();
     let secret = h.login("alice").await;
     h.store.reset_counts();
@@ -96,9 +96,15 @@ async fn the_first_well_formed_value_is_used_across_headers_and_duplicates() {
             format!("{COOKIE} = {secret} ; y=2").as_bytes(),
         ]
         .concat())],
+        // A stranger's well-formed value beside the real one: both looked up.
+        vec![
+            hv(format!("{COOKIE}={}", common::stranger())),
+            hv(format!("{COOKIE}={secret}")),
+        ],
     ] {
         let res = h.send(request_with_cookies(values)).await;
         assert_eq!(res.body, "alice");
     }
-    assert_eq!(common::Counts::get(&h.store.counts.find_active), 3);
+    assert_eq!(common::Counts::get(&h.store.counts.find_active), 4);
+    assert_eq!(h.store.counts.writes(), 0);
 }

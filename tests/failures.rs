@@ -104,7 +104,8 @@ async fn a_failing_maintenance_write_still_serves_and_the_old_cookie_keeps_worki
             "no cookie for a rotation that failed"
         );
     }
-    assert_eq!(Counts::get(&h.store.counts.rotate), 2);
+    assert_eq!(Counts::get(&h.store.counts.replace), 2);
+    assert_eq!(Counts::get(&h.store.counts.replace_applied), 0);
     // Re-key and touch failures are served the same way.
     h.manager.set_key_ring(ring(2, &[1, 2]));
     let res = h.call("GET", "/me", Some(&secret)).await;
@@ -117,7 +118,7 @@ async fn a_failing_maintenance_write_still_serves_and_the_old_cookie_keeps_worki
 }
 
 #[tokio::test]
-async fn a_failed_attribute_write_turns_the_response_into_a_503() {
+async fn a_failed_data_write_turns_the_response_into_a_503() {
     let h = Harness::new();
     let secret = h.login("alice").await;
     h.store.fail_writes.store(true, Ordering::SeqCst);
@@ -133,7 +134,7 @@ async fn a_failed_attribute_write_turns_the_response_into_a_503() {
 }
 
 #[tokio::test]
-async fn an_attribute_write_on_a_session_revoked_meanwhile_is_a_503() {
+async fn a_data_write_on_a_session_revoked_meanwhile_says_the_session_ended() {
     use tower_hmac_session::SessionLayer;
     let h = Harness::new();
     let secret = h.login("alice").await;
@@ -159,7 +160,9 @@ async fn an_attribute_write_on_a_session_revoked_meanwhile_is_a_503() {
             .unwrap(),
     )
     .await;
-    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Its own kind, not a store outage: the session is gone.
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::UNAUTHORIZED, "session ended"));
+    assert!(res.raw_set_cookies.is_empty());
 }
 
 #[tokio::test]

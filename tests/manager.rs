@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::{Harness, ring};
 use http::StatusCode;
 use serde_json::json;
-use tower_hmac_session::{Attributes, RevokeOutcome, SessionConfig};
+use tower_hmac_session::{Data as Attributes, RevokeOutcome, SessionConfig};
 
 #[tokio::test]
 async fn a_session_created_outside_a_request_works_in_one() {
@@ -16,14 +16,18 @@ async fn a_session_created_outside_a_request_works_in_one() {
     attributes.insert("device".into(), json!("cli"));
     let issued = h.manager.create_session("alice", attributes).await.unwrap();
     assert_eq!(
-        issued.record.attribute::<String>("device").as_deref(),
+        issued.record.get::<String>("device").as_deref(),
         Some("cli")
     );
     let header = h
         .manager
-        .set_cookie_header(&issued.secret, issued.record.expires_at);
+        .set_cookie_header(&issued.secret, Some(std::time::Duration::from_secs(60)));
     let header = header.to_str().unwrap();
-    assert!(header.starts_with(&format!("{}={}", common::COOKIE, issued.secret.encode())));
+    assert!(header.starts_with(&format!(
+        "{}={}; Max-Age=60",
+        common::COOKIE,
+        issued.secret.encode()
+    )));
     let res = h
         .call("GET", "/attr?key=device", Some(&issued.secret.encode()))
         .await;

@@ -28,13 +28,12 @@ impl Write for Capture {
 fn raw_bytes(record: &SessionRecord) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(record.id.as_bytes());
-    out.extend_from_slice(record.subject.as_bytes());
-    out.extend_from_slice(record.current.lookup_key.as_bytes());
-    if let Some(previous) = &record.previous {
-        out.extend_from_slice(previous.credential.lookup_key.as_bytes());
+    out.extend_from_slice(record.subject.as_deref().unwrap_or_default().as_bytes());
+    for (_, credential) in record.credentials() {
+        out.extend_from_slice(credential.lookup_key.as_bytes());
     }
     out.extend_from_slice(
-        serde_json::to_string(&record.attributes)
+        serde_json::to_string(&record.data)
             .unwrap()
             .as_bytes(),
     );
@@ -83,7 +82,16 @@ async fn the_secret_appears_in_no_record_and_no_log_line() {
     h.call("GET", "/me", Some(&second)).await; // store error
     h.store.fail_reads.store(false, Ordering::SeqCst);
     h.advance(120);
-    h.call("GET", "/me", Some(&first)).await; // replay: revoked
+    // The successor looks lost: re-rotation.
+    let fourth = h
+        .call("GET", "/me", Some(&first))
+        .await
+        .new_secret()
+        .unwrap();
+    secrets.push(fourth.clone());
+    h.call("GET", "/me", Some(&fourth)).await; // confirm
+    h.advance(120);
+    h.call("GET", "/me", Some(&second)).await; // superseded: reuse, revoked
     let third = h.login("bob").await;
     secrets.push(third.clone());
     h.call("POST", "/logout", Some(&third)).await;
@@ -97,7 +105,7 @@ async fn the_secret_appears_in_no_record_and_no_log_line() {
     for record in &records {
         assert!(log_text.contains(&record.id.to_string()), "{log_text}");
     }
-    assert!(log_text.contains("replayed"), "{log_text}");
+    assert!(log_text.contains("revoked as reuse"), "{log_text}");
 
     for secret in &secrets {
         let bytes = *SessionSecret::parse(secret).unwrap().expose_bytes();
@@ -115,9 +123,12 @@ async fn the_secret_appears_in_no_record_and_no_log_line() {
     }
     // Lookup keys stay out of the logs too.
     for record in &records {
-        let key = record.current.lookup_key.as_bytes();
-        assert!(!contains(&logs, hex_lower(key).as_bytes()));
-        assert!(!contains(&logs, format!("{key:?}").as_bytes()));
+        for (_, credential) in record.credentials() {
+            let key = credential.lookup_key.as_bytes();
+            assert!(!contains(&logs, hex_lower(key).as_bytes()));
+            assert!(!contains(&logs, format!("{key:?}").as_bytes()));
+            assert!(!contains(&logs, key));
+        }
     }
 }
 

@@ -66,23 +66,30 @@ pub fn tower_sessions() -> Router {
 pub fn filler_record(i: u64) -> tower_hmac_session::SessionRecord {
     use std::time::Duration;
     use tower_hmac_session::{
-        Attributes, Credential, KeyVersion, LookupKey, SessionId, SessionRecord, SessionSecret,
+        Credential, Data, KeyVersion, LookupKey, SessionId, SessionRecord, SessionSecret,
     };
     let now = time::macros::datetime!(2030-01-01 00:00 UTC);
     SessionRecord {
         id: SessionId::generate(),
-        subject: format!("user-{i:07}"),
+        generation: 0,
+        subject: Some(format!("user-{i:07}")),
         created_at: now,
+        authenticated_at: Some(now),
         last_seen_at: now,
         expires_at: now + Duration::from_secs(7 * 24 * 3600),
         absolute_expires_at: now + Duration::from_secs(30 * 24 * 3600),
+        idle_timeout: Duration::from_secs(7 * 24 * 3600),
+        persistent: true,
         access_expires_at: now + Duration::from_secs(900),
         current: Credential {
             lookup_key: LookupKey::from_bytes(*SessionSecret::generate().expose_bytes()),
             key_version: KeyVersion(1),
         },
         previous: None,
+        superseded: None,
         revoked: None,
-        attributes: Attributes::new(),
+        user_agent: None,
+        client_ip: None,
+        data: Data::new(),
     }
 }

@@ -7,11 +7,11 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{SessionStore, StoreError};
+use super::{SessionStore, StoreError, check_successor};
 use crate::keys::{Candidate, KeyVersion, LookupKey};
 use crate::record::{
-    ActiveSessionRecord, Attributes, Credential, PreviousCredential, Revocation, RevokeOutcome,
-    Revoked, RotationTimestamps, SessionId, SessionMatch, SessionRecord, Slot, validate_attributes,
+    ActiveSessionRecord, Revocation, RevokeOutcome, Revoked, SessionId, SessionMatch,
+    SessionRecord, VersionCount,
 };
 
 /// An in-memory [`SessionStore`]: embedded, for tests and single-process apps.
@@ -124,24 +124,34 @@ impl MemoryStore {
     }
 }
 
-fn cap(expires_at: OffsetDateTime, record: &SessionRecord) -> OffsetDateTime {
-    expires_at.min(record.absolute_expires_at)
-}
-
 impl Inner {
     fn remove(&mut self, id: &SessionId) {
         let Some(record) = self.records.remove(id) else {
             return;
         };
-        self.by_lookup.remove(&record.current.lookup_key);
-        if let Some(previous) = record.previous {
-            self.by_lookup.remove(&previous.credential.lookup_key);
+        for (_, credential) in record.credentials() {
+            self.by_lookup.remove(&credential.lookup_key);
         }
-        if let Some(ids) = self.by_subject.get_mut(record.subject.as_str()) {
+        if let Some(subject) = &record.subject
+            && let Some(ids) = self.by_subject.get_mut(subject.as_str())
+        {
             ids.retain(|other| other != id);
             if ids.is_empty() {
-                self.by_subject.remove(record.subject.as_str());
+                self.by_subject.remove(subject.as_str());
             }
+        }
+    }
+
+    fn revoke(&mut self, id: &SessionId, now: OffsetDateTime, revocation: &Revocation) -> bool {
+        match self.records.get_mut(id) {
+            Some(record) if record.revoked.is_none() => {
+                Arc::make_mut(record).revoked = Some(Revoked {
+                    at: now,
+                    revocation: revocation.clone(),
+                });
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -152,8 +162,9 @@ impl SessionStore for MemoryStore {
         &self,
         candidates: &[Candidate],
         now: OffsetDateTime,
-    ) -> Result<Option<SessionMatch>, StoreError> {
+    ) -> Result<Vec<SessionMatch>, StoreError> {
         let inner = self.read();
+        let mut matches = Vec::new();
         for candidate in candidates {
             let Some(record) = inner
                 .by_lookup
@@ -162,180 +173,113 @@ impl SessionStore for MemoryStore {
             else {
                 continue;
             };
-            let slot = [Slot::Current, Slot::Previous].into_iter().find(|&slot| {
-                record.credential(slot)
-                    == Some(Credential {
-                        lookup_key: candidate.lookup_key,
-                        key_version: candidate.key_version,
-                    })
-            });
-            match slot {
-                Some(slot) if record.is_active(now) => {
-                    return Ok(Some(SessionMatch {
-                        record: record.clone(),
-                        slot,
-                        key_version: candidate.key_version,
-                    }));
-                }
-                // Lookup keys are unique store-wide: an inactive hit means
-                // the secret is dead under every version.
-                Some(_) => return Ok(None),
-                None => continue,
+            if !record.is_active(now) {
+                continue;
+            }
+            if let Some(slot) = record.slot_of(&candidate.lookup_key, candidate.key_version) {
+                matches.push(SessionMatch {
+                    record: record.clone(),
+                    slot,
+                    key_version: candidate.key_version,
+                    value_index: candidate.value_index,
+                });
             }
         }
-        Ok(None)
+        Ok(matches)
+    }
+
+    async fn get_active(
+        &self,
+        id: &SessionId,
+        now: OffsetDateTime,
+    ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        Ok(self
+            .read()
+            .records
+            .get(id)
+            .filter(|r| r.is_active(now))
+            .cloned())
     }
 
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
         record.validate().map_err(StoreError::Invalid)?;
         let mut inner = self.write();
-        let previous_key = record.previous.map(|p| p.credential.lookup_key);
         if inner.records.contains_key(&record.id)
-            || inner.by_lookup.contains_key(&record.current.lookup_key)
-            || previous_key.is_some_and(|k| inner.by_lookup.contains_key(&k))
+            || record
+                .credentials()
+                .any(|(_, c)| inner.by_lookup.contains_key(&c.lookup_key))
         {
             return Err(StoreError::Conflict);
         }
-        inner.by_lookup.insert(record.current.lookup_key, record.id);
-        if let Some(key) = previous_key {
-            inner.by_lookup.insert(key, record.id);
+        for (_, credential) in record.credentials() {
+            inner.by_lookup.insert(credential.lookup_key, record.id);
         }
-        inner
-            .by_subject
-            .entry(record.subject.clone())
-            .or_insert_with(|| Vec::with_capacity(1))
-            .push(record.id);
+        if let Some(subject) = &record.subject {
+            inner
+                .by_subject
+                .entry(subject.clone())
+                .or_insert_with(|| Vec::with_capacity(1))
+                .push(record.id);
+        }
         inner.records.insert(record.id, Arc::new(record.clone()));
         Ok(())
     }
 
-    async fn rotate(
+    async fn replace(
         &self,
-        id: &SessionId,
-        expected_current: &LookupKey,
-        new_current: &Credential,
-        previous_valid_until: OffsetDateTime,
-        timestamps: &RotationTimestamps,
-    ) -> Result<bool, StoreError> {
-        let mut inner = self.write();
-        let inner = &mut *inner;
-        let Some(record) = inner.records.get_mut(id) else {
-            return Ok(false);
-        };
-        if !record.is_active(timestamps.last_seen_at)
-            || record.current.lookup_key != *expected_current
-        {
-            return Ok(false);
-        }
-        if inner.by_lookup.contains_key(&new_current.lookup_key) {
-            return Err(StoreError::Conflict);
-        }
-        let record = Arc::make_mut(record);
-        if let Some(forgotten) = record.previous.take() {
-            inner.by_lookup.remove(&forgotten.credential.lookup_key);
-        }
-        inner.by_lookup.insert(new_current.lookup_key, *id);
-        record.previous = Some(PreviousCredential {
-            credential: record.current,
-            valid_until: previous_valid_until,
-        });
-        record.current = *new_current;
-        record.last_seen_at = timestamps.last_seen_at;
-        record.expires_at = cap(timestamps.expires_at, record);
-        record.access_expires_at = timestamps.access_expires_at;
-        Ok(true)
-    }
-
-    async fn touch(
-        &self,
-        id: &SessionId,
-        last_seen_at: OffsetDateTime,
-        expires_at: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        let mut inner = self.write();
-        match inner.records.get_mut(id) {
-            Some(record)
-                if record.is_active(last_seen_at) && record.last_seen_at < last_seen_at =>
-            {
-                let record = Arc::make_mut(record);
-                record.last_seen_at = last_seen_at;
-                record.expires_at = cap(expires_at, record);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    async fn rekey(
-        &self,
-        id: &SessionId,
-        slot: Slot,
-        expected: &LookupKey,
-        new: &LookupKey,
-        new_version: KeyVersion,
-    ) -> Result<bool, StoreError> {
-        let mut inner = self.write();
-        let inner = &mut *inner;
-        let Some(record) = inner.records.get_mut(id) else {
-            return Ok(false);
-        };
-        if record.revoked.is_some()
-            || record.credential(slot).map(|c| c.lookup_key) != Some(*expected)
-        {
-            return Ok(false);
-        }
-        if inner.by_lookup.contains_key(new) {
-            return Err(StoreError::Conflict);
-        }
-        let record = Arc::make_mut(record);
-        let credential = match (slot, record.previous.as_mut()) {
-            (Slot::Current, _) => &mut record.current,
-            (Slot::Previous, Some(previous)) => &mut previous.credential,
-            (Slot::Previous, None) => return Ok(false),
-        };
-        inner.by_lookup.remove(expected);
-        inner.by_lookup.insert(*new, *id);
-        *credential = Credential {
-            lookup_key: *new,
-            key_version: new_version,
-        };
-        Ok(true)
-    }
-
-    async fn update_attributes(
-        &self,
-        id: &SessionId,
-        attributes: &Attributes,
+        current: &SessionRecord,
+        next: &SessionRecord,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        validate_attributes(attributes).map_err(StoreError::Invalid)?;
+        check_successor(current, next)?;
         let mut inner = self.write();
-        match inner.records.get_mut(id) {
-            Some(record) if record.is_active(now) => {
-                Arc::make_mut(record).attributes = attributes.clone();
-                Ok(true)
-            }
-            _ => Ok(false),
+        let inner = &mut *inner;
+        let Some(stored) = inner.records.get_mut(&current.id) else {
+            return Ok(false);
+        };
+        // The condition is checked now, under the lock: the generation says
+        // nothing changed since `current` was read, and the time is the
+        // write's, so a request that outlived the session cannot revive it.
+        if stored.generation != current.generation || !stored.is_active(now) {
+            return Ok(false);
         }
+        let taken = next.credentials().any(|(_, c)| {
+            inner
+                .by_lookup
+                .get(&c.lookup_key)
+                .is_some_and(|owner| *owner != current.id)
+        });
+        if taken {
+            return Err(StoreError::Conflict);
+        }
+        for (_, old) in stored.credentials() {
+            inner.by_lookup.remove(&old.lookup_key);
+        }
+        for (_, new) in next.credentials() {
+            inner.by_lookup.insert(new.lookup_key, current.id);
+        }
+        // In place when no request holds the record any more; a copy otherwise.
+        *Arc::make_mut(stored) = next.clone();
+        Ok(true)
     }
 
     async fn revoke(
         &self,
         id: &SessionId,
+        subject: Option<&str>,
         now: OffsetDateTime,
         revocation: &Revocation,
     ) -> Result<RevokeOutcome, StoreError> {
         let mut inner = self.write();
-        Ok(match inner.records.get_mut(id) {
-            None => RevokeOutcome::NotFound,
-            Some(record) if record.revoked.is_some() => RevokeOutcome::AlreadyRevoked,
-            Some(record) => {
-                Arc::make_mut(record).revoked = Some(Revoked {
-                    at: now,
-                    revocation: revocation.clone(),
-                });
-                RevokeOutcome::Revoked
-            }
+        let Some(record) = inner.records.get(id) else {
+            return Ok(RevokeOutcome::NotFound);
+        };
+        if subject.is_some() && record.subject.as_deref() != subject {
+            return Ok(RevokeOutcome::NotFound);
+        }
+        Ok(match inner.revoke(id, now, revocation) {
+            true => RevokeOutcome::Revoked,
+            false => RevokeOutcome::AlreadyRevoked,
         })
     }
 
@@ -347,23 +291,15 @@ impl SessionStore for MemoryStore {
         except: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
         let mut inner = self.write();
-        let inner = &mut *inner;
-        let Some(ids) = inner.by_subject.get(subject) else {
+        let Some(ids) = inner.by_subject.get(subject).cloned() else {
             return Ok(0);
         };
-        let mut count = 0;
-        for id in ids.iter().filter(|id| Some(*id) != except) {
-            if let Some(record) = inner.records.get_mut(id)
-                && record.revoked.is_none()
-            {
-                Arc::make_mut(record).revoked = Some(Revoked {
-                    at: now,
-                    revocation: revocation.clone(),
-                });
-                count += 1;
-            }
-        }
-        Ok(count)
+        let revoked = ids
+            .iter()
+            .filter(|id| Some(*id) != except)
+            .filter(|id| inner.revoke(id, now, revocation))
+            .count();
+        Ok(revoked as u64)
     }
 
     async fn list_for_subject(
@@ -388,17 +324,25 @@ impl SessionStore for MemoryStore {
     async fn count_by_key_version(
         &self,
         now: OffsetDateTime,
-    ) -> Result<BTreeMap<KeyVersion, u64>, StoreError> {
+        seen_since: OffsetDateTime,
+    ) -> Result<BTreeMap<KeyVersion, VersionCount>, StoreError> {
         let inner = self.read();
-        let mut counts = BTreeMap::new();
+        let mut counts: BTreeMap<KeyVersion, VersionCount> = BTreeMap::new();
         for record in inner.records.values().filter(|r| r.is_active(now)) {
-            let current = record.current.key_version;
-            *counts.entry(current).or_insert(0) += 1;
+            let recent = record.last_seen_at >= seen_since;
+            let mut count = |version| {
+                let entry = counts.entry(version).or_default();
+                match recent {
+                    true => entry.recent += 1,
+                    false => entry.dormant += 1,
+                }
+            };
+            count(record.current.key_version);
             if let Some(previous) = &record.previous
-                && previous.valid_until > now
-                && previous.credential.key_version != current
+                && previous.valid_until.is_none_or(|until| until > now)
+                && previous.credential.key_version != record.current.key_version
             {
-                *counts.entry(previous.credential.key_version).or_insert(0) += 1;
+                count(previous.credential.key_version);
             }
         }
         Ok(counts)

@@ -20,10 +20,10 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 use tower::ServiceExt as _;
 use tower_hmac_session::{
-    ActiveSession, ActiveSessionRecord, Attributes, Candidate, Credential, KeyRing, KeyVersion,
-    LookupKey, MemoryStore, MockClock, Revocation, RevokeOutcome, RotationTimestamps, Session,
-    SessionConfig, SessionError, SessionId, SessionLayer, SessionManager, SessionMatch,
-    SessionRecord, SessionStore, Slot, StoreError,
+    ActiveSession, ActiveSessionRecord, Candidate, Data, KeyRing, KeyVersion, MemoryStore,
+    MockClock, Revocation, RevokeOutcome, Session, SessionConfig, SessionError, SessionId,
+    SessionLayer, SessionManager, SessionMatch, SessionRecord, SessionSecret, SessionStore,
+    StoreError, VersionCount,
 };
 
 pub const COOKIE: &str = "__Host-session";
@@ -33,13 +33,16 @@ pub const T0: OffsetDateTime = datetime!(2030-01-01 00:00 UTC);
 #[derive(Debug, Default)]
 pub struct Counts {
     pub find_active: AtomicU64,
+    pub get_active: AtomicU64,
     pub insert: AtomicU64,
-    pub rotate: AtomicU64,
+    pub replace: AtomicU64,
+    pub replace_applied: AtomicU64,
+    /// Applied replacements that rotated (current moved to previous).
     pub rotate_applied: AtomicU64,
-    pub touch: AtomicU64,
+    /// Applied replacements that re-rotated (current moved to superseded).
+    pub rerotate_applied: AtomicU64,
+    /// Applied replacements that slid the idle expiry.
     pub touch_applied: AtomicU64,
-    pub rekey: AtomicU64,
-    pub update_attributes: AtomicU64,
     pub revoke: AtomicU64,
     pub revoke_all: AtomicU64,
     pub other: AtomicU64,
@@ -52,27 +55,37 @@ fn n(c: &AtomicU64) -> u64 {
 impl Counts {
     /// Every call of any kind.
     pub fn total(&self) -> u64 {
-        n(&self.find_active) + self.writes() + n(&self.other)
+        n(&self.find_active) + n(&self.get_active) + self.writes() + n(&self.other)
     }
 
     /// Every write call, applied or not.
     pub fn writes(&self) -> u64 {
-        n(&self.insert)
-            + n(&self.rotate)
-            + n(&self.touch)
-            + n(&self.rekey)
-            + n(&self.update_attributes)
-            + n(&self.revoke)
-            + n(&self.revoke_all)
+        n(&self.insert) + n(&self.replace) + n(&self.revoke) + n(&self.revoke_all)
     }
 
     pub fn get(c: &AtomicU64) -> u64 {
         n(c)
     }
+
+    fn all(&self) -> [&AtomicU64; 11] {
+        [
+            &self.find_active,
+            &self.get_active,
+            &self.insert,
+            &self.replace,
+            &self.replace_applied,
+            &self.rotate_applied,
+            &self.rerotate_applied,
+            &self.touch_applied,
+            &self.revoke,
+            &self.revoke_all,
+            &self.other,
+        ]
+    }
 }
 
-/// Wraps a store (a `MemoryStore` by default): counts calls, and fails or
-/// hangs when told to.
+/// Wraps a store (a `MemoryStore` by default): counts calls, and fails,
+/// hangs, or applies a write and then reports a failure, when told to.
 #[derive(Debug)]
 pub struct TestStore {
     pub inner: Arc<dyn SessionStore>,
@@ -83,6 +96,9 @@ pub struct TestStore {
     pub fail_writes: AtomicBool,
     /// Fails only this one operation (by trait method name).
     pub fail_only: std::sync::Mutex<Option<&'static str>>,
+    /// `replace` applies its write, then reports a timeout (a write that
+    /// applied but whose answer was lost).
+    pub apply_then_fail: AtomicBool,
     pub hang: AtomicBool,
 }
 
@@ -98,13 +114,18 @@ impl Default for TestStore {
 
 impl TestStore {
     pub fn wrap(store: impl SessionStore) -> Self {
+        Self::wrap_arc(Arc::new(store))
+    }
+
+    pub fn wrap_arc(inner: Arc<dyn SessionStore>) -> Self {
         Self {
-            inner: Arc::new(store),
+            inner,
             memory: None,
             counts: Counts::default(),
             fail_reads: AtomicBool::new(false),
             fail_writes: AtomicBool::new(false),
             fail_only: std::sync::Mutex::new(None),
+            apply_then_fail: AtomicBool::new(false),
             hang: AtomicBool::new(false),
         }
     }
@@ -129,19 +150,7 @@ impl TestStore {
     }
 
     pub fn reset_counts(&self) {
-        for c in [
-            &self.counts.find_active,
-            &self.counts.insert,
-            &self.counts.rotate,
-            &self.counts.rotate_applied,
-            &self.counts.touch,
-            &self.counts.touch_applied,
-            &self.counts.rekey,
-            &self.counts.update_attributes,
-            &self.counts.revoke,
-            &self.counts.revoke_all,
-            &self.counts.other,
-        ] {
+        for c in self.counts.all() {
             c.store(0, Ordering::SeqCst);
         }
     }
@@ -157,86 +166,64 @@ impl SessionStore for TestStore {
         &self,
         candidates: &[Candidate],
         now: OffsetDateTime,
-    ) -> Result<Option<SessionMatch>, StoreError> {
+    ) -> Result<Vec<SessionMatch>, StoreError> {
         bump(&self.counts.find_active);
         self.gate("find_active", false).await?;
         self.inner.find_active(candidates, now).await
+    }
+    async fn get_active(
+        &self,
+        id: &SessionId,
+        now: OffsetDateTime,
+    ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        bump(&self.counts.get_active);
+        self.gate("get_active", false).await?;
+        self.inner.get_active(id, now).await
     }
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
         bump(&self.counts.insert);
         self.gate("insert", true).await?;
         self.inner.insert(record).await
     }
-    async fn rotate(
+    async fn replace(
         &self,
-        id: &SessionId,
-        expected_current: &LookupKey,
-        new_current: &Credential,
-        previous_valid_until: OffsetDateTime,
-        timestamps: &RotationTimestamps,
-    ) -> Result<bool, StoreError> {
-        bump(&self.counts.rotate);
-        self.gate("rotate", true).await?;
-        let applied = self
-            .inner
-            .rotate(
-                id,
-                expected_current,
-                new_current,
-                previous_valid_until,
-                timestamps,
-            )
-            .await?;
-        if applied {
-            bump(&self.counts.rotate_applied);
-        }
-        Ok(applied)
-    }
-    async fn touch(
-        &self,
-        id: &SessionId,
-        last_seen_at: OffsetDateTime,
-        expires_at: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        bump(&self.counts.touch);
-        self.gate("touch", true).await?;
-        let applied = self.inner.touch(id, last_seen_at, expires_at).await?;
-        if applied {
-            bump(&self.counts.touch_applied);
-        }
-        Ok(applied)
-    }
-    async fn rekey(
-        &self,
-        id: &SessionId,
-        slot: Slot,
-        expected: &LookupKey,
-        new: &LookupKey,
-        new_version: KeyVersion,
-    ) -> Result<bool, StoreError> {
-        bump(&self.counts.rekey);
-        self.gate("rekey", true).await?;
-        self.inner.rekey(id, slot, expected, new, new_version).await
-    }
-    async fn update_attributes(
-        &self,
-        id: &SessionId,
-        attributes: &Attributes,
+        current: &SessionRecord,
+        next: &SessionRecord,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        bump(&self.counts.update_attributes);
-        self.gate("update_attributes", true).await?;
-        self.inner.update_attributes(id, attributes, now).await
+        bump(&self.counts.replace);
+        self.gate("replace", true).await?;
+        let applied = self.inner.replace(current, next, now).await?;
+        if applied {
+            bump(&self.counts.replace_applied);
+            if next.previous.is_some_and(|p| p.credential == current.current) {
+                bump(&self.counts.rotate_applied);
+            }
+            if next.superseded == Some(current.current) {
+                bump(&self.counts.rerotate_applied);
+            }
+            if next.last_seen_at > current.last_seen_at {
+                bump(&self.counts.touch_applied);
+            }
+        }
+        if self.apply_then_fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Timeout {
+                operation: "replace",
+                timeout: Duration::from_secs(5),
+            });
+        }
+        Ok(applied)
     }
     async fn revoke(
         &self,
         id: &SessionId,
+        subject: Option<&str>,
         now: OffsetDateTime,
         revocation: &Revocation,
     ) -> Result<RevokeOutcome, StoreError> {
         bump(&self.counts.revoke);
         self.gate("revoke", true).await?;
-        self.inner.revoke(id, now, revocation).await
+        self.inner.revoke(id, subject, now, revocation).await
     }
     async fn revoke_all_for_subject(
         &self,
@@ -263,10 +250,11 @@ impl SessionStore for TestStore {
     async fn count_by_key_version(
         &self,
         now: OffsetDateTime,
-    ) -> Result<BTreeMap<KeyVersion, u64>, StoreError> {
+        seen_since: OffsetDateTime,
+    ) -> Result<BTreeMap<KeyVersion, VersionCount>, StoreError> {
         bump(&self.counts.other);
         self.gate("count_by_key_version", false).await?;
-        self.inner.count_by_key_version(now).await
+        self.inner.count_by_key_version(now, seen_since).await
     }
     async fn purge_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
         bump(&self.counts.other);
@@ -284,11 +272,18 @@ pub fn ring(current: u32, versions: &[u32]) -> KeyRing {
         .unwrap()
 }
 
-/// The handlers a session-using application has.
-pub fn app() -> Router {
+/// The handlers a session-using application has. `clock` lets `/slow`
+/// stand for a request that runs for a while.
+pub fn app(clock: MockClock) -> Router {
     #[derive(serde::Deserialize)]
     struct User {
         user: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Slow {
+        secs: u64,
+        key: Option<String>,
+        value: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Attr {
@@ -338,6 +333,43 @@ pub fn app() -> Router {
             }),
         )
         .route(
+            "/renew",
+            post(|session: Session| async move { session.renew().await.map(|()| "renewed") }),
+        )
+        .route(
+            "/cacheable",
+            get(|session: ActiveSession| async move {
+                (
+                    [(header::CACHE_CONTROL, "public, max-age=600")],
+                    session.subject().to_owned(),
+                )
+            }),
+        )
+        .route(
+            "/uncached-public",
+            get(|| async { ([(header::CACHE_CONTROL, "public, max-age=600")], "static") }),
+        )
+        .route(
+            "/slow",
+            post(move |session: Session, Query(q): Query<Slow>| {
+                let clock = clock.clone();
+                async move {
+                    if let Some(key) = &q.key {
+                        session.insert(key, &q.value)?;
+                    }
+                    // The request runs for `secs` seconds.
+                    clock.advance(Duration::from_secs(q.secs));
+                    Ok::<_, SessionError>("done")
+                }
+            }),
+        )
+        .route(
+            "/attr-remove",
+            post(|session: Session, Query(q): Query<Attr>| async move {
+                session.remove(&q.key).map(|_| "removed")
+            }),
+        )
+        .route(
             "/attr",
             post(|session: Session, Query(q): Query<Attr>| async move {
                 session.insert(&q.key, q.value).map(|_| "saved")
@@ -374,7 +406,7 @@ impl Harness {
     pub fn on(store: Arc<TestStore>, config: SessionConfig, keys: KeyRing) -> Self {
         let clock = MockClock::new(T0);
         let manager = SessionManager::new(store.clone(), keys, config).with_clock(clock.clone());
-        let router = app().layer(SessionLayer::new(manager.clone()));
+        let router = app(clock.clone()).layer(SessionLayer::new(manager.clone()));
         Self {
             store,
             manager,
@@ -422,6 +454,20 @@ pub fn request(method: &str, uri: &str, secret: Option<&str>) -> Request<Body> {
     req.body(Body::empty()).unwrap()
 }
 
+/// A request carrying several values of the session cookie in one header.
+pub fn request_with_secrets(uri: &str, secrets: &[&str]) -> Request<Body> {
+    let cookie = secrets
+        .iter()
+        .map(|s| format!("{COOKIE}={s}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Request::builder()
+        .uri(uri)
+        .header(header::COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap()
+}
+
 pub fn request_with_cookies(values: Vec<HeaderValue>) -> Request<Body> {
     let mut req = Request::builder()
         .uri("/maybe")
@@ -436,6 +482,7 @@ pub fn request_with_cookies(values: Vec<HeaderValue>) -> Request<Body> {
 #[derive(Debug)]
 pub struct TestResponse {
     pub status: StatusCode,
+    pub headers: http::HeaderMap,
     pub set_cookies: Vec<cookie::Cookie<'static>>,
     pub raw_set_cookies: Vec<String>,
     pub body: String,
@@ -444,6 +491,7 @@ pub struct TestResponse {
 impl TestResponse {
     pub async fn from(res: http::Response<Body>) -> Self {
         let status = res.status();
+        let headers = res.headers().clone();
         let raw_set_cookies: Vec<String> = res
             .headers()
             .get_all(header::SET_COOKIE)
@@ -457,6 +505,7 @@ impl TestResponse {
         let body = res.into_body().collect().await.unwrap().to_bytes();
         Self {
             status,
+            headers,
             set_cookies,
             raw_set_cookies,
             body: String::from_utf8_lossy(&body).into_owned(),
@@ -476,6 +525,11 @@ impl TestResponse {
         self.session_cookie()
             .filter(|c| !c.value().is_empty())
             .map(|c| c.value().to_owned())
+    }
+
+    /// The response's header `name`, as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
     }
 
     /// Whether this response removes the session cookie.
@@ -545,7 +599,7 @@ where
         let user = format!("user{i}");
         let issued = h
             .manager
-            .create_session(user.clone(), Attributes::new())
+            .create_session(user.clone(), Data::new())
             .await
             .unwrap();
         let secret = issued.secret.encode();
@@ -554,7 +608,7 @@ where
             StatusCode::OK
         );
         damage(user, issued.record.id, case.to_string()).await;
-        let candidates = h.manager.key_ring().candidates(&issued.secret);
+        let candidates = h.manager.key_ring().candidates([&issued.secret]);
         let found = h.store.inner.find_active(&candidates, T0).await;
         assert!(
             matches!(found, Err(StoreError::Corrupt { .. })),
@@ -590,8 +644,9 @@ pub async fn revocation_is_shared(a: &Harness, b: &Harness) {
 }
 
 /// Two app instances on one shared store (configured with [`rotating`]): a
-/// rotation through `b` is seen by `a`, the old secret works through `a` in
-/// grace, and its replay after grace through `a` ends the session for `b`.
+/// rotation through `b` is seen by `a`; the new secret is confirmed through
+/// `a`; the old secret works through `a` in the grace after confirmation; a
+/// replay after it through `a` ends the session for `b`.
 pub async fn rotation_is_shared(a: &Harness, b: &Harness) {
     let old = a.login("bob").await;
     a.advance(901);
@@ -613,4 +668,87 @@ pub async fn rotation_is_shared(a: &Harness, b: &Harness) {
     );
     let after = b.call("GET", "/me", Some(&new)).await;
     assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+}
+
+/// A rotation whose response never reaches the client: the client keeps the
+/// old secret and is still signed in long after the grace (it gets a fresh
+/// secret by re-rotation), and following that cookie it stays signed in.
+pub async fn lost_rotation_response_keeps_the_session(h: &Harness) {
+    let old = h.login("carol").await;
+    h.advance(901);
+    // The rotation happens; its response is dropped on the way to the client.
+    let lost = h.call("GET", "/me", Some(&old)).await;
+    assert_eq!(lost.status, StatusCode::OK);
+    assert!(lost.new_secret().is_some(), "the lost response carried a rotation");
+    h.advance(3_600);
+    let again = h.call("GET", "/me", Some(&old)).await;
+    assert_eq!((again.status, again.body.as_str()), (StatusCode::OK, "carol"));
+    let fresh = again.new_secret().expect("re-rotated: a fresh secret");
+    let confirmed = h.call("GET", "/me", Some(&fresh)).await;
+    assert_eq!(confirmed.body, "carol");
+    assert!(confirmed.raw_set_cookies.is_empty());
+    h.advance(61);
+    assert_eq!(h.call("GET", "/me", Some(&fresh)).await.body, "carol");
+}
+
+/// A rotation write that applies but whose answer is lost (reported as a
+/// timeout): the request is served without a cookie, the client keeps the
+/// old secret, is served in the grace and re-rotated after it, and stays
+/// signed in with the fresh secret.
+pub async fn rotation_write_that_times_out_converges(h: &Harness) {
+    let old = h.login("alice").await;
+    h.advance(16 * 60);
+    h.store.apply_then_fail.store(true, Ordering::SeqCst);
+    let res = h.call("GET", "/me", Some(&old)).await;
+    h.store.apply_then_fail.store(false, Ordering::SeqCst);
+    // Served, and no cookie: the layer cannot know the write applied.
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
+    assert!(res.raw_set_cookies.is_empty());
+    assert_eq!(Counts::get(&h.store.counts.rotate_applied), 1, "it did apply");
+    assert_eq!(h.call("GET", "/me", Some(&old)).await.body, "alice");
+    h.advance(2 * 60);
+    let res = h.call("GET", "/me", Some(&old)).await;
+    assert_eq!(res.body, "alice");
+    let fresh = res.new_secret().expect("re-rotated");
+    assert_eq!(h.call("GET", "/me", Some(&fresh)).await.body, "alice");
+    h.advance(10 * 60);
+    assert_eq!(h.call("GET", "/me", Some(&fresh)).await.body, "alice");
+}
+
+/// Two parties use copies of one cookie through a rotation: once the owner
+/// confirmed the new secret and the grace passed, the copy's old secret ends
+/// the session for both.
+pub async fn copied_cookie_after_confirmed_rotation_is_reuse(h: &Harness) {
+    let old = h.login("dave").await;
+    h.advance(901);
+    let new = h.call("GET", "/me", Some(&old)).await.new_secret().unwrap();
+    assert_eq!(h.call("GET", "/me", Some(&new)).await.body, "dave");
+    h.advance(61);
+    let thief = h.call("GET", "/maybe", Some(&old)).await;
+    assert_eq!(thief.body, "anonymous");
+    assert!(thief.clears_cookie());
+    assert_eq!(h.call("GET", "/me", Some(&new)).await.status, StatusCode::UNAUTHORIZED);
+}
+
+/// Two parties: the thief's request re-rotates (the owner's successor looked
+/// lost), then the owner presents the successor that was replaced: it is
+/// superseded, and the session ends for both.
+pub async fn superseded_secret_is_reuse(h: &Harness) {
+    let old = h.login("erin").await;
+    h.advance(901);
+    // The owner's request rotates; the owner has the successor.
+    let owners = h.call("GET", "/me", Some(&old)).await.new_secret().unwrap();
+    h.advance(120);
+    // The thief, with a copy of the old cookie, gets a re-rotated secret.
+    let thiefs = h.call("GET", "/me", Some(&old)).await.new_secret().unwrap();
+    // The owner's successor was superseded: two parties hold the session.
+    let owner = h.call("GET", "/maybe", Some(&owners)).await;
+    assert_eq!(owner.body, "anonymous");
+    assert!(owner.clears_cookie());
+    assert_eq!(h.call("GET", "/me", Some(&thiefs)).await.status, StatusCode::UNAUTHORIZED);
+}
+
+/// A secret not known to the store, for requests that must resolve nothing.
+pub fn stranger() -> String {
+    SessionSecret::generate().encode()
 }
