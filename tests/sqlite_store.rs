@@ -1,11 +1,12 @@
-//! `SqliteStore`: the conformance suite, persistence across a restart, and
-//! corrupt rows.
+//! `SqliteStore`: the conformance suite, persistence across a restart, the
+//! rotation scenarios through a real Router, and corrupt rows.
 #![cfg(all(feature = "sqlite", feature = "conformance"))]
 
 mod common;
 
 use std::path::PathBuf;
 
+use common::Harness;
 use http::StatusCode;
 use tower_hmac_session::store::SqliteStore;
 use tower_hmac_session::{SessionConfig, SessionId, SessionStore, StoreError};
@@ -30,6 +31,14 @@ impl Drop for TempDb {
     }
 }
 
+/// A harness on a fresh database file (kept alive by the returned guard).
+async fn harness(config: SessionConfig) -> (Harness, SqliteStore, TempDb) {
+    let db = TempDb::new();
+    let store = SqliteStore::open(&db.0).await.unwrap();
+    let h = Harness::with_store(store.clone(), config, common::ring(1, &[1]));
+    (h, store, db)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_store_passes_the_conformance_suite() {
     let mut dbs = Vec::new();
@@ -50,11 +59,26 @@ async fn migrations_are_idempotent() {
     drop(store);
     let again = SqliteStore::open(&db.0).await.unwrap();
     let versions: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM tower_hmac_session_migrations")
+        sqlx::query_scalar("SELECT version FROM tower_hmac_session_records_migrations")
             .fetch_all(again.pool())
             .await
             .unwrap();
     assert_eq!(versions, [1]);
+    let unique: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE 'CREATE UNIQUE%' \
+         ORDER BY name",
+    )
+    .fetch_all(again.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        unique,
+        [
+            "tower_hmac_session_records_current_lookup_key",
+            "tower_hmac_session_records_previous_lookup_key",
+            "tower_hmac_session_records_superseded_lookup_key",
+        ]
+    );
 }
 
 #[tokio::test]
@@ -62,7 +86,7 @@ async fn a_session_survives_closing_and_reopening_the_database() {
     let db = TempDb::new();
     let secret = {
         let store = SqliteStore::open(&db.0).await.unwrap();
-        let h = common::Harness::with_store(
+        let h = Harness::with_store(
             store.clone(),
             SessionConfig::default(),
             common::ring(1, &[1]),
@@ -72,37 +96,63 @@ async fn a_session_survives_closing_and_reopening_the_database() {
         secret
     };
     let store = SqliteStore::open(&db.0).await.unwrap();
-    let h = common::Harness::with_store(store, SessionConfig::default(), common::ring(1, &[1]));
+    let h = Harness::with_store(store, SessionConfig::default(), common::ring(1, &[1]));
     let res = h.call("GET", "/me", Some(&secret)).await;
     assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
 }
 
 #[tokio::test]
+async fn a_lost_rotation_response_keeps_the_session() {
+    let (h, _store, _db) = harness(common::rotating()).await;
+    common::lost_rotation_response_keeps_the_session(&h).await;
+}
+
+#[tokio::test]
+async fn a_rotation_write_that_times_out_converges() {
+    let (h, _store, _db) = harness(common::rotating()).await;
+    common::rotation_write_that_times_out_converges(&h).await;
+}
+
+#[tokio::test]
+async fn a_copied_cookie_after_a_confirmed_rotation_is_reuse() {
+    let (h, _store, _db) = harness(common::rotating()).await;
+    common::copied_cookie_after_confirmed_rotation_is_reuse(&h).await;
+}
+
+#[tokio::test]
+async fn a_superseded_secret_is_reuse() {
+    let (h, _store, _db) = harness(common::rotating()).await;
+    common::superseded_secret_is_reuse(&h).await;
+}
+
+#[tokio::test]
 async fn corrupt_rows_are_reported_as_corruption() {
-    let db = TempDb::new();
-    let store = SqliteStore::open(&db.0).await.unwrap();
-    let h = common::Harness::with_store(
-        store.clone(),
-        SessionConfig::default(),
-        common::ring(1, &[1]),
-    );
+    let (h, store, _db) = harness(SessionConfig::default()).await;
     let cases = [
-        "attributes = 'not json'",
-        "attributes = '[1, 2]'",
+        "data = 'not json'",
+        "data = '[1, 2]'",
+        r#"data = '{"a": "\u0000"}'"#,
         "subject = ''",
+        "subject = NULL",
         "revoked_reason = 'bogus'",
         "previous_key_version = 3",
+        "superseded_key_version = 1",
         "current_key_version = -5",
+        "generation = -1",
+        "idle_timeout_secs = 0",
+        "persistent = 2",
+        "client_ip = 'localhost'",
         "expires_at = absolute_expires_at + 1",
         "id = x'0102'",
         "created_at = 9223372036854775807",
-        "previous_lookup_key = x'0102', previous_key_version = 1, previous_valid_until = 0",
+        "last_seen_at = -9223372036854775808",
+        "previous_lookup_key = x'0102', previous_key_version = 1, previous_rotated_at = 0",
     ];
     common::assert_damage_is_corruption(&h, &cases, |user, _id, set| {
         let pool = store.pool().clone();
         async move {
             sqlx::query(&format!(
-                "UPDATE tower_hmac_sessions SET {set} WHERE subject = ?1"
+                "UPDATE tower_hmac_session_records SET {set} WHERE subject = ?1"
             ))
             .bind(user)
             .execute(&pool)
@@ -116,4 +166,32 @@ async fn corrupt_rows_are_reported_as_corruption() {
         matches!(listed, Err(StoreError::Corrupt { .. })),
         "{listed:?}"
     );
+}
+
+#[tokio::test]
+async fn corruption_names_the_record_but_never_its_lookup_key() {
+    let (h, store, _db) = harness(SessionConfig::default()).await;
+    let issued = h
+        .manager
+        .create_session("mallory", Default::default())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tower_hmac_session_records SET persistent = 7")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let candidates = h.manager.key_ring().candidates([&issued.secret]);
+    let error = store.find_active(&candidates, common::T0).await.unwrap_err();
+    let StoreError::Corrupt { id, .. } = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(*id, Some(issued.record.id));
+    let text = format!("{error} {error:?}");
+    let key = h.manager.key_ring().current_credential(&issued.secret).lookup_key;
+    let key = hex_of(key.as_bytes());
+    assert!(!text.to_lowercase().contains(&key), "{text}");
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
