@@ -13,16 +13,9 @@ use sqlx::postgres::{
 use time::OffsetDateTime;
 
 use super::raw::{RawRecord, to_micros};
-use super::sql::{
-    Dialect, DialectRow, Queries, Value, mutable_values, new_lookup_keys, sql_store_impl,
-    sqlx_error,
-};
+use super::sql::{Dialect, DialectRow, Queries, Value, mutable_values, sql_store_impl, sqlx_error};
 use crate::record::{Revocation, RevokeOutcome, SessionId, SessionRecord};
 use crate::store::StoreError;
-
-/// The table and the migrations table, in the store's schema.
-const TABLE: &str = "tower_hmac_session_records";
-const MIGRATIONS: &str = "tower_hmac_session_records_migrations";
 
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
@@ -30,10 +23,13 @@ type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 /// `postgres`): every app instance on the same database sees every login
 /// and revocation on its next request.
 ///
-/// The table `tower_hmac_session_records` lives in a schema of your choice
-/// (default `public`). [`connect`](Self::connect) creates and migrates it;
-/// migrations take a transaction-scoped advisory lock, so instances starting
-/// together migrate once. The read path is one statement; every write is one
+/// The table `tower_hmac_session_records` (and `tower_hmac_session_lookup_keys`,
+/// which a trigger keeps holding every lookup key, so that no key can have
+/// two holders even across slots and concurrent transactions) lives in a
+/// schema of your choice (default `public`). [`connect`](Self::connect)
+/// creates and migrates it; migrations take a transaction-scoped advisory
+/// lock, so instances starting together migrate once. The read path is one
+/// statement, planned once per connection and reused; every write is one
 /// conditional statement (the compare-and-swap is its `WHERE` clause, which
 /// Postgres re-checks after taking the row lock).
 ///
@@ -99,12 +95,10 @@ impl PostgresStore {
                 "a schema name is 1-63 lowercase ASCII letters, digits and `_`",
             ));
         }
-        let table = format!("\"{schema}\".{TABLE}");
-        let migrations = format!("\"{schema}\".{MIGRATIONS}");
         Ok(Self {
             pool,
             schema: schema.to_owned(),
-            queries: Arc::new(Queries::new(Dialect::Postgres, &table, &migrations)),
+            queries: Arc::new(Queries::new(Dialect::Postgres, Some(schema))),
         })
     }
 
@@ -185,26 +179,17 @@ impl PostgresStore {
             .bind(&current.id.as_bytes()[..])
             .bind(expected)
             .bind(timestamp(now));
-        for key in new_lookup_keys(current, next) {
-            query = query.bind(key);
-        }
         for value in mutable_values(next) {
             query = Self::bind(query, value);
         }
-        // One statement: whether another record holds a new lookup key, and
-        // whether the compare-and-swap applied.
-        let row = query
-            .fetch_one(&self.pool)
+        // A new lookup key another record holds is a unique violation (of
+        // a column's index or of the lookup-keys table): `Conflict`, and
+        // nothing applied.
+        let done = query
+            .execute(&self.pool)
             .await
             .map_err(|e| sqlx_error("replace", e))?;
-        let (clash, applied): (bool, bool) = (
-            row.try_get(0).map_err(|e| sqlx_error("replace", e))?,
-            row.try_get(1).map_err(|e| sqlx_error("replace", e))?,
-        );
-        if clash {
-            return Err(StoreError::Conflict);
-        }
-        Ok(applied)
+        Ok(done.rows_affected() == 1)
     }
 
     async fn revoke_sql(

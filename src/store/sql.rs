@@ -8,6 +8,14 @@
 //! databases and a lost race changes nothing: `UPDATE … WHERE id = $1 AND
 //! generation = $2 AND revoked_at IS NULL …` is the compare-and-swap.
 //!
+//! No lookup key may be held twice, in any slot of any record. Each
+//! lookup-key column has a unique index; across columns, SQLite's writes
+//! check the other columns in the same statement (a write statement holds
+//! the database's write lock from before it reads, so the check cannot
+//! race), and PostgreSQL, whose concurrent statements can, keeps every key
+//! in a table of its own whose primary key refuses a second holder
+//! (maintained by a trigger, so no write path can forget it).
+//!
 //! Every statement finds its rows through one index lookup per column, never
 //! an `OR` across lookup-key columns: the lookup is a `UNION ALL` of
 //! single-column `IN` lists, one parameter per lookup key, so PostgreSQL's
@@ -173,8 +181,9 @@ pub(crate) fn mutable_values(raw: &RawRecord) -> impl Iterator<Item = Value<'_>>
 }
 
 /// The lookup keys `next` holds that `current` does not: those a replace
-/// must check against other records. `None` where there is none, so there
-/// are always three to bind.
+/// must check against other records (SQLite). `None` where there is none,
+/// so there are always three to bind.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn new_lookup_keys<'a>(
     current: &crate::record::SessionRecord,
     next: &'a RawRecord,
@@ -189,6 +198,11 @@ pub(crate) fn new_lookup_keys<'a>(
     .map(|key| key.filter(|k| !held.iter().any(|h| h.as_bytes() == *k)))
 }
 
+/// The sessions table.
+const TABLE: &str = "tower_hmac_session_records";
+/// PostgreSQL only: every lookup key held, with its record's id.
+const LOOKUP_KEYS_TABLE: &str = "tower_hmac_session_lookup_keys";
+
 /// The rendered statements of one store.
 #[derive(Debug)]
 pub(crate) struct Queries {
@@ -202,13 +216,15 @@ pub(crate) struct Queries {
     find_active: Vec<String>,
     /// `$1` id, `$2` now.
     pub(crate) get_active: String,
-    /// `$1` … `$25`: the columns in [`COLUMNS`] order. Inserts nothing if a
-    /// lookup key of the record is in any lookup-key column.
+    /// `$1` … `$25`: the columns in [`COLUMNS`] order. SQLite: inserts
+    /// nothing if a lookup key of the record is in any lookup-key column;
+    /// PostgreSQL: the lookup-keys table's primary key refuses it.
     pub(crate) insert: String,
-    /// `$1` id, `$2` expected generation, `$3` now, `$4` … `$6` the new
-    /// lookup keys (or null), `$7` … the mutable columns in [`COLUMNS`]
-    /// order. PostgreSQL: returns `(clash, applied)`; SQLite: a plain
-    /// update that does not apply on a clash (then ask [`Self::clash`]).
+    /// `$1` id, `$2` expected generation, `$3` now; SQLite: `$4` … `$6` the
+    /// new lookup keys (or null) and `$7` … the mutable columns in
+    /// [`COLUMNS`] order (the update does not apply on a clash: then ask
+    /// [`Self::clash`]); PostgreSQL: `$4` … the mutable columns (a clash is
+    /// a unique violation).
     pub(crate) replace: String,
     /// `$1` id, `$2` … `$4` lookup keys (or null): whether another record
     /// holds one of them.
@@ -237,9 +253,14 @@ fn active(now: &str) -> String {
 }
 
 impl Queries {
-    /// Renders every statement for `table` (already quoted and qualified as
-    /// needed) and `migrations_table`.
-    pub(crate) fn new(dialect: Dialect, table: &str, migrations_table: &str) -> Self {
+    /// Renders every statement of `dialect`, for the tables in `schema`
+    /// (PostgreSQL; SQLite has none).
+    pub(crate) fn new(dialect: Dialect, schema: Option<&str>) -> Self {
+        let qualified = |name: &str| match schema {
+            Some(schema) => format!("\"{schema}\".{name}"),
+            None => name.to_owned(),
+        };
+        let table = &qualified(TABLE);
         let select_list = COLUMNS
             .iter()
             .map(|c| match (dialect, c.kind) {
@@ -265,11 +286,15 @@ impl Queries {
                 .join(" OR ")
         };
         let insert_keys = INSERT_KEY_PARAMS.map(|i| format!("${i}")).join(", ");
+        let first_mutable = match dialect {
+            Dialect::Sqlite => 7,
+            Dialect::Postgres => 4,
+        };
         let replace_set = COLUMNS
             .iter()
             .filter(|c| c.mutable)
             .enumerate()
-            .map(|(i, c)| format!("{} = {}", c.name, param(7 + i, c.kind)))
+            .map(|(i, c)| format!("{} = {}", c.name, param(first_mutable + i, c.kind)))
             .collect::<Vec<_>>()
             .join(", ");
         let replace_update = format!(
@@ -291,8 +316,8 @@ impl Queries {
             dialect,
             table: table.to_owned(),
             select_list: select_list.clone(),
-            migrations_table: migrations_table.to_owned(),
-            migrations: migrations(dialect, table)
+            migrations_table: qualified(&format!("{TABLE}_migrations")),
+            migrations: migrations(dialect, schema)
                 .into_iter()
                 .map(|(v, sql)| (v, render(sql)))
                 .collect(),
@@ -302,7 +327,7 @@ impl Queries {
                 active("$2")
             )),
             insert: render(format!(
-                "INSERT INTO {table} ({columns}) SELECT {values} WHERE NOT ({clash})",
+                "INSERT INTO {table} ({columns}) SELECT {values}{unique}",
                 columns = COLUMNS.map(|c| c.name).join(", "),
                 values = COLUMNS
                     .iter()
@@ -310,22 +335,17 @@ impl Queries {
                     .map(|(i, c)| param(i + 1, c.kind))
                     .collect::<Vec<_>>()
                     .join(", "),
-                clash = clash(&insert_keys, None),
+                unique = match dialect {
+                    Dialect::Sqlite => format!(" WHERE NOT ({})", clash(&insert_keys, None)),
+                    Dialect::Postgres => String::new(),
+                },
             )),
             replace: render(match dialect {
                 Dialect::Sqlite => format!(
                     "{replace_update} AND NOT ({})",
                     clash("$4, $5, $6", Some("$1"))
                 ),
-                // One statement that also says why it did not apply: the
-                // clash is checked on the statement's snapshot, the
-                // compare-and-swap on the row after its lock is taken.
-                Dialect::Postgres => format!(
-                    "WITH clash AS (SELECT {} AS found), \
-                     updated AS ({replace_update} AND NOT (SELECT found FROM clash) RETURNING 1) \
-                     SELECT (SELECT found FROM clash), EXISTS (SELECT 1 FROM updated)",
-                    clash("$4, $5, $6", Some("$1"))
-                ),
+                Dialect::Postgres => replace_update,
             }),
             clash: render(format!("SELECT {}", clash("$2, $3, $4", Some("$1")))),
             revoke: render(match dialect {
@@ -418,9 +438,13 @@ impl Queries {
 ///
 /// Each lookup-key column has a unique index: a lookup is an index probe
 /// per key and column, and two records can never hold one key in the same
-/// column. A key in two different columns is refused by the writes
-/// themselves (the insert and the replace check every column first).
-fn migrations(dialect: Dialect, table: &str) -> Vec<(i64, String)> {
+/// column. Across columns, see the module docs.
+fn migrations(dialect: Dialect, schema: Option<&str>) -> Vec<(i64, String)> {
+    let qualified = |name: &str| match schema {
+        Some(schema) => format!("\"{schema}\".{name}"),
+        None => name.to_owned(),
+    };
+    let table = qualified(TABLE);
     let (suffix, sql_type): (&str, fn(Kind) -> &'static str) = match dialect {
         Dialect::Sqlite => (" STRICT, WITHOUT ROWID", |kind| match kind {
             Kind::Bytes => "BLOB",
@@ -449,7 +473,7 @@ fn migrations(dialect: Dialect, table: &str) -> Vec<(i64, String)> {
         .collect::<Vec<_>>()
         .join(", ");
     // Index names are local to a schema (PostgreSQL) or a database (SQLite).
-    let index = |name: &str| format!("tower_hmac_session_records_{name}");
+    let index = |name: &str| format!("{TABLE}_{name}");
     let unique_keys: String = LOOKUP_KEY_COLUMNS
         .iter()
         .map(|column| {
@@ -459,21 +483,59 @@ fn migrations(dialect: Dialect, table: &str) -> Vec<(i64, String)> {
             )
         })
         .collect();
-    vec![(
-        1,
-        format!(
-            "CREATE TABLE IF NOT EXISTS {table} ({columns}){suffix};\n\
-             {unique_keys}\
-             CREATE INDEX IF NOT EXISTS {subject} ON {table} (subject, created_at DESC) \
-             WHERE subject IS NOT NULL;\n\
-             CREATE INDEX IF NOT EXISTS {expires} ON {table} (expires_at);\n\
-             CREATE INDEX IF NOT EXISTS {revoked} ON {table} (revoked_at) \
-             WHERE revoked_at IS NOT NULL;",
-            subject = index("subject"),
-            expires = index("expires_at"),
-            revoked = index("revoked_at"),
-        ),
-    )]
+    let mut schema_sql = format!(
+        "CREATE TABLE IF NOT EXISTS {table} ({columns}){suffix};\n\
+         {unique_keys}\
+         CREATE INDEX IF NOT EXISTS {subject} ON {table} (subject, created_at DESC) \
+         WHERE subject IS NOT NULL;\n\
+         CREATE INDEX IF NOT EXISTS {expires} ON {table} (expires_at);\n\
+         CREATE INDEX IF NOT EXISTS {revoked} ON {table} (revoked_at) \
+         WHERE revoked_at IS NOT NULL;\n",
+        subject = index("subject"),
+        expires = index("expires_at"),
+        revoked = index("revoked_at"),
+    );
+    if dialect == Dialect::Postgres {
+        // Every key a record holds, in any slot, is a row here: a second
+        // holder, even one racing in a concurrent transaction, is a unique
+        // violation. The trigger keeps it in step with every insert, delete
+        // and change of a lookup key (a key moving between slots of one
+        // record is deleted and inserted again by the same row's trigger).
+        let keys = qualified(LOOKUP_KEYS_TABLE);
+        let function = qualified(&format!("{TABLE}_sync_lookup_keys"));
+        let [current, previous, superseded] = LOOKUP_KEY_COLUMNS;
+        let changed = LOOKUP_KEY_COLUMNS
+            .map(|c| format!("OLD.{c} IS DISTINCT FROM NEW.{c}"))
+            .join(" OR ");
+        schema_sql.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {keys} \
+             (lookup_key BYTEA NOT NULL PRIMARY KEY, id BYTEA NOT NULL);\n\
+             CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $fn$\n\
+             BEGIN\n\
+             IF TG_OP <> 'INSERT' THEN\n\
+             DELETE FROM {keys} WHERE lookup_key IN \
+             (OLD.{current}, OLD.{previous}, OLD.{superseded}) AND id = OLD.id;\n\
+             END IF;\n\
+             IF TG_OP <> 'DELETE' THEN\n\
+             INSERT INTO {keys} (lookup_key, id) SELECT key, NEW.id FROM \
+             unnest(ARRAY[NEW.{current}, NEW.{previous}, NEW.{superseded}]) AS key \
+             WHERE key IS NOT NULL;\n\
+             END IF;\n\
+             RETURN NULL;\n\
+             END\n\
+             $fn$;\n\
+             DROP TRIGGER IF EXISTS {TABLE}_insert_lookup_keys ON {table};\n\
+             CREATE TRIGGER {TABLE}_insert_lookup_keys AFTER INSERT ON {table} \
+             FOR EACH ROW EXECUTE FUNCTION {function}();\n\
+             DROP TRIGGER IF EXISTS {TABLE}_update_lookup_keys ON {table};\n\
+             CREATE TRIGGER {TABLE}_update_lookup_keys AFTER UPDATE ON {table} \
+             FOR EACH ROW WHEN ({changed}) EXECUTE FUNCTION {function}();\n\
+             DROP TRIGGER IF EXISTS {TABLE}_delete_lookup_keys ON {table};\n\
+             CREATE TRIGGER {TABLE}_delete_lookup_keys AFTER DELETE ON {table} \
+             FOR EACH ROW EXECUTE FUNCTION {function}();\n"
+        ));
+    }
+    vec![(1, schema_sql)]
 }
 
 /// A database error without its detail: PostgreSQL's detail and SQLite's
@@ -796,7 +858,7 @@ mod tests {
 
     #[test]
     fn sqlite_statements_use_numbered_parameters() {
-        let q = Queries::new(Dialect::Sqlite, "t", "m");
+        let q = Queries::new(Dialect::Sqlite, None);
         for sql in [&q.insert, &q.replace, &q.revoke, &q.count, &q.list] {
             assert!(!sql.contains('$'), "{sql}");
         }
@@ -818,10 +880,15 @@ mod tests {
 
     #[test]
     fn postgres_statements_cast_json_and_avoid_or_across_key_columns() {
-        let q = Queries::new(Dialect::Postgres, "s.t", "s.m");
+        let q = Queries::new(Dialect::Postgres, Some("s"));
         assert!(q.insert.contains("$25::jsonb"));
-        assert!(q.replace.contains("data = $27::jsonb"), "{}", q.replace);
-        assert!(q.replace.starts_with("WITH clash AS"));
+        assert!(q.replace.contains("data = $24::jsonb"), "{}", q.replace);
+        assert!(!q.insert.contains("EXISTS"), "{}", q.insert);
+        assert!(
+            q.migrations[0]
+                .1
+                .contains("\"s\".tower_hmac_session_lookup_keys")
+        );
         let lookup = q.find_active(3);
         assert!(lookup.contains("previous_lookup_key IN ($1, $2, $3)"));
         assert!(lookup.contains("data::text AS data"));

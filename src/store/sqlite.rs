@@ -20,9 +20,6 @@ use super::sql::{
 use crate::record::{Revocation, RevokeOutcome, SessionId, SessionRecord};
 use crate::store::StoreError;
 
-const TABLE: &str = "tower_hmac_session_records";
-const MIGRATIONS: &str = "tower_hmac_session_records_migrations";
-
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 
 /// A [`SessionStore`](crate::SessionStore) in an embedded SQLite database
@@ -30,8 +27,9 @@ type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 /// server to run. For one app instance; use Postgres or Redis to share
 /// sessions between several.
 ///
-/// Timestamps are stored as integer microseconds since the Unix epoch; every
-/// write is one conditional statement. The schema is created and migrated by
+/// Sessions live in the table `tower_hmac_session_records`. Timestamps are
+/// stored as integer microseconds since the Unix epoch; every write is one
+/// conditional statement. The schema is created and migrated by
 /// [`open`](Self::open) / [`connect`](Self::connect) (idempotent).
 ///
 /// ```no_run
@@ -99,7 +97,7 @@ impl SqliteStore {
     pub fn new(pool: SqlitePool) -> Self {
         Self {
             pool,
-            queries: Arc::new(Queries::new(Dialect::Sqlite, TABLE, MIGRATIONS)),
+            queries: Arc::new(Queries::new(Dialect::Sqlite, None)),
         }
     }
 
