@@ -181,13 +181,20 @@ async fn corruption_names_the_record_but_never_its_lookup_key() {
         .await
         .unwrap();
     let candidates = h.manager.key_ring().candidates([&issued.secret]);
-    let error = store.find_active(&candidates, common::T0).await.unwrap_err();
+    let error = store
+        .find_active(&candidates, common::T0)
+        .await
+        .unwrap_err();
     let StoreError::Corrupt { id, .. } = &error else {
         panic!("{error:?}");
     };
     assert_eq!(*id, Some(issued.record.id));
     let text = format!("{error} {error:?}");
-    let key = h.manager.key_ring().current_credential(&issued.secret).lookup_key;
+    let key = h
+        .manager
+        .key_ring()
+        .current_credential(&issued.secret)
+        .lookup_key;
     let key = hex_of(key.as_bytes());
     assert!(!text.to_lowercase().contains(&key), "{text}");
 }
