@@ -25,8 +25,9 @@ use crate::store::StoreError;
 
 /// A stored record as plain values, before validation. Timestamps are
 /// microseconds since the Unix epoch ([`to_micros`]); `None` where the
-/// backend holds nothing.
-#[derive(Debug, Default)]
+/// backend holds nothing. Its `Debug` shows the id only: it holds lookup
+/// keys.
+#[derive(Default)]
 pub(crate) struct RawRecord {
     pub(crate) id: Vec<u8>,
     pub(crate) generation: i64,
@@ -56,6 +57,14 @@ pub(crate) struct RawRecord {
     pub(crate) client_ip: Option<String>,
     /// A JSON object.
     pub(crate) data: String,
+}
+
+impl std::fmt::Debug for RawRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawRecord")
+            .field("id", &hex::encode(&self.id))
+            .finish_non_exhaustive()
+    }
 }
 
 impl RawRecord {
@@ -602,6 +611,15 @@ mod tests {
                 (Slot::Current, 1, 2),
                 (Slot::Previous, 2, 1)
             ]
+        );
+    }
+
+    #[test]
+    fn debug_shows_no_lookup_key() {
+        let text = format!("{:?}", full());
+        assert_eq!(
+            text,
+            format!("RawRecord {{ id: \"{}\", .. }}", "01".repeat(16))
         );
     }
 

@@ -265,3 +265,64 @@ impl DialectRow for SqliteRow {
 }
 
 sql_store_impl!(SqliteStore, ts = to_micros);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for `sql`, its parameters bound to null.
+    async fn plan(store: &SqliteStore, sql: &str) -> String {
+        let params = sql
+            .split('?')
+            .skip(1)
+            .filter_map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<usize>().ok()
+            })
+            .max()
+            .unwrap_or(0);
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut query = sqlx::query(&explain);
+        for _ in 0..params {
+            query = query.bind(None::<i64>);
+        }
+        let rows = query.fetch_all(store.pool()).await.unwrap();
+        rows.iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn lookups_and_uniqueness_checks_search_indexes() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let q = &store.queries;
+        for (name, sql) in [
+            ("find_active(1)", &*q.find_active(1)),
+            ("find_active(8)", &*q.find_active(8)),
+            ("get_active", &q.get_active),
+            ("insert", &q.insert),
+            ("replace", &q.replace),
+            ("clash", &q.clash),
+            ("revoke", &q.revoke),
+            ("exists", &q.exists),
+            ("revoke_all", &q.revoke_all),
+            ("list", &q.list),
+        ] {
+            let plan = plan(&store, sql).await;
+            assert!(
+                !plan.contains("SCAN tower_hmac_session_records"),
+                "{name} scans the table:\n{plan}"
+            );
+        }
+        let lookup = plan(&store, &q.find_active(2)).await;
+        for column in ["current", "previous", "superseded"] {
+            assert!(
+                lookup.contains(&format!(
+                    "USING INDEX tower_hmac_session_records_{column}_lookup_key"
+                )),
+                "the lookup does not search the {column} index:\n{lookup}"
+            );
+        }
+    }
+}
