@@ -578,3 +578,32 @@ async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
     drop(conn);
     drop_schema(&pool, &schema).await;
 }
+
+#[tokio::test]
+async fn a_stale_replace_is_not_applied_even_when_its_new_key_is_taken() {
+    let Some(pool) = pool("ths-stale").await else {
+        return;
+    };
+    let schema = unique("ths_stale");
+    let store = store_in(&pool, &schema).await;
+    let (mine, theirs) = (planner_record(), planner_record());
+    store.insert(&mine).await.unwrap();
+    store.insert(&theirs).await.unwrap();
+    let successor = |r: &SessionRecord| SessionRecord {
+        generation: r.generation + 1,
+        ..r.clone()
+    };
+    let touched = successor(&mine);
+    assert!(store.replace(&mine, &touched, common::T0).await.unwrap());
+    // From the stale generation, with their key: the compare-and-swap
+    // fails first, so it is "not applied", not a conflict.
+    let mut stale = successor(&mine);
+    stale.current = theirs.current;
+    assert!(!store.replace(&mine, &stale, common::T0).await.unwrap());
+    // From the stored generation, the same key is a conflict.
+    let mut fresh = successor(&touched);
+    fresh.current = theirs.current;
+    let result = store.replace(&touched, &fresh, common::T0).await;
+    assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
+    drop_schema(&pool, &schema).await;
+}

@@ -202,3 +202,63 @@ async fn corruption_names_the_record_but_never_its_lookup_key() {
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+fn random_lookup_key() -> tower_hmac_session::LookupKey {
+    let mut bytes = [0; 32];
+    bytes[..16].copy_from_slice(SessionId::generate().as_bytes());
+    bytes[16..].copy_from_slice(SessionId::generate().as_bytes());
+    tower_hmac_session::LookupKey::from_bytes(bytes)
+}
+
+/// A live session of `subject` at `T0` with a fresh lookup key.
+fn record(subject: &str) -> tower_hmac_session::SessionRecord {
+    let t0 = common::T0;
+    tower_hmac_session::SessionRecord {
+        id: SessionId::generate(),
+        generation: 0,
+        subject: Some(subject.into()),
+        created_at: t0,
+        authenticated_at: Some(t0),
+        last_seen_at: t0,
+        expires_at: t0 + time::Duration::hours(1),
+        absolute_expires_at: t0 + time::Duration::days(1),
+        idle_timeout: std::time::Duration::from_secs(3600),
+        persistent: false,
+        access_expires_at: t0 + time::Duration::minutes(15),
+        current: tower_hmac_session::Credential {
+            lookup_key: random_lookup_key(),
+            key_version: tower_hmac_session::KeyVersion(1),
+        },
+        previous: None,
+        superseded: None,
+        revoked: None,
+        user_agent: None,
+        client_ip: None,
+        data: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn a_stale_replace_is_not_applied_even_when_its_new_key_is_taken() {
+    let db = TempDb::new();
+    let store = SqliteStore::open(&db.0).await.unwrap();
+    let (mine, theirs) = (record("alice"), record("bob"));
+    store.insert(&mine).await.unwrap();
+    store.insert(&theirs).await.unwrap();
+    let successor = |r: &tower_hmac_session::SessionRecord| tower_hmac_session::SessionRecord {
+        generation: r.generation + 1,
+        ..r.clone()
+    };
+    let touched = successor(&mine);
+    assert!(store.replace(&mine, &touched, common::T0).await.unwrap());
+    // From the stale generation, with their key: the compare-and-swap
+    // fails first, so it is "not applied", not a conflict.
+    let mut stale = successor(&mine);
+    stale.current = theirs.current;
+    assert!(!store.replace(&mine, &stale, common::T0).await.unwrap());
+    // From the stored generation, the same key is a conflict.
+    let mut fresh = successor(&touched);
+    fresh.current = theirs.current;
+    let result = store.replace(&touched, &fresh, common::T0).await;
+    assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
+}

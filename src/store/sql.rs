@@ -226,8 +226,10 @@ pub(crate) struct Queries {
     /// [`Self::clash`]); PostgreSQL: `$4` … the mutable columns (a clash is
     /// a unique violation).
     pub(crate) replace: String,
-    /// `$1` id, `$2` … `$4` lookup keys (or null): whether another record
-    /// holds one of them.
+    /// SQLite, after a replace that did not apply, with its first six
+    /// parameters: whether the compare-and-swap's condition holds and
+    /// another record holds one of the new keys (a conflict), rather than
+    /// the condition failing (not applied, whatever the keys).
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) clash: String,
     /// `$1` id, `$2` now, `$3` reason, `$4` actor, `$5` subject (or null).
@@ -347,7 +349,12 @@ impl Queries {
                 ),
                 Dialect::Postgres => replace_update,
             }),
-            clash: render(format!("SELECT {}", clash("$2, $3, $4", Some("$1")))),
+            clash: render(format!(
+                "SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1 AND generation = $2 AND {}) \
+                 AND ({})",
+                active("$3"),
+                clash("$4, $5, $6", Some("$1"))
+            )),
             revoke: render(match dialect {
                 Dialect::Sqlite => revoke_update,
                 Dialect::Postgres => format!(

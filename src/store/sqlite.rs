@@ -198,11 +198,15 @@ impl SqliteStore {
             return Ok(false);
         }
         // Not applied, and the replacement brings new lookup keys: tell a
-        // key another record holds (the statement refused it) from a lost
-        // compare-and-swap. Writes are serialized and keys are random, so
-        // this follow-up read can only be wrong about which of the two
-        // refusals it was, never about whether the write applied.
-        let mut clash = sqlx::query_scalar(&self.queries.clash).bind(&current.id.as_bytes()[..]);
+        // key another record holds (the statement refused it) from a failed
+        // compare-and-swap, which takes precedence. Writes are serialized
+        // and keys are random, so this follow-up read can only be wrong
+        // about which of the two refusals it was, never about whether the
+        // write applied.
+        let mut clash = sqlx::query_scalar(&self.queries.clash)
+            .bind(&current.id.as_bytes()[..])
+            .bind(expected)
+            .bind(to_micros(now));
         for key in new_keys {
             clash = clash.bind(key);
         }
