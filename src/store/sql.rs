@@ -170,7 +170,7 @@ pub(crate) fn insert_values(raw: &RawRecord) -> [Value<'_>; 25] {
     values(raw)
 }
 
-/// The values a replace binds after its first six parameters: the mutable
+/// The values a replace binds after its leading parameters: the mutable
 /// columns, in [`COLUMNS`] order.
 pub(crate) fn mutable_values(raw: &RawRecord) -> impl Iterator<Item = Value<'_>> {
     COLUMNS
