@@ -16,8 +16,8 @@ use http::Request;
 use time::macros::datetime;
 use tower::ServiceExt as _;
 use tower_hmac_session::{
-    Data as Attributes, MemoryStore, MockClock, Session, SessionConfig, SessionLayer, SessionManager,
-    SessionStore,
+    Data as Attributes, MemoryStore, MockClock, Session, SessionConfig, SessionLayer,
+    SessionManager, SessionStore,
 };
 
 mod support;

@@ -25,8 +25,8 @@ use support::{get_req, ring, set_cookie, tower_sessions};
 use time::macros::datetime;
 use tower::ServiceExt as _;
 use tower_hmac_session::{
-    Data as Attributes, MemoryStore, MockClock, Session, SessionConfig, SessionLayer, SessionManager,
-    SessionSecret, SessionStore,
+    Data as Attributes, MemoryStore, MockClock, Session, SessionConfig, SessionLayer,
+    SessionManager, SessionSecret, SessionStore,
 };
 
 mod support;

@@ -12,7 +12,9 @@ async fn cookies_of_two_sessions_give_an_anonymous_request_and_no_set_cookie() {
     let h = Harness::new();
     let alice = h.login("alice").await;
     let bob = h.login("bob").await;
-    let res = h.send(request_with_secrets("/maybe", &[&alice, &bob])).await;
+    let res = h
+        .send(request_with_secrets("/maybe", &[&alice, &bob]))
+        .await;
     assert_eq!(res.body, "anonymous");
     assert!(res.raw_set_cookies.is_empty());
     // Neither session was harmed.
@@ -27,7 +29,10 @@ async fn every_well_formed_value_is_looked_up_in_one_store_call() {
     h.store.reset_counts();
     // A stale tossed cookie first, the real one second.
     let res = h
-        .send(request_with_secrets("/me", &[&stranger(), "not-a-secret", &alice]))
+        .send(request_with_secrets(
+            "/me",
+            &[&stranger(), "not-a-secret", &alice],
+        ))
         .await;
     assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
     assert_eq!(Counts::get(&h.store.counts.find_active), 1);
@@ -44,7 +49,10 @@ async fn a_stale_secret_beside_the_current_one_is_still_reuse() {
     let res = h.send(request_with_secrets("/maybe", &[&new, &old])).await;
     assert_eq!(res.body, "anonymous");
     assert!(res.clears_cookie());
-    assert_eq!(h.call("GET", "/me", Some(&new)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.call("GET", "/me", Some(&new)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -65,11 +73,16 @@ async fn a_login_racing_a_request_with_the_old_secret_stays_logged_in() {
     assert!(h.call("POST", "/logout", Some(&old)).await.clears_cookie());
     let new = h.login("alice").await;
     let (parallel, me) = tokio::join!(
-        h.router.clone().oneshot(request("GET", "/maybe", Some(&old))),
+        h.router
+            .clone()
+            .oneshot(request("GET", "/maybe", Some(&old))),
         h.router.clone().oneshot(request("GET", "/me", Some(&new))),
     );
     let parallel = common::TestResponse::from(parallel.unwrap()).await;
     assert_eq!(parallel.body, "anonymous");
-    assert!(parallel.raw_set_cookies.is_empty(), "the new cookie must survive");
+    assert!(
+        parallel.raw_set_cookies.is_empty(),
+        "the new cookie must survive"
+    );
     assert_eq!(common::TestResponse::from(me.unwrap()).await.body, "alice");
 }

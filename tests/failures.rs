@@ -161,7 +161,10 @@ async fn a_data_write_on_a_session_revoked_meanwhile_says_the_session_ended() {
     )
     .await;
     // Its own kind, not a store outage: the session is gone.
-    assert_eq!((res.status, res.body.as_str()), (StatusCode::UNAUTHORIZED, "session ended"));
+    assert_eq!(
+        (res.status, res.body.as_str()),
+        (StatusCode::UNAUTHORIZED, "session ended")
+    );
     assert!(res.raw_set_cookies.is_empty());
 }
 

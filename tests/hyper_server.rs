@@ -57,7 +57,8 @@ async fn login_me_logout_over_a_real_server() {
         common::ring(1, &[1]),
         SessionConfig::default(),
     );
-    let app = common::app(tower_hmac_session::MockClock::new(common::T0)).layer(SessionLayer::new(manager));
+    let app = common::app(tower_hmac_session::MockClock::new(common::T0))
+        .layer(SessionLayer::new(manager));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

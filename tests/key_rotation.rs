@@ -152,7 +152,10 @@ async fn counts_tell_recent_sessions_from_dormant_ones_that_retiring_would_end()
     );
     // Retiring version 1 now ends exactly that one dormant session.
     h.manager.set_key_ring(ring(2, &[2]));
-    assert_eq!(h.call("GET", "/me", Some(&dormant)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.call("GET", "/me", Some(&dormant)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(h.call("GET", "/me", Some(&active)).await.body, "bob");
 }
 
@@ -182,7 +185,10 @@ fn a_grace_not_shorter_than_the_access_ttl_fails_at_build() {
             .access_ttl(Some(Duration::from_secs(900)))
             .rotation_grace(Duration::from_secs(grace))
             .build();
-        assert!(matches!(built, Err(ConfigError::Lifetime(_))), "grace {grace}");
+        assert!(
+            matches!(built, Err(ConfigError::Lifetime(_))),
+            "grace {grace}"
+        );
     }
 }
 

@@ -151,7 +151,10 @@ async fn devices_are_listed_newest_first_and_revoked_per_user() {
     );
     let copy = h.call("GET", "/maybe", Some(&old_phone)).await;
     assert_eq!(copy.body, "anonymous");
-    assert!(copy.raw_set_cookies.is_empty(), "renewed away: unknown, not reuse");
+    assert!(
+        copy.raw_set_cookies.is_empty(),
+        "renewed away: unknown, not reuse"
+    );
     assert_eq!(h.call("GET", "/me", Some(&phone)).await.body, "alice");
     for gone in [&laptop, &tablet] {
         assert_eq!(

@@ -32,11 +32,7 @@ fn raw_bytes(record: &SessionRecord) -> Vec<u8> {
     for (_, credential) in record.credentials() {
         out.extend_from_slice(credential.lookup_key.as_bytes());
     }
-    out.extend_from_slice(
-        serde_json::to_string(&record.data)
-            .unwrap()
-            .as_bytes(),
-    );
+    out.extend_from_slice(serde_json::to_string(&record.data).unwrap().as_bytes());
     out.extend_from_slice(format!("{record:?}").as_bytes());
     out
 }

@@ -38,8 +38,14 @@ async fn a_session_cookie_replaces_the_handlers_caching_headers() {
                     [
                         (header::CACHE_CONTROL, "public, max-age=600"),
                         (header::EXPIRES, "Thu, 01 Jan 2099 00:00:00 GMT"),
-                        (header::HeaderName::from_static("cdn-cache-control"), "max-age=600"),
-                        (header::HeaderName::from_static("surrogate-control"), "max-age=600"),
+                        (
+                            header::HeaderName::from_static("cdn-cache-control"),
+                            "max-age=600",
+                        ),
+                        (
+                            header::HeaderName::from_static("surrogate-control"),
+                            "max-age=600",
+                        ),
                         (header::SET_COOKIE, "theme=dark; Path=/"),
                     ],
                     "ok",
@@ -63,7 +69,10 @@ async fn a_session_cookie_replaces_the_handlers_caching_headers() {
         .iter()
         .find(|v| v.to_str().unwrap().starts_with("__Host-session="))
         .unwrap();
-    assert!(session_cookie.is_sensitive(), "never indexed by HPACK, redacted by Debug");
+    assert!(
+        session_cookie.is_sensitive(),
+        "never indexed by HPACK, redacted by Debug"
+    );
     assert!(!format!("{session_cookie:?}").contains("__Host-session="));
 }
 
@@ -77,7 +86,11 @@ async fn no_rotation_on_a_shared_cacheable_response() {
     assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
     assert!(res.raw_set_cookies.is_empty(), "{:?}", res.raw_set_cookies);
     assert_eq!(res.header("cache-control"), Some("public, max-age=600"));
-    assert_eq!(Counts::get(&h.store.counts.rotate_applied), 0, "no write either");
+    assert_eq!(
+        Counts::get(&h.store.counts.rotate_applied),
+        0,
+        "no write either"
+    );
     // The next ordinary request rotates.
     let res = h.call("GET", "/me", Some(&secret)).await;
     assert!(res.new_secret().is_some());
@@ -89,7 +102,12 @@ async fn a_re_rotation_waits_for_a_response_that_caches_cannot_share() {
     let h = Harness::with(common::rotating(), ring(1, &[1]));
     let old = h.login("alice").await;
     h.advance(16 * 60);
-    assert!(h.call("GET", "/me", Some(&old)).await.new_secret().is_some());
+    assert!(
+        h.call("GET", "/me", Some(&old))
+            .await
+            .new_secret()
+            .is_some()
+    );
     h.advance(5 * 60);
     let res = h.call("GET", "/cacheable", Some(&old)).await;
     assert_eq!(res.body, "alice");
@@ -110,7 +128,10 @@ async fn vary_cookie_when_a_handler_read_the_session() {
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
     assert_eq!(res.header("vary"), Some("Cookie"));
     let secret = h.login("alice").await;
-    assert_eq!(h.call("GET", "/me", Some(&secret)).await.header("vary"), Some("Cookie"));
+    assert_eq!(
+        h.call("GET", "/me", Some(&secret)).await.header("vary"),
+        Some("Cookie")
+    );
     // A handler that never looked at the session: no Vary.
     let res = h.call("GET", "/uncached-public", Some(&secret)).await;
     assert_eq!(res.header("vary"), None);
@@ -121,7 +142,9 @@ async fn vary_cookie_when_a_handler_read_the_session() {
 async fn vary_cookie_on_the_layers_own_503() {
     let h = Harness::new();
     let secret = h.login("alice").await;
-    h.store.fail_reads.store(true, std::sync::atomic::Ordering::SeqCst);
+    h.store
+        .fail_reads
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let res = h.call("GET", "/uncached-public", Some(&secret)).await;
     assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.header("vary"), Some("Cookie"));
@@ -135,7 +158,9 @@ async fn vary_is_merged_into_the_handlers_own() {
     let app = axum::Router::new()
         .route(
             "/",
-            get(|_s: tower_hmac_session::Session| async { ([(header::VARY, "Accept-Encoding")], "x") }),
+            get(|_s: tower_hmac_session::Session| async {
+                ([(header::VARY, "Accept-Encoding")], "x")
+            }),
         )
         .layer(SessionLayer::new(manager));
     let res = app.oneshot(request("GET", "/", None)).await.unwrap();

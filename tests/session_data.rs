@@ -43,7 +43,9 @@ async fn a_slow_request_never_writes_back_a_key_another_removed() {
     let h = Harness::new();
     let secret = h.login("alice").await;
     assert_eq!(
-        h.call("POST", "/attr?key=admin&value=yes", Some(&secret)).await.status,
+        h.call("POST", "/attr?key=admin&value=yes", Some(&secret))
+            .await
+            .status,
         StatusCode::OK
     );
     // A slow request reads the session (admin=yes), sets another key, and
@@ -56,7 +58,10 @@ async fn a_slow_request_never_writes_back_a_key_another_removed() {
             axum::routing::post({
                 let (read, go) = (read.clone(), go.clone());
                 move |session: Session| async move {
-                    assert_eq!(session.get::<String>("admin").unwrap().as_deref(), Some("yes"));
+                    assert_eq!(
+                        session.get::<String>("admin").unwrap().as_deref(),
+                        Some("yes")
+                    );
                     session.insert("theme", "dark").unwrap();
                     read.notify_one();
                     go.notified().await;
@@ -67,14 +72,22 @@ async fn a_slow_request_never_writes_back_a_key_another_removed() {
         .layer(SessionLayer::new(h.manager.clone()));
     let slow = tokio::spawn(app.oneshot(request("POST", "/slow", Some(&secret))));
     read.notified().await;
-    let removed = h.call("POST", "/attr-remove?key=admin", Some(&secret)).await;
+    let removed = h
+        .call("POST", "/attr-remove?key=admin", Some(&secret))
+        .await;
     assert_eq!(removed.status, StatusCode::OK);
     go.notify_one();
     assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::OK);
     let data = &h.records()[0].data;
-    assert!(data.get("admin").is_none(), "the removed key came back: {data:?}");
+    assert!(
+        data.get("admin").is_none(),
+        "the removed key came back: {data:?}"
+    );
     assert_eq!(data["theme"], "dark");
-    assert_eq!(h.call("GET", "/attr?key=admin", Some(&secret)).await.body, "<none>");
+    assert_eq!(
+        h.call("GET", "/attr?key=admin", Some(&secret)).await.body,
+        "<none>"
+    );
 }
 
 #[tokio::test]
@@ -83,14 +96,28 @@ async fn a_removed_key_stays_removed_when_another_request_wrote_later_from_an_ol
     // removed the key, and writes after it.
     let h = Harness::new();
     let secret = h.login("alice").await;
-    h.call("POST", "/attr?key=admin&value=yes", Some(&secret)).await;
-    let stale = h.manager.store().get_active(&h.records()[0].id, h.manager.now()).await.unwrap().unwrap();
-    h.call("POST", "/attr-remove?key=admin", Some(&secret)).await;
+    h.call("POST", "/attr?key=admin&value=yes", Some(&secret))
+        .await;
+    let stale = h
+        .manager
+        .store()
+        .get_active(&h.records()[0].id, h.manager.now())
+        .await
+        .unwrap()
+        .unwrap();
+    h.call("POST", "/attr-remove?key=admin", Some(&secret))
+        .await;
     // Replacing from the stale read fails: the generation moved on.
     let mut next = (*stale).clone();
     next.generation += 1;
     next.data.insert("theme".into(), "dark".into());
-    assert!(!h.manager.store().replace(&stale, &next, h.manager.now()).await.unwrap());
+    assert!(
+        !h.manager
+            .store()
+            .replace(&stale, &next, h.manager.now())
+            .await
+            .unwrap()
+    );
     assert!(h.records()[0].data.get("admin").is_none());
 }
 
@@ -99,10 +126,14 @@ async fn data_over_the_bound_or_with_nul_is_refused_alike_on_every_path() {
     let h = Harness::new();
     let secret = h.login("alice").await;
     let big = "x".repeat(MAX_DATA_LEN);
-    let res = h.call("POST", &format!("/attr?key=big&value={big}"), Some(&secret)).await;
+    let res = h
+        .call("POST", &format!("/attr?key=big&value={big}"), Some(&secret))
+        .await;
     assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(res.body, "invalid session data");
-    let res = h.call("POST", "/attr?key=k&value=a%00b", Some(&secret)).await;
+    let res = h
+        .call("POST", "/attr?key=k&value=a%00b", Some(&secret))
+        .await;
     assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(h.records()[0].data.is_empty());
 }
@@ -118,7 +149,10 @@ async fn the_size_bound_holds_for_the_merged_result() {
     let (ra, rb) = tokio::join!(h.router.clone().oneshot(a), h.router.clone().oneshot(b));
     let statuses = [ra.unwrap().status(), rb.unwrap().status()];
     assert!(statuses.contains(&StatusCode::OK), "{statuses:?}");
-    assert!(statuses.contains(&StatusCode::INTERNAL_SERVER_ERROR), "{statuses:?}");
+    assert!(
+        statuses.contains(&StatusCode::INTERNAL_SERVER_ERROR),
+        "{statuses:?}"
+    );
     let data = &h.records()[0].data;
     assert_eq!(data.len(), 1);
     assert!(serde_json::to_vec(data).unwrap().len() <= MAX_DATA_LEN);

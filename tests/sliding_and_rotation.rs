@@ -117,10 +117,16 @@ async fn rotation_is_confirmed_by_the_new_secret_and_the_grace_starts_then() {
     h.advance(5 * MIN);
     let res = h.call("GET", "/me", Some(&old)).await;
     assert_eq!(res.status, StatusCode::OK);
-    let new = res.new_secret().expect("past the access ttl a new secret is issued");
+    let new = res
+        .new_secret()
+        .expect("past the access ttl a new secret is issued");
     assert_ne!(new, old);
     assert_eq!(Counts::get(&h.store.counts.rotate_applied), 1);
-    assert_eq!(h.records()[0].previous.unwrap().valid_until, None, "unconfirmed");
+    assert_eq!(
+        h.records()[0].previous.unwrap().valid_until,
+        None,
+        "unconfirmed"
+    );
 
     // Long after the rotation, the new secret arrives: it confirms, and the
     // grace of the old one starts now.
@@ -159,7 +165,10 @@ async fn a_dropped_rotation_response_does_not_log_the_user_out() {
     common::lost_rotation_response_keeps_the_session(&h).await;
     let record = &h.records()[0];
     assert!(record.revoked.is_none());
-    assert!(record.superseded.is_some(), "the lost successor is superseded");
+    assert!(
+        record.superseded.is_some(),
+        "the lost successor is superseded"
+    );
     assert_eq!(Counts::get(&h.store.counts.rerotate_applied), 1);
 }
 
@@ -210,10 +219,18 @@ async fn a_secret_two_rotations_old_is_unknown() {
     let h = Harness::with(common::rotating(), ring(1, &[1]));
     let first = h.login("alice").await;
     h.advance(15 * MIN);
-    let second = h.call("GET", "/me", Some(&first)).await.new_secret().unwrap();
+    let second = h
+        .call("GET", "/me", Some(&first))
+        .await
+        .new_secret()
+        .unwrap();
     assert_eq!(h.call("GET", "/me", Some(&second)).await.body, "alice");
     h.advance(15 * MIN);
-    let third = h.call("GET", "/me", Some(&second)).await.new_secret().unwrap();
+    let third = h
+        .call("GET", "/me", Some(&second))
+        .await
+        .new_secret()
+        .unwrap();
     let res = h.call("GET", "/maybe", Some(&first)).await;
     assert_eq!(res.body, "anonymous");
     // Unknown, not a detected replay: the session lives on.
@@ -243,7 +260,10 @@ async fn rotation_does_not_extend_past_the_absolute_lifetime() {
         assert!(record.expires_at <= record.absolute_expires_at);
         assert!(record.access_expires_at <= record.absolute_expires_at);
         let left = record.absolute_expires_at - h.manager.now();
-        assert_eq!(cookie.max_age().unwrap().whole_seconds(), left.whole_seconds());
+        assert_eq!(
+            cookie.max_age().unwrap().whole_seconds(),
+            left.whole_seconds()
+        );
         assert_eq!(h.call("GET", "/me", Some(&secret)).await.body, "alice");
     }
     h.advance(15 * MIN);
@@ -278,7 +298,11 @@ async fn concurrent_requests_due_for_rotation_rotate_exactly_once() {
         new_cookies.extend(res.new_secret());
     }
     assert_eq!(h.store.counts.rotate_applied.load(Ordering::SeqCst), 1);
-    assert_eq!(new_cookies.len(), 1, "exactly one response carries the new secret");
+    assert_eq!(
+        new_cookies.len(),
+        1,
+        "exactly one response carries the new secret"
+    );
     assert_eq!(
         h.call("GET", "/me", Some(&new_cookies[0])).await.status,
         StatusCode::OK
@@ -364,5 +388,8 @@ async fn a_request_that_outlives_the_idle_expiry_does_not_revive_the_session() {
     assert_eq!(res.status, StatusCode::OK);
     assert!(res.raw_set_cookies.is_empty());
     assert_eq!(Counts::get(&h.store.counts.replace_applied), 0);
-    assert_eq!(h.call("GET", "/me", Some(&secret)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.call("GET", "/me", Some(&secret)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }

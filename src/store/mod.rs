@@ -172,9 +172,13 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// Returns whether it applied.
     ///
     /// `next.generation` is `current.generation + 1`; `id`, `subject`,
-    /// `created_at` and `absolute_expires_at` never change (stores may
-    /// ignore those fields of `next`). A revoked or expired record is never
-    /// replaced, so nothing written here can revive a session.
+    /// `created_at` and `absolute_expires_at` never change. Call
+    /// [`check_successor`] first: it refuses a `next` that breaks either
+    /// rule or fails [`SessionRecord::validate`]. A revoked or expired record
+    /// is never replaced, so nothing written here can revive a session.
+    ///
+    /// Lookup keys are unique store-wide by their bytes, whatever the key
+    /// version and the slot.
     ///
     /// # Errors
     ///
@@ -210,7 +214,7 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<u64, StoreError>;
 
     /// The active sessions of `subject`, newest (`created_at`) first; ties
-    /// broken by id. Each carries its current key version.
+    /// broken by ascending id. Each carries its current key version.
     async fn list_for_subject(
         &self,
         subject: &str,
@@ -222,6 +226,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// counts under its current credential's version and, while its previous
     /// secret is still accepted (unconfirmed successor, or within its
     /// grace), under the previous credential's version if that differs.
+    /// Sessions before login count too (retiring a version ends them as
+    /// well). Versions with no session may be left out.
     async fn count_by_key_version(
         &self,
         now: OffsetDateTime,

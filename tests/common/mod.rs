@@ -196,7 +196,10 @@ impl SessionStore for TestStore {
         let applied = self.inner.replace(current, next, now).await?;
         if applied {
             bump(&self.counts.replace_applied);
-            if next.previous.is_some_and(|p| p.credential == current.current) {
+            if next
+                .previous
+                .is_some_and(|p| p.credential == current.current)
+            {
                 bump(&self.counts.rotate_applied);
             }
             if next.superseded == Some(current.current) {
@@ -679,10 +682,16 @@ pub async fn lost_rotation_response_keeps_the_session(h: &Harness) {
     // The rotation happens; its response is dropped on the way to the client.
     let lost = h.call("GET", "/me", Some(&old)).await;
     assert_eq!(lost.status, StatusCode::OK);
-    assert!(lost.new_secret().is_some(), "the lost response carried a rotation");
+    assert!(
+        lost.new_secret().is_some(),
+        "the lost response carried a rotation"
+    );
     h.advance(3_600);
     let again = h.call("GET", "/me", Some(&old)).await;
-    assert_eq!((again.status, again.body.as_str()), (StatusCode::OK, "carol"));
+    assert_eq!(
+        (again.status, again.body.as_str()),
+        (StatusCode::OK, "carol")
+    );
     let fresh = again.new_secret().expect("re-rotated: a fresh secret");
     let confirmed = h.call("GET", "/me", Some(&fresh)).await;
     assert_eq!(confirmed.body, "carol");
@@ -704,7 +713,11 @@ pub async fn rotation_write_that_times_out_converges(h: &Harness) {
     // Served, and no cookie: the layer cannot know the write applied.
     assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
     assert!(res.raw_set_cookies.is_empty());
-    assert_eq!(Counts::get(&h.store.counts.rotate_applied), 1, "it did apply");
+    assert_eq!(
+        Counts::get(&h.store.counts.rotate_applied),
+        1,
+        "it did apply"
+    );
     assert_eq!(h.call("GET", "/me", Some(&old)).await.body, "alice");
     h.advance(2 * 60);
     let res = h.call("GET", "/me", Some(&old)).await;
@@ -727,7 +740,10 @@ pub async fn copied_cookie_after_confirmed_rotation_is_reuse(h: &Harness) {
     let thief = h.call("GET", "/maybe", Some(&old)).await;
     assert_eq!(thief.body, "anonymous");
     assert!(thief.clears_cookie());
-    assert_eq!(h.call("GET", "/me", Some(&new)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.call("GET", "/me", Some(&new)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 /// Two parties: the thief's request re-rotates (the owner's successor looked
@@ -745,7 +761,10 @@ pub async fn superseded_secret_is_reuse(h: &Harness) {
     let owner = h.call("GET", "/maybe", Some(&owners)).await;
     assert_eq!(owner.body, "anonymous");
     assert!(owner.clears_cookie());
-    assert_eq!(h.call("GET", "/me", Some(&thiefs)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.call("GET", "/me", Some(&thiefs)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 /// A secret not known to the store, for requests that must resolve nothing.
