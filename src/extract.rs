@@ -295,6 +295,8 @@ impl Session {
 
     /// Logs out: revokes the request's session (reason `logout`) and stages
     /// the removal of the cookie. Returns whether a session was revoked.
+    /// Without a session nothing is revoked and the cookie is left alone:
+    /// a stale tab's logout must not erase a cookie a login just set.
     ///
     /// # Errors
     ///
@@ -311,11 +313,11 @@ impl Session {
                     )
                     .await?;
                 tracing::info!(session.id = %id, "session logged out");
+                self.end();
                 true
             }
             None => false,
         };
-        self.end();
         Ok(revoked)
     }
 

@@ -19,7 +19,6 @@
 use std::fmt;
 
 use base64::Engine as _;
-use sha2::Digest as _;
 use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::secret::{SECRET_LEN, SessionSecret};
@@ -188,18 +187,20 @@ pub enum KeyRingError {
 ///
 /// It holds the SHA-256 states after the key's inner and outer pads, not the
 /// raw key (wiped after setup). They are as sensitive as the key (they let
-/// anyone compute lookup keys), so they are zeroized on drop, in every clone.
+/// anyone compute lookup keys), so they live in one heap allocation that is
+/// zeroized on drop, in every clone; moving a `VersionedKey` moves only the
+/// pointer. (Transient copies in registers and on the stack while a key is
+/// set up or used are beyond what safe Rust can wipe.)
 #[derive(Clone)]
 struct VersionedKey {
     version: KeyVersion,
-    inner: [u32; 8],
-    outer: [u32; 8],
+    /// `[inner, outer]`.
+    states: Box<[[u32; 8]; 2]>,
 }
 
 impl Drop for VersionedKey {
     fn drop(&mut self) {
-        self.inner.zeroize();
-        self.outer.zeroize();
+        self.states.zeroize();
     }
 }
 
@@ -208,25 +209,31 @@ impl VersionedKey {
         // RFC 2104: a key longer than a block is hashed first; then zero-padded.
         let mut block = Zeroizing::new([0u8; BLOCK]);
         if key.len() > BLOCK {
-            let digest = Zeroizing::new(<[u8; 32]>::from(sha2::Sha256::digest(key)));
-            block[..32].copy_from_slice(&*digest);
+            let mut digest = Zeroizing::new(sha256(key));
+            for (chunk, word) in block[..32].chunks_exact_mut(4).zip(digest.iter()) {
+                chunk.copy_from_slice(&word.to_be_bytes());
+            }
+            digest.zeroize();
         } else {
             block[..key.len()].copy_from_slice(key);
         }
+        let mut states = Box::new([SHA256_IV; 2]);
         let mut pad = Zeroizing::new([0u8; BLOCK]);
-        let mut state = |byte: u8| {
+        for (state, byte) in states.iter_mut().zip([0x36u8, 0x5c]) {
             for (p, k) in pad.iter_mut().zip(block.iter()) {
                 *p = k ^ byte;
             }
-            let mut state = SHA256_IV;
-            compress(&mut state, &pad);
-            state
-        };
-        Self {
-            version,
-            inner: state(0x36),
-            outer: state(0x5c),
+            compress(state, &pad);
         }
+        Self { version, states }
+    }
+
+    fn inner(&self) -> &[u32; 8] {
+        &self.states[0]
+    }
+
+    fn outer(&self) -> &[u32; 8] {
+        &self.states[1]
     }
 
     /// `HMAC-SHA256(key, LOOKUP_DOMAIN || secret)`: one compression for the
@@ -239,7 +246,7 @@ impl VersionedKey {
         block[LOOKUP_DOMAIN.len()..message].copy_from_slice(secret.expose_bytes());
         block[message] = 0x80;
         block[BLOCK - 8..].copy_from_slice(&(((BLOCK + message) * 8) as u64).to_be_bytes());
-        let mut inner = Zeroizing::new(self.inner);
+        let mut inner = Zeroizing::new(*self.inner());
         compress(&mut inner, &block);
 
         let mut outer_block = [0u8; BLOCK];
@@ -248,7 +255,7 @@ impl VersionedKey {
         }
         outer_block[32] = 0x80;
         outer_block[BLOCK - 8..].copy_from_slice(&(((BLOCK + 32) * 8) as u64).to_be_bytes());
-        let mut outer = self.outer;
+        let mut outer = *self.outer();
         compress(&mut outer, &outer_block);
         let mut out = [0u8; 32];
         for (chunk, word) in out.chunks_exact_mut(4).zip(outer.iter()) {
@@ -261,6 +268,23 @@ impl VersionedKey {
 
 fn compress(state: &mut [u32; 8], block: &[u8; BLOCK]) {
     sha2::compress256(state, std::slice::from_ref(block.into()));
+}
+
+/// SHA-256 of `message` as state words, with every buffer that held key
+/// bytes wiped (`sha2::Sha256` would leave its last block in memory).
+fn sha256(message: &[u8]) -> [u32; 8] {
+    let bits = (message.len() as u64).wrapping_mul(8);
+    let padded_len = (message.len() + 9).div_ceil(BLOCK) * BLOCK;
+    let mut padded = Zeroizing::new(vec![0u8; padded_len]);
+    padded[..message.len()].copy_from_slice(message);
+    padded[message.len()] = 0x80;
+    padded[padded_len - 8..].copy_from_slice(&bits.to_be_bytes());
+    let mut state = SHA256_IV;
+    for block in padded.chunks_exact(BLOCK) {
+        let block: &[u8; BLOCK] = block.try_into().expect("chunks are one block long");
+        compress(&mut state, block);
+    }
+    state
 }
 
 /// The server's versioned HMAC keys: exactly one current version for every
@@ -517,17 +541,18 @@ impl KeyRingBuilder {
             if keys.iter().any(|k| k.version == *version) {
                 return Err(KeyRingError::DuplicateVersion(*version));
             }
-            // Comparing key bytes with each other at build time leaks
+            let key = VersionedKey::new(*version, bytes);
+            // Compared by their HMAC states, not their bytes: keys that HMAC
+            // treats as one (K and K followed by zeros, a long key and its
+            // SHA-256) are one key. Done once at build time: it leaks
             // nothing a request can observe.
-            if let Some((first, _)) = self.keys.iter().find(|(v, b)| v != version && b == bytes) {
-                let (first, second) = if keys.iter().any(|k| k.version == *first) {
-                    (*first, *version)
-                } else {
-                    (*version, *first)
-                };
-                return Err(KeyRingError::DuplicateKey { first, second });
+            if let Some(first) = keys.iter().find(|k| k.states == key.states) {
+                return Err(KeyRingError::DuplicateKey {
+                    first: first.version,
+                    second: *version,
+                });
             }
-            keys.push(VersionedKey::new(*version, bytes));
+            keys.push(key);
         }
         let position = keys
             .iter()
@@ -594,7 +619,7 @@ mod tests {
             *p ^= k;
         }
         compress(&mut iv, &pad);
-        assert_eq!(versioned.inner, iv);
+        assert_eq!(versioned.inner(), &iv);
         let secret = SessionSecret::from_bytes([0x42; 32]);
         assert_eq!(
             versioned.lookup_key(&secret).as_bytes(),
@@ -623,6 +648,38 @@ mod tests {
         assert_eq!(ring.lookup_key(KeyVersion(9), &secrets[0]), None);
         let many: Vec<_> = (0..6).map(|i| SessionSecret::from_bytes([i; 32])).collect();
         assert_eq!(ring.candidates(&many).len(), MAX_COOKIE_VALUES * 3);
+    }
+
+    #[test]
+    fn long_keys_are_hashed_like_sha2_does() {
+        use sha2::Digest as _;
+        for len in [0, 1, 55, 56, 63, 64, 65, 119, 120, 200] {
+            let message = vec![0x5au8; len];
+            let mut expected = [0u8; 32];
+            for (chunk, word) in expected.chunks_exact_mut(4).zip(sha256(&message)) {
+                chunk.copy_from_slice(&word.to_be_bytes());
+            }
+            assert_eq!(
+                expected,
+                <[u8; 32]>::from(sha2::Sha256::digest(&message)),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_that_hmac_treats_as_one_are_refused() {
+        use sha2::Digest as _;
+        let mut padded = vec![4u8; 32];
+        padded.push(0);
+        let long = vec![8u8; 100];
+        let digest = sha2::Sha256::digest(&long).to_vec();
+        for (a, b) in [(vec![4u8; 32], padded), (long, digest)] {
+            assert!(matches!(
+                KeyRing::builder().key(1, a).key(2, b).current(2).build(),
+                Err(KeyRingError::DuplicateKey { .. })
+            ));
+        }
     }
 
     #[test]

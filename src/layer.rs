@@ -340,6 +340,7 @@ async fn resolve(
             current_version,
             config: manager.config(),
             now,
+            arrived_at: now,
             shared_cacheable: false,
         })
     };
@@ -442,6 +443,7 @@ async fn write(
             current_version: keys.current(),
             config: manager.config(),
             now,
+            arrived_at: session.now(),
             shared_cacheable,
         }) {
             Decision::Maintain(maintenance) => Some(maintenance),

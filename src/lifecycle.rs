@@ -86,8 +86,11 @@ pub(crate) struct Input<'a> {
     pub(crate) current_version: KeyVersion,
     /// The configuration.
     pub(crate) config: &'a SessionConfig,
-    /// The time of the decision (read again on the way out).
+    /// The time of the decision (read again on the way out): what is due.
     pub(crate) now: OffsetDateTime,
+    /// When the request arrived: whether it was in flight during a
+    /// rotation is judged by this, however long the handler then ran.
+    pub(crate) arrived_at: OffsetDateTime,
     /// Whether the response may be stored by shared caches: no secret may
     /// be issued on it. `false` when the response is not known yet.
     pub(crate) shared_cacheable: bool,
@@ -102,6 +105,7 @@ pub(crate) fn decide(input: Input<'_>) -> Decision {
         current_version,
         config,
         now,
+        arrived_at,
         shared_cacheable,
     } = input;
     match slot {
@@ -113,11 +117,13 @@ pub(crate) fn decide(input: Input<'_>) -> Decision {
             match previous.valid_until {
                 // Confirmed successor: requests in flight are served during
                 // the grace, and a later presentation is a copy in use.
-                Some(until) if now < until => Decision::Serve,
+                Some(until) if arrived_at < until => Decision::Serve,
                 Some(_) => Decision::Reuse,
-                // Unconfirmed successor: within the grace of the rotation the
-                // request is in flight; after it the successor was lost.
-                None if now < saturating_add(previous.rotated_at, config.rotation_grace())
+                // Unconfirmed successor: a request that arrived within the
+                // grace of the rotation was in flight; one that arrived after
+                // it means the successor was lost.
+                None if arrived_at
+                    < saturating_add(previous.rotated_at, config.rotation_grace())
                     || shared_cacheable =>
                 {
                     touch_only(record, config, now)
@@ -353,6 +359,17 @@ mod tests {
         now: i64,
         shared_cacheable: bool,
     ) -> Decision {
+        decide_full(record, slot, version, now, now, shared_cacheable)
+    }
+
+    fn decide_full(
+        record: &SessionRecord,
+        slot: Slot,
+        version: u32,
+        arrived: i64,
+        now: i64,
+        shared_cacheable: bool,
+    ) -> Decision {
         let config = config();
         decide(Input {
             record,
@@ -361,6 +378,7 @@ mod tests {
             current_version: KeyVersion(1),
             config: &config,
             now: at(now),
+            arrived_at: at(arrived),
             shared_cacheable,
         })
     }
@@ -415,11 +433,22 @@ mod tests {
                 Serve,
             ),
             (
-                "previous, successor unconfirmed, in flight, touch due",
+                "previous, successor unconfirmed, just before the grace ends",
                 unconfirmed(0),
                 Slot::Previous,
                 59,
                 Serve,
+            ),
+            (
+                "previous, successor unconfirmed, in flight, touch due: slides",
+                {
+                    let mut r = unconfirmed(400);
+                    r.last_seen_at = at(0);
+                    r
+                },
+                Slot::Previous,
+                420,
+                Maintain(Touch),
             ),
             (
                 "previous, successor unconfirmed, after the grace: re-rotate",
@@ -460,6 +489,31 @@ mod tests {
         for (name, record, slot, now, expected) in cases {
             assert_eq!(decide_at(record, *slot, *now), *expected, "{name}");
         }
+    }
+
+    #[test]
+    fn being_in_flight_is_judged_by_the_arrival_time() {
+        // Arrived within the grace of the rotation, left long after it: a
+        // request in flight, not a lost successor.
+        // (It slides, being a use past the touch interval; it never re-rotates.)
+        assert_eq!(
+            decide_full(&unconfirmed(0), Slot::Previous, 1, 30, 500, false),
+            Maintain(Touch)
+        );
+        assert_eq!(
+            decide_full(&unconfirmed(0), Slot::Previous, 1, 30, 200, false),
+            Serve
+        );
+        assert_eq!(
+            decide_full(&unconfirmed(0), Slot::Previous, 1, 61, 61, false),
+            Maintain(ReRotate)
+        );
+        // Arrived within the grace of a confirmed successor: served, even if
+        // the grace is over when it leaves.
+        assert_eq!(
+            decide_full(&confirmed(100), Slot::Previous, 1, 99, 500, false),
+            Serve
+        );
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub enum SessionError {
     /// ran, so the write was refused: the session is gone, the store is fine.
     #[error("the session ended while the request ran")]
     SessionEnded,
+    /// So many other requests changed the session at the same moment that
+    /// this write lost every compare-and-swap; nothing was written. Retry.
+    #[error("the session was changed by too many concurrent requests")]
+    Busy,
     /// The subject is empty, too long, or has control characters.
     #[error("invalid subject: {0}")]
     InvalidSubject(&'static str),
@@ -65,7 +69,7 @@ impl SessionError {
     /// (or when it ended meanwhile), 500 for what the application asked wrong.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(_) | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotLoggedIn | Self::SessionEnded => StatusCode::UNAUTHORIZED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -77,6 +81,7 @@ impl SessionError {
             Self::Store(_) => "session store unavailable",
             Self::NotLoggedIn => "not signed in",
             Self::SessionEnded => "session ended",
+            Self::Busy => "session busy",
             Self::InvalidSubject(_) => "invalid session subject",
             Self::InvalidData(_) | Self::Serde { .. } => "invalid session data",
         }
@@ -87,7 +92,7 @@ impl IntoResponse for SessionError {
     fn into_response(self) -> Response {
         tracing::warn!(error = %ErrorChain(&self), "session operation failed");
         let mut response = (self.status(), self.body_text()).into_response();
-        if matches!(self, Self::Store(_)) {
+        if matches!(self, Self::Store(_) | Self::Busy) {
             response
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -366,10 +371,30 @@ impl SessionManager {
             }
             let next = change(&current, now)?;
             let store = self.store();
-            if self
+            let applied = match self
                 .call("replace", store.replace(&current, &next, now))
-                .await?
+                .await
             {
+                Ok(applied) => applied,
+                Err(error) => {
+                    // A write can apply and still fail to answer (a timeout,
+                    // a dropped connection). Read it back: if the store holds
+                    // exactly what we wrote, it applied, and the caller must
+                    // not act as if it had not (a renewed secret that is
+                    // never sent would log the user out).
+                    let stored = self
+                        .call("get_active", store.get_active(&current.id, self.now()))
+                        .await;
+                    match stored {
+                        Ok(Some(stored)) if *stored == next => {
+                            tracing::info!(session.id = %next.id, error = %ErrorChain(&error), "a session write failed to answer but applied");
+                            return Ok(stored);
+                        }
+                        _ => return Err(error.into()),
+                    }
+                }
+            };
+            if applied {
                 return Ok(Arc::new(next));
             }
             current = self
@@ -377,10 +402,7 @@ impl SessionManager {
                 .await?
                 .ok_or(SessionError::SessionEnded)?;
         }
-        Err(SessionError::Store(StoreError::Timeout {
-            operation: "replace",
-            timeout: Duration::ZERO,
-        }))
+        Err(SessionError::Busy)
     }
 
     /// Revokes one session by id.
@@ -394,6 +416,7 @@ impl SessionManager {
         revocation: impl Into<Revocation>,
     ) -> Result<RevokeOutcome, StoreError> {
         let revocation = revocation.into();
+        revocation.validate().map_err(StoreError::Invalid)?;
         let outcome = self
             .call(
                 "revoke",
@@ -436,6 +459,7 @@ impl SessionManager {
         revocation: &Revocation,
         except: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
+        revocation.validate().map_err(StoreError::Invalid)?;
         let count = self
             .call(
                 "revoke_all_for_subject",

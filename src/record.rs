@@ -177,10 +177,22 @@ impl Revocation {
         }
     }
 
-    /// Names who asked.
+    /// Names who asked (at most [`MAX_SUBJECT_LEN`] bytes, no control
+    /// characters: checked by [`validate`](Self::validate) before it is stored).
     pub fn by(mut self, actor: impl Into<String>) -> Self {
         self.actor = Some(actor.into());
         self
+    }
+
+    /// Checks the actor like a subject, so every backend stores the same
+    /// values.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        match &self.actor {
+            Some(actor) => validate_subject(actor).map_err(|_| {
+                "the revocation actor is empty, longer than 256 bytes, or has control characters"
+            }),
+            None => Ok(()),
+        }
     }
 }
 

@@ -106,10 +106,6 @@ async fn a_failing_maintenance_write_still_serves_and_the_old_cookie_keeps_worki
     }
     assert_eq!(Counts::get(&h.store.counts.replace), 2);
     assert_eq!(Counts::get(&h.store.counts.replace_applied), 0);
-    // Re-key and touch failures are served the same way.
-    h.manager.set_key_ring(ring(2, &[1, 2]));
-    let res = h.call("GET", "/me", Some(&secret)).await;
-    assert_eq!(res.status, StatusCode::OK);
     // The store recovers: the same cookie rotates now.
     h.store.fail_writes.store(false, Ordering::SeqCst);
     let res = h.call("GET", "/me", Some(&secret)).await;
@@ -211,4 +207,81 @@ async fn extractors_without_the_layer_answer_500_naming_session_layer() {
         assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR, "{path}");
         assert!(res.body.contains("SessionLayer"), "{path}: {}", res.body);
     }
+}
+
+#[tokio::test]
+async fn failing_rekey_and_touch_writes_still_serve_and_change_nothing() {
+    let config = SessionConfig::builder().access_ttl(None).build().unwrap();
+    let h = Harness::with(config, ring(1, &[1]));
+    let secret = h.login("alice").await;
+    let before = h.records()[0].clone();
+    h.manager.set_key_ring(ring(2, &[1, 2]));
+    h.advance(600); // a touch is due too
+    h.store.fail_writes.store(true, Ordering::SeqCst);
+    h.store.reset_counts();
+    let res = h.call("GET", "/me", Some(&secret)).await;
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
+    assert!(res.raw_set_cookies.is_empty());
+    assert_eq!(
+        Counts::get(&h.store.counts.replace),
+        1,
+        "one re-key-and-touch write, failed"
+    );
+    assert_eq!(h.records()[0], before, "nothing changed");
+    h.store.fail_writes.store(false, Ordering::SeqCst);
+    let res = h.call("GET", "/me", Some(&secret)).await;
+    assert!(res.raw_set_cookies.is_empty());
+    let after = &h.records()[0];
+    assert_eq!(after.current.key_version, tower_hmac_session::KeyVersion(2));
+    assert!(after.last_seen_at > before.last_seen_at);
+}
+
+#[tokio::test]
+async fn store_failures_are_logged_with_their_source_and_answered_by_kind_only() {
+    let capture = common::LogCapture::install();
+    let h = Harness::new();
+    let secret = h.login("alice").await;
+    h.store.fail_reads.store(true, Ordering::SeqCst);
+    let res = h.call("GET", "/me", Some(&secret)).await;
+    assert_eq!(
+        (res.status, res.body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable")
+    );
+    h.store.fail_reads.store(false, Ordering::SeqCst);
+    h.store.fail_writes.store(true, Ordering::SeqCst);
+    let res = h.call("POST", "/attr?key=k&value=v", Some(&secret)).await;
+    assert_eq!(
+        (res.status, res.body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable")
+    );
+    let res = h.call("POST", "/logout", Some(&secret)).await;
+    assert_eq!(
+        (res.status, res.body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable")
+    );
+    for body in [&res.body] {
+        for internal in ["find_active", "replace", "revoke", "test outage", "backend"] {
+            assert!(!body.contains(internal), "{body}");
+        }
+    }
+    let logs = capture.text();
+    // The log keeps the whole chain: the operation and the driver's message.
+    assert!(logs.contains("`find_active`: test outage"), "{logs}");
+    assert!(logs.contains("`replace`: test outage"), "{logs}");
+    assert!(logs.contains("`revoke`: test outage"), "{logs}");
+    assert!(!logs.contains(&secret));
+}
+
+#[tokio::test]
+async fn a_renew_whose_write_applies_but_times_out_still_sends_the_new_secret() {
+    let h = Harness::new();
+    let old = h.login("alice").await;
+    h.store.apply_then_fail.store(true, Ordering::SeqCst);
+    let res = h.call("POST", "/renew", Some(&old)).await;
+    h.store.apply_then_fail.store(false, Ordering::SeqCst);
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "renewed"));
+    let new = res
+        .new_secret()
+        .expect("the renewed secret reaches the client");
+    assert_eq!(h.call("GET", "/me", Some(&new)).await.body, "alice");
 }

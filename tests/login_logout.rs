@@ -201,8 +201,12 @@ async fn session_operations_without_a_session_say_so() {
         h.call("POST", "/attr?key=k&value=v", None).await.status,
         StatusCode::UNAUTHORIZED
     );
-    // Logging out without a session revokes nothing.
+    // Logging out without a session revokes nothing, and with a stale
+    // cookie leaves it alone (a login in another tab may just have set one).
     assert_eq!(h.call("POST", "/logout", None).await.body, "false");
+    let stale = h.call("POST", "/logout", Some(&common::stranger())).await;
+    assert_eq!(stale.body, "false");
+    assert!(stale.raw_set_cookies.is_empty());
     assert_eq!(
         h.store
             .counts

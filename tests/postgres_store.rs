@@ -1,5 +1,6 @@
 //! `PostgresStore` against a real server: the conformance suite, two app
-//! instances on one database, corrupt rows, and a lost connection.
+//! instances on one database, the rotation scenarios through a Router,
+//! corrupt rows, a lost connection, and the query plans at 10^5 sessions.
 //!
 //! `TOWER_HMAC_SESSION_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`) names the server. Each test
@@ -13,10 +14,15 @@ use std::time::Duration;
 
 use common::{Harness, TestResponse, ring, unique};
 use http::StatusCode;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use tower::ServiceExt as _;
-use tower_hmac_session::SessionConfig;
 use tower_hmac_session::store::PostgresStore;
+use tower_hmac_session::{
+    Candidate, Credential, Data, KeyVersion, LookupKey, SessionConfig, SessionId, SessionRecord,
+    SessionStore, StoreError,
+};
+
+const TABLE: &str = "tower_hmac_session_records";
 
 fn url() -> String {
     std::env::var("TOWER_HMAC_SESSION_POSTGRES_URL")
@@ -26,11 +32,16 @@ fn url() -> String {
 /// A pool whose connections carry `application_name`, or `None` (a skip)
 /// when the server is unreachable outside CI.
 async fn pool(application_name: &str) -> Option<PgPool> {
+    pool_of(application_name, 5).await
+}
+
+/// As [`pool`], with at most `max_connections`.
+async fn pool_of(application_name: &str, max_connections: u32) -> Option<PgPool> {
     let options = PgConnectOptions::from_str(&url())
         .unwrap()
         .application_name(application_name);
     match PgPoolOptions::new()
-        .max_connections(5)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .test_before_acquire(false)
         .connect_with(options)
@@ -88,27 +99,31 @@ async fn migrations_are_idempotent_and_concurrent_safe() {
     b.unwrap();
     store.migrate().await.unwrap();
     let versions: Vec<i64> = sqlx::query_scalar(&format!(
-        "SELECT version FROM \"{schema}\".tower_hmac_session_migrations"
+        "SELECT version FROM \"{schema}\".{TABLE}_migrations"
     ))
     .fetch_all(&pool)
     .await
     .unwrap();
     assert_eq!(versions, [1]);
-    let indexes: Vec<String> = sqlx::query_scalar(
-        "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 ORDER BY indexname",
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = $1 \
+         ORDER BY indexname",
     )
     .bind(&schema)
     .fetch_all(&pool)
     .await
     .unwrap();
-    for wanted in [
-        "current_lookup_key",
-        "previous_lookup_key",
-        "subject",
-        "expires_at",
+    for (wanted, unique) in [
+        ("current_lookup_key", true),
+        ("previous_lookup_key", true),
+        ("superseded_lookup_key", true),
+        ("subject", false),
+        ("expires_at", false),
     ] {
         assert!(
-            indexes.iter().any(|i| i.ends_with(wanted)),
+            indexes
+                .iter()
+                .any(|(name, def)| name.ends_with(wanted) && def.contains("UNIQUE") == unique),
             "no index on {wanted}: {indexes:?}"
         );
     }
@@ -173,22 +188,33 @@ async fn corrupt_rows_are_reported_as_corruption() {
         ring(1, &[1]),
     );
     let cases = [
-        "attributes = '[1, 2]'::jsonb",
-        "attributes = '\"text\"'::jsonb",
+        "data = '[1, 2]'::jsonb",
+        "data = '\"text\"'::jsonb",
         "subject = ''",
+        "subject = NULL",
         "revoked_reason = 'bogus'",
         "previous_key_version = 3",
+        "superseded_key_version = 1",
         "current_key_version = -5",
         "current_key_version = 5000000000",
+        "generation = -1",
+        "idle_timeout_secs = -3",
+        "client_ip = '10.0.0.1 '",
+        "user_agent = E'a\\nb'",
         "expires_at = absolute_expires_at + interval '1 second'",
         "id = '\\x0102'::bytea",
-        "previous_lookup_key = '\\x0102'::bytea, previous_key_version = 1, previous_valid_until = now()",
+        "previous_lookup_key = '\\x0102'::bytea, previous_key_version = 1, previous_rotated_at = now()",
+        // Past what a timestamp can hold in Rust: corruption, not a panic.
+        "created_at = 'infinity'",
+        "authenticated_at = '-infinity'",
+        "last_seen_at = '10000-01-01 00:00:00+00'",
+        "expires_at = 'infinity', absolute_expires_at = 'infinity'",
     ];
     common::assert_damage_is_corruption(&h, &cases, |user, _id, set| {
         let (pool, schema) = (pool.clone(), schema.clone());
         async move {
             sqlx::query(&format!(
-                "UPDATE \"{schema}\".tower_hmac_sessions SET {set} WHERE subject = $1"
+                "UPDATE \"{schema}\".{TABLE} SET {set} WHERE subject = $1"
             ))
             .bind(user)
             .execute(&pool)
@@ -225,7 +251,7 @@ async fn a_terminated_connection_gives_503s_and_the_store_recovers() {
     // store's connection, then terminate that backend under it.
     let mut lock = admin.begin().await.unwrap();
     sqlx::raw_sql(&format!(
-        "LOCK TABLE \"{schema}\".tower_hmac_sessions IN ACCESS EXCLUSIVE MODE"
+        "LOCK TABLE \"{schema}\".{TABLE} IN ACCESS EXCLUSIVE MODE"
     ))
     .execute(&mut *lock)
     .await
@@ -289,4 +315,295 @@ async fn a_terminated_connection_gives_503s_and_the_store_recovers() {
     }
     assert!(recovered, "the store did not recover");
     drop_schema(&admin, &schema).await;
+}
+
+/// One app instance on a fresh schema.
+async fn one_instance(config: SessionConfig) -> Option<(Harness, PgPool, String)> {
+    let pool = pool("ths-instance").await?;
+    let schema = unique("ths_instance");
+    let h = Harness::with_store(store_in(&pool, &schema).await, config, ring(1, &[1]));
+    Some((h, pool, schema))
+}
+
+#[tokio::test]
+async fn a_lost_rotation_response_keeps_the_session() {
+    let Some((h, pool, schema)) = one_instance(common::rotating()).await else {
+        return;
+    };
+    common::lost_rotation_response_keeps_the_session(&h).await;
+    drop_schema(&pool, &schema).await;
+}
+
+#[tokio::test]
+async fn a_rotation_write_that_times_out_converges() {
+    let Some((h, pool, schema)) = one_instance(common::rotating()).await else {
+        return;
+    };
+    common::rotation_write_that_times_out_converges(&h).await;
+    drop_schema(&pool, &schema).await;
+}
+
+#[tokio::test]
+async fn copied_and_superseded_secrets_are_reuse() {
+    let Some((h, pool, schema)) = one_instance(common::rotating()).await else {
+        return;
+    };
+    common::copied_cookie_after_confirmed_rotation_is_reuse(&h).await;
+    common::superseded_secret_is_reuse(&h).await;
+    drop_schema(&pool, &schema).await;
+}
+
+#[tokio::test]
+async fn corruption_names_the_record_but_never_its_lookup_key() {
+    let Some((h, pool, schema)) = one_instance(SessionConfig::default()).await else {
+        return;
+    };
+    let issued = h
+        .manager
+        .create_session("mallory", Data::new())
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "UPDATE \"{schema}\".{TABLE} SET created_at = 'infinity'"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let candidates = h.manager.key_ring().candidates([&issued.secret]);
+    let error = h
+        .store
+        .inner
+        .find_active(&candidates, common::T0)
+        .await
+        .unwrap_err();
+    let StoreError::Corrupt { id, .. } = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(*id, Some(issued.record.id));
+    let key = h
+        .manager
+        .key_ring()
+        .current_credential(&issued.secret)
+        .lookup_key;
+    let key: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let text = format!("{error} {error:?}");
+    assert!(!text.to_lowercase().contains(&key), "{text}");
+    drop_schema(&pool, &schema).await;
+}
+
+fn random_lookup_key() -> LookupKey {
+    let mut bytes = [0; 32];
+    bytes[..16].copy_from_slice(SessionId::generate().as_bytes());
+    bytes[16..].copy_from_slice(SessionId::generate().as_bytes());
+    LookupKey::from_bytes(bytes)
+}
+
+/// A live session of `planner` at `T0` with a fresh lookup key.
+fn planner_record() -> SessionRecord {
+    let t0 = common::T0;
+    SessionRecord {
+        id: SessionId::generate(),
+        generation: 0,
+        subject: Some("planner".into()),
+        created_at: t0,
+        authenticated_at: Some(t0),
+        last_seen_at: t0,
+        expires_at: t0 + time::Duration::hours(1),
+        absolute_expires_at: t0 + time::Duration::days(1),
+        idle_timeout: Duration::from_secs(3600),
+        persistent: false,
+        access_expires_at: t0 + time::Duration::minutes(15),
+        current: Credential {
+            lookup_key: random_lookup_key(),
+            key_version: KeyVersion(1),
+        },
+        previous: None,
+        superseded: None,
+        revoked: None,
+        user_agent: None,
+        client_ip: None,
+        data: Data::new(),
+    }
+}
+
+/// The plan counts of the statement this connection's sqlx cache prepared
+/// with text starting `prefix`, and the generic plan PostgreSQL builds for
+/// it: a copy prepared with the same parameter types and explained under
+/// `plan_cache_mode = force_generic_plan`.
+async fn generic_plan(conn: &mut PgConnection, prefix: &str, name: &str) -> (i64, i64, String) {
+    let (statement, types, generic, custom): (String, Vec<String>, i64, i64) = sqlx::query_as(
+        "SELECT statement, parameter_types::text[], generic_plans, custom_plans \
+         FROM pg_prepared_statements WHERE starts_with(statement, $1) AND NOT from_sql",
+    )
+    .bind(prefix)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(&format!(
+        "PREPARE {name} ({}) AS {statement}",
+        types.join(", ")
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let nulls = vec!["NULL"; types.len()].join(", ");
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE {name} ({nulls})"))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("RESET plan_cache_mode; DEALLOCATE {name}"))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    (generic, custom, plan.join("\n"))
+}
+
+/// Sequential and index scans so far of each table in `schema`, by name
+/// (this backend's own counts included).
+async fn scans(conn: &mut PgConnection, schema: &str) -> Vec<(String, i64, i64)> {
+    sqlx::raw_sql("SELECT pg_stat_force_next_flush(); SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query_as(
+        "SELECT relname::text, seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables \
+         WHERE schemaname = $1 ORDER BY relname",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap()
+}
+
+/// At 10^5 sessions, the lookup runs from a cached generic plan (re-planning
+/// on every call, as an `OR` across lookup-key columns or an array parameter
+/// made PostgreSQL do, costs more than the lookup itself) that probes the
+/// three lookup-key indexes: no sequential scan, no scan of the expiry
+/// index. Insert and replace are reused generic plans too, and no statement
+/// of the store, nor of the trigger that keeps lookup keys unique across
+/// slots, scans a table sequentially.
+#[tokio::test]
+async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
+    // One connection: `pg_prepared_statements` shows the session's own.
+    let Some(pool) = pool_of("ths-plans", 1).await else {
+        return;
+    };
+    let schema = unique("ths_plans");
+    let store = store_in(&pool, &schema).await;
+    let table = format!("\"{schema}\".{TABLE}");
+    // A third hold a previous secret, a tenth a superseded one.
+    sqlx::raw_sql(&format!(
+        "INSERT INTO {table} (id, generation, subject, created_at, authenticated_at, \
+         last_seen_at, expires_at, absolute_expires_at, idle_timeout_secs, persistent, \
+         access_expires_at, current_lookup_key, current_key_version, previous_lookup_key, \
+         previous_key_version, previous_rotated_at, superseded_lookup_key, \
+         superseded_key_version, data) \
+         SELECT substring(sha256(('id' || i)::bytea) FROM 1 FOR 16), 0, 'user' || (i % 5000), \
+         t, t, t, t + interval '1 hour', t + interval '1 day', 3600, false, t, \
+         sha256(('c' || i)::bytea), 1, \
+         CASE WHEN i % 3 = 0 THEN sha256(('p' || i)::bytea) END, \
+         CASE WHEN i % 3 = 0 THEN 1 END, CASE WHEN i % 3 = 0 THEN t END, \
+         CASE WHEN i % 10 = 0 THEN sha256(('s' || i)::bytea) END, \
+         CASE WHEN i % 10 = 0 THEN 1 END, '{{}}' \
+         FROM generate_series(1, 100000) AS i, \
+         (SELECT '2030-01-01 00:00+00'::timestamptz AS t) AS t0; \
+         ANALYZE {table}; ANALYZE \"{schema}\".tower_hmac_session_lookup_keys;"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let before = scans(&mut pool.acquire().await.unwrap(), &schema).await;
+
+    let mut current = planner_record();
+    store.insert(&current).await.unwrap();
+    for _ in 0..10 {
+        let inserted = planner_record();
+        store.insert(&inserted).await.unwrap();
+        let candidates = [Candidate {
+            key_version: KeyVersion(1),
+            lookup_key: inserted.current.lookup_key,
+            value_index: 0,
+        }];
+        let found = store.find_active(&candidates, common::T0).await.unwrap();
+        assert_eq!(found.len(), 1);
+        // A rotation: the trigger moves one key and adds another.
+        let mut next = SessionRecord {
+            generation: current.generation + 1,
+            ..current.clone()
+        };
+        next.previous = Some(tower_hmac_session::PreviousCredential {
+            credential: current.current,
+            rotated_at: common::T0,
+            valid_until: None,
+        });
+        next.current.lookup_key = random_lookup_key();
+        assert!(store.replace(&current, &next, common::T0).await.unwrap());
+        current = next;
+    }
+
+    let mut conn = pool.acquire().await.unwrap();
+    let after = scans(&mut conn, &schema).await;
+    assert_eq!(after.len(), 3, "{after:?}");
+    for ((table, seq_before, idx_before), (_, seq_after, idx_after)) in before.iter().zip(&after) {
+        assert_eq!(seq_before, seq_after, "sequential scans of {table}");
+        if !table.ends_with("migrations") {
+            assert!(idx_after > idx_before, "no index scan of {table}");
+        }
+    }
+    for (prefix, name) in [
+        ("SELECT 0 AS slot", "ths_lookup"),
+        ("INSERT INTO", "ths_insert"),
+        ("UPDATE", "ths_replace"),
+    ] {
+        let (generic, custom, plan) = generic_plan(&mut conn, prefix, name).await;
+        assert!(
+            generic > 0,
+            "{name}: re-planned on every call ({custom} custom plans)"
+        );
+        assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
+        assert!(!plan.contains("records_expires_at"), "{name}:\n{plan}");
+        if name == "ths_lookup" {
+            for column in ["current", "previous", "superseded"] {
+                assert!(
+                    plan.contains(&format!("records_{column}_lookup_key on")),
+                    "{name} does not probe the {column} index:\n{plan}"
+                );
+            }
+        }
+    }
+    drop(conn);
+    drop_schema(&pool, &schema).await;
+}
+
+#[tokio::test]
+async fn a_stale_replace_is_not_applied_even_when_its_new_key_is_taken() {
+    let Some(pool) = pool("ths-stale").await else {
+        return;
+    };
+    let schema = unique("ths_stale");
+    let store = store_in(&pool, &schema).await;
+    let (mine, theirs) = (planner_record(), planner_record());
+    store.insert(&mine).await.unwrap();
+    store.insert(&theirs).await.unwrap();
+    let successor = |r: &SessionRecord| SessionRecord {
+        generation: r.generation + 1,
+        ..r.clone()
+    };
+    let touched = successor(&mine);
+    assert!(store.replace(&mine, &touched, common::T0).await.unwrap());
+    // From the stale generation, with their key: the compare-and-swap
+    // fails first, so it is "not applied", not a conflict.
+    let mut stale = successor(&mine);
+    stale.current = theirs.current;
+    assert!(!store.replace(&mine, &stale, common::T0).await.unwrap());
+    // From the stored generation, the same key is a conflict.
+    let mut fresh = successor(&touched);
+    fresh.current = theirs.current;
+    let result = store.replace(&touched, &fresh, common::T0).await;
+    assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
+    drop_schema(&pool, &schema).await;
 }

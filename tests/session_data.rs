@@ -10,7 +10,7 @@ use common::{Harness, request, ring};
 use http::StatusCode;
 use tokio::sync::Barrier;
 use tower::ServiceExt as _;
-use tower_hmac_session::{MAX_DATA_LEN, Session, SessionConfig, SessionLayer};
+use tower_hmac_session::{MAX_DATA_LEN, Session, SessionConfig, SessionError, SessionLayer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_writing_different_keys_both_persist() {
@@ -142,18 +142,70 @@ async fn data_over_the_bound_or_with_nul_is_refused_alike_on_every_path() {
 async fn the_size_bound_holds_for_the_merged_result() {
     let h = Harness::with(SessionConfig::default(), ring(1, &[1]));
     let secret = h.login("alice").await;
-    // Two values that each fit alone but not together, written concurrently.
+    // Two values that each fit alone but not together. The slow request
+    // stages its value, then waits until the other request has written its own.
     let half = "y".repeat(MAX_DATA_LEN / 2 + 100);
-    let a = request("POST", &format!("/attr?key=a&value={half}"), Some(&secret));
-    let b = request("POST", &format!("/attr?key=b&value={half}"), Some(&secret));
-    let (ra, rb) = tokio::join!(h.router.clone().oneshot(a), h.router.clone().oneshot(b));
-    let statuses = [ra.unwrap().status(), rb.unwrap().status()];
-    assert!(statuses.contains(&StatusCode::OK), "{statuses:?}");
-    assert!(
-        statuses.contains(&StatusCode::INTERNAL_SERVER_ERROR),
-        "{statuses:?}"
+    let staged = Arc::new(tokio::sync::Notify::new());
+    let go = Arc::new(tokio::sync::Notify::new());
+    let app = axum::Router::new()
+        .route(
+            "/slow",
+            axum::routing::post({
+                let (staged, go, half) = (staged.clone(), go.clone(), half.clone());
+                move |session: Session| async move {
+                    session.insert("a", &half).unwrap();
+                    staged.notify_one();
+                    go.notified().await;
+                    "done"
+                }
+            }),
+        )
+        .layer(SessionLayer::new(h.manager.clone()));
+    let slow = tokio::spawn(app.oneshot(request("POST", "/slow", Some(&secret))));
+    staged.notified().await;
+    let other = h
+        .call("POST", &format!("/attr?key=b&value={half}"), Some(&secret))
+        .await;
+    assert_eq!(other.status, StatusCode::OK);
+    go.notify_one();
+    let slow = common::TestResponse::from(slow.await.unwrap().unwrap()).await;
+    // Refused at write time, on the merged result: the handler's answer
+    // becomes an error and nothing of it is stored.
+    assert_eq!(
+        (slow.status, slow.body.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "invalid session data")
     );
     let data = &h.records()[0].data;
-    assert_eq!(data.len(), 1);
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["b"]);
     assert!(serde_json::to_vec(data).unwrap().len() <= MAX_DATA_LEN);
+}
+
+#[tokio::test]
+async fn nul_characters_are_refused_on_login_and_outside_requests_too() {
+    let h = Harness::new();
+    let mut data = tower_hmac_session::Data::new();
+    data.insert("k".into(), "a\u{0}b".into());
+    let created = h.manager.create_session("alice", data.clone()).await;
+    assert!(
+        matches!(created, Err(SessionError::InvalidData(_))),
+        "{created:?}"
+    );
+    let app = axum::Router::new()
+        .route(
+            "/login",
+            axum::routing::post(move |session: Session| {
+                let data = data.clone();
+                async move { session.login_with_data("alice", data).await.map(|_| "in") }
+            }),
+        )
+        .layer(SessionLayer::new(h.manager.clone()));
+    let res =
+        common::TestResponse::from(app.oneshot(request("POST", "/login", None)).await.unwrap())
+            .await;
+    assert_eq!(
+        (res.status, res.body.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "invalid session data")
+    );
+    assert!(res.raw_set_cookies.is_empty());
+    assert!(h.records().is_empty());
 }

@@ -350,6 +350,62 @@ async fn parallel_requests_with_the_old_secret_after_a_rotation_are_served_and_r
     // now means two parties.
     let res = h.call("GET", "/maybe", Some(&new)).await;
     assert_eq!(res.body, "anonymous");
+    assert!(res.clears_cookie());
+    assert_eq!(res.header("cache-control"), Some("no-store"));
+    let revoked = h.records()[0].revoked.clone().expect("revoked");
+    assert_eq!(revoked.revocation.reason, RevocationReason::ReuseDetected);
+}
+
+#[tokio::test]
+async fn a_slow_request_that_arrived_in_flight_never_re_rotates() {
+    let h = Harness::with(common::rotating(), ring(1, &[1]));
+    let old = h.login("alice").await;
+    h.advance(16 * MIN);
+    let new = h.call("GET", "/me", Some(&old)).await.new_secret().unwrap();
+    // A request sent with the old secret arrives just after the rotation and
+    // runs past the grace; it must not re-rotate, or the new secret the
+    // client already holds would become superseded.
+    let res = h.call("POST", "/slow?secs=120", Some(&old)).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(res.raw_set_cookies.is_empty(), "{:?}", res.raw_set_cookies);
+    assert_eq!(Counts::get(&h.store.counts.rerotate_applied), 0);
+    let res = h.call("GET", "/me", Some(&new)).await;
+    assert_eq!(res.body, "alice");
+    assert!(h.records()[0].revoked.is_none());
+}
+
+#[tokio::test]
+async fn the_current_secret_beside_a_lost_rotations_previous_one_confirms_it() {
+    let h = Harness::with(common::rotating(), ring(1, &[1]));
+    let old = h.login("alice").await;
+    h.advance(16 * MIN);
+    let new = h.call("GET", "/me", Some(&old)).await.new_secret().unwrap();
+    h.advance(5 * MIN);
+    // Both cookies reach us, after the grace of the unconfirmed rotation:
+    // the best slot wins, the current one, and confirms.
+    let res = h
+        .send(common::request_with_secrets("/me", &[&old, &new]))
+        .await;
+    assert_eq!(res.body, "alice");
+    assert!(res.raw_set_cookies.is_empty());
+    assert_eq!(Counts::get(&h.store.counts.rerotate_applied), 0);
+    assert!(
+        h.records()[0].previous.unwrap().valid_until.is_some(),
+        "confirmed"
+    );
+}
+
+#[tokio::test]
+async fn a_re_rotation_response_is_not_stored_by_caches() {
+    let h = Harness::with(common::rotating(), ring(1, &[1]));
+    let old = h.login("alice").await;
+    h.advance(16 * MIN);
+    let rotated = h.call("GET", "/me", Some(&old)).await;
+    assert_eq!(rotated.header("cache-control"), Some("no-store"));
+    h.advance(5 * MIN);
+    let rerotated = h.call("GET", "/me", Some(&old)).await;
+    assert!(rerotated.new_secret().is_some());
+    assert_eq!(rerotated.header("cache-control"), Some("no-store"));
 }
 
 #[tokio::test]

@@ -1,11 +1,12 @@
-//! `SqliteStore`: the conformance suite, persistence across a restart, and
-//! corrupt rows.
+//! `SqliteStore`: the conformance suite, persistence across a restart, the
+//! rotation scenarios through a real Router, and corrupt rows.
 #![cfg(all(feature = "sqlite", feature = "conformance"))]
 
 mod common;
 
 use std::path::PathBuf;
 
+use common::Harness;
 use http::StatusCode;
 use tower_hmac_session::store::SqliteStore;
 use tower_hmac_session::{SessionConfig, SessionId, SessionStore, StoreError};
@@ -30,6 +31,14 @@ impl Drop for TempDb {
     }
 }
 
+/// A harness on a fresh database file (kept alive by the returned guard).
+async fn harness(config: SessionConfig) -> (Harness, SqliteStore, TempDb) {
+    let db = TempDb::new();
+    let store = SqliteStore::open(&db.0).await.unwrap();
+    let h = Harness::with_store(store.clone(), config, common::ring(1, &[1]));
+    (h, store, db)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_store_passes_the_conformance_suite() {
     let mut dbs = Vec::new();
@@ -50,11 +59,26 @@ async fn migrations_are_idempotent() {
     drop(store);
     let again = SqliteStore::open(&db.0).await.unwrap();
     let versions: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM tower_hmac_session_migrations")
+        sqlx::query_scalar("SELECT version FROM tower_hmac_session_records_migrations")
             .fetch_all(again.pool())
             .await
             .unwrap();
     assert_eq!(versions, [1]);
+    let unique: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE 'CREATE UNIQUE%' \
+         ORDER BY name",
+    )
+    .fetch_all(again.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        unique,
+        [
+            "tower_hmac_session_records_current_lookup_key",
+            "tower_hmac_session_records_previous_lookup_key",
+            "tower_hmac_session_records_superseded_lookup_key",
+        ]
+    );
 }
 
 #[tokio::test]
@@ -62,7 +86,7 @@ async fn a_session_survives_closing_and_reopening_the_database() {
     let db = TempDb::new();
     let secret = {
         let store = SqliteStore::open(&db.0).await.unwrap();
-        let h = common::Harness::with_store(
+        let h = Harness::with_store(
             store.clone(),
             SessionConfig::default(),
             common::ring(1, &[1]),
@@ -72,37 +96,63 @@ async fn a_session_survives_closing_and_reopening_the_database() {
         secret
     };
     let store = SqliteStore::open(&db.0).await.unwrap();
-    let h = common::Harness::with_store(store, SessionConfig::default(), common::ring(1, &[1]));
+    let h = Harness::with_store(store, SessionConfig::default(), common::ring(1, &[1]));
     let res = h.call("GET", "/me", Some(&secret)).await;
     assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "alice"));
 }
 
 #[tokio::test]
+async fn a_lost_rotation_response_keeps_the_session() {
+    let (h, _store, _db) = harness(common::rotating()).await;
+    common::lost_rotation_response_keeps_the_session(&h).await;
+}
+
+#[tokio::test]
+async fn a_rotation_write_that_times_out_converges() {
+    let (h, _store, _db) = harness(common::rotating()).await;
+    common::rotation_write_that_times_out_converges(&h).await;
+}
+
+#[tokio::test]
+async fn a_copied_cookie_after_a_confirmed_rotation_is_reuse() {
+    let (h, _store, _db) = harness(common::rotating()).await;
+    common::copied_cookie_after_confirmed_rotation_is_reuse(&h).await;
+}
+
+#[tokio::test]
+async fn a_superseded_secret_is_reuse() {
+    let (h, _store, _db) = harness(common::rotating()).await;
+    common::superseded_secret_is_reuse(&h).await;
+}
+
+#[tokio::test]
 async fn corrupt_rows_are_reported_as_corruption() {
-    let db = TempDb::new();
-    let store = SqliteStore::open(&db.0).await.unwrap();
-    let h = common::Harness::with_store(
-        store.clone(),
-        SessionConfig::default(),
-        common::ring(1, &[1]),
-    );
+    let (h, store, _db) = harness(SessionConfig::default()).await;
     let cases = [
-        "attributes = 'not json'",
-        "attributes = '[1, 2]'",
+        "data = 'not json'",
+        "data = '[1, 2]'",
+        r#"data = '{"a": "\u0000"}'"#,
         "subject = ''",
+        "subject = NULL",
         "revoked_reason = 'bogus'",
         "previous_key_version = 3",
+        "superseded_key_version = 1",
         "current_key_version = -5",
+        "generation = -1",
+        "idle_timeout_secs = 0",
+        "persistent = 2",
+        "client_ip = 'localhost'",
         "expires_at = absolute_expires_at + 1",
         "id = x'0102'",
         "created_at = 9223372036854775807",
-        "previous_lookup_key = x'0102', previous_key_version = 1, previous_valid_until = 0",
+        "last_seen_at = -9223372036854775808",
+        "previous_lookup_key = x'0102', previous_key_version = 1, previous_rotated_at = 0",
     ];
     common::assert_damage_is_corruption(&h, &cases, |user, _id, set| {
         let pool = store.pool().clone();
         async move {
             sqlx::query(&format!(
-                "UPDATE tower_hmac_sessions SET {set} WHERE subject = ?1"
+                "UPDATE tower_hmac_session_records SET {set} WHERE subject = ?1"
             ))
             .bind(user)
             .execute(&pool)
@@ -116,4 +166,99 @@ async fn corrupt_rows_are_reported_as_corruption() {
         matches!(listed, Err(StoreError::Corrupt { .. })),
         "{listed:?}"
     );
+}
+
+#[tokio::test]
+async fn corruption_names_the_record_but_never_its_lookup_key() {
+    let (h, store, _db) = harness(SessionConfig::default()).await;
+    let issued = h
+        .manager
+        .create_session("mallory", Default::default())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tower_hmac_session_records SET persistent = 7")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let candidates = h.manager.key_ring().candidates([&issued.secret]);
+    let error = store
+        .find_active(&candidates, common::T0)
+        .await
+        .unwrap_err();
+    let StoreError::Corrupt { id, .. } = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(*id, Some(issued.record.id));
+    let text = format!("{error} {error:?}");
+    let key = h
+        .manager
+        .key_ring()
+        .current_credential(&issued.secret)
+        .lookup_key;
+    let key = hex_of(key.as_bytes());
+    assert!(!text.to_lowercase().contains(&key), "{text}");
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_lookup_key() -> tower_hmac_session::LookupKey {
+    let mut bytes = [0; 32];
+    bytes[..16].copy_from_slice(SessionId::generate().as_bytes());
+    bytes[16..].copy_from_slice(SessionId::generate().as_bytes());
+    tower_hmac_session::LookupKey::from_bytes(bytes)
+}
+
+/// A live session of `subject` at `T0` with a fresh lookup key.
+fn record(subject: &str) -> tower_hmac_session::SessionRecord {
+    let t0 = common::T0;
+    tower_hmac_session::SessionRecord {
+        id: SessionId::generate(),
+        generation: 0,
+        subject: Some(subject.into()),
+        created_at: t0,
+        authenticated_at: Some(t0),
+        last_seen_at: t0,
+        expires_at: t0 + time::Duration::hours(1),
+        absolute_expires_at: t0 + time::Duration::days(1),
+        idle_timeout: std::time::Duration::from_secs(3600),
+        persistent: false,
+        access_expires_at: t0 + time::Duration::minutes(15),
+        current: tower_hmac_session::Credential {
+            lookup_key: random_lookup_key(),
+            key_version: tower_hmac_session::KeyVersion(1),
+        },
+        previous: None,
+        superseded: None,
+        revoked: None,
+        user_agent: None,
+        client_ip: None,
+        data: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn a_stale_replace_is_not_applied_even_when_its_new_key_is_taken() {
+    let db = TempDb::new();
+    let store = SqliteStore::open(&db.0).await.unwrap();
+    let (mine, theirs) = (record("alice"), record("bob"));
+    store.insert(&mine).await.unwrap();
+    store.insert(&theirs).await.unwrap();
+    let successor = |r: &tower_hmac_session::SessionRecord| tower_hmac_session::SessionRecord {
+        generation: r.generation + 1,
+        ..r.clone()
+    };
+    let touched = successor(&mine);
+    assert!(store.replace(&mine, &touched, common::T0).await.unwrap());
+    // From the stale generation, with their key: the compare-and-swap
+    // fails first, so it is "not applied", not a conflict.
+    let mut stale = successor(&mine);
+    stale.current = theirs.current;
+    assert!(!store.replace(&mine, &stale, common::T0).await.unwrap());
+    // From the stored generation, the same key is a conflict.
+    let mut fresh = successor(&touched);
+    fresh.current = theirs.current;
+    let result = store.replace(&touched, &fresh, common::T0).await;
+    assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
 }

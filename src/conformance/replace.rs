@@ -227,6 +227,17 @@ pub(super) async fn replace_refuses_invalid_successors(store: Store) {
             "one lookup key in current and previous",
             edit(|n| n.previous = Some(previous(n.current, 1, None))),
         ),
+        (
+            "a revocation (revocations go through `revoke`)",
+            edit(|n| {
+                n.revoked = Some(crate::record::Revoked {
+                    at: t(5),
+                    revocation: crate::record::Revocation::new(
+                        crate::record::RevocationReason::Admin,
+                    ),
+                })
+            }),
+        ),
     ];
     for (what, next) in &cases {
         let result = store.replace(&r, next, t(10)).await;

@@ -313,7 +313,9 @@ forward_store!(Arc<S>);
 forward_store!(Box<S>);
 
 /// Checks what [`SessionStore::replace`] requires of `next` before a store
-/// writes it: valid, and `current`'s successor.
+/// writes it: valid, `current`'s successor (same id, subject, creation time
+/// and absolute expiry; generation one more), and not revoked (revocations
+/// go through [`SessionStore::revoke`]).
 pub fn check_successor(current: &SessionRecord, next: &SessionRecord) -> Result<(), StoreError> {
     next.validate().map_err(StoreError::Invalid)?;
     if next.id != current.id
@@ -324,6 +326,10 @@ pub fn check_successor(current: &SessionRecord, next: &SessionRecord) -> Result<
         return Err(StoreError::Invalid(
             "a replacement changes the id, subject, creation time or absolute expiry",
         ));
+    }
+    if next.revoked.is_some() {
+        // Revocations go through `revoke`, which keeps them monotonic.
+        return Err(StoreError::Invalid("a replacement may not revoke the session"));
     }
     if Some(next.generation) != current.generation.checked_add(1) {
         return Err(StoreError::Invalid(

@@ -3,23 +3,33 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::Row as _;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{
+    PgArgumentBuffer, PgArguments, PgPool, PgPoolOptions, PgRow, PgTypeInfo, PgValueFormat,
+    PgValueRef, Postgres,
+};
 use time::OffsetDateTime;
 
-use super::raw::RawRecord;
-use super::sql::{Dialect, Queries, raw_from_row, sql_store_impl, sqlx_error};
-use crate::keys::Candidate;
-use crate::record::{Revocation, RevokeOutcome, SessionId};
+use super::raw::{RawRecord, to_micros};
+use super::sql::{Dialect, DialectRow, Queries, Value, mutable_values, sql_store_impl, sqlx_error};
+use crate::record::{Revocation, RevokeOutcome, SessionId, SessionRecord};
 use crate::store::StoreError;
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
 /// A [`SessionStore`](crate::SessionStore) in PostgreSQL (feature
 /// `postgres`): every app instance on the same database sees every login
 /// and revocation on its next request.
 ///
-/// The table `tower_hmac_sessions` lives in a schema of your choice
-/// (default `public`). [`connect`](Self::connect) creates and migrates it;
-/// migrations take a transaction-scoped advisory lock, so instances starting
-/// together migrate once. The read path is one statement; every write is one
+/// The table `tower_hmac_session_records` (and `tower_hmac_session_lookup_keys`,
+/// which a trigger keeps holding every lookup key, so that no key can have
+/// two holders even across slots and concurrent transactions) lives in a
+/// schema of your choice (default `public`). [`connect`](Self::connect)
+/// creates and migrates it; migrations take a transaction-scoped advisory
+/// lock, so instances starting together migrate once. The read path is one
+/// statement, planned once per connection and reused; every write is one
 /// conditional statement (the compare-and-swap is its `WHERE` clause, which
 /// Postgres re-checks after taking the row lock).
 ///
@@ -85,12 +95,10 @@ impl PostgresStore {
                 "a schema name is 1-63 lowercase ASCII letters, digits and `_`",
             ));
         }
-        let table = format!("\"{schema}\".tower_hmac_sessions");
-        let migrations = format!("\"{schema}\".tower_hmac_session_migrations");
         Ok(Self {
             pool,
             schema: schema.to_owned(),
-            queries: Arc::new(Queries::new(Dialect::Postgres, &table, &migrations)),
+            queries: Arc::new(Queries::new(Dialect::Postgres, Some(schema))),
         })
     }
 
@@ -148,36 +156,57 @@ impl PostgresStore {
         tx.commit().await.map_err(err)
     }
 
-    async fn find_active_sql(
+    fn bind<'q>(query: PgQuery<'q>, value: Value<'q>) -> PgQuery<'q> {
+        match value {
+            Value::Bytes(bytes) => query.bind(bytes),
+            Value::Int(int) => query.bind(int),
+            Value::Time(micros) => query.bind(micros.map(Timestamp)),
+            // JSON is bound as text and cast to `jsonb` in the statement.
+            Value::Text(text) => query.bind(text),
+            Value::Json(json) => query.bind(json),
+            Value::Bool(flag) => query.bind(flag),
+        }
+    }
+
+    async fn replace_sql(
         &self,
-        candidates: &[Candidate],
+        current: &SessionRecord,
+        expected: i64,
+        next: &RawRecord,
         now: OffsetDateTime,
-    ) -> Result<Option<PgRow>, StoreError> {
-        let keys: Vec<&[u8]> = candidates
-            .iter()
-            .map(|c| &c.lookup_key.as_bytes()[..])
-            .collect();
-        sqlx::query(&self.queries.find_active(candidates.len()))
-            .bind(keys)
-            .bind(now)
-            .fetch_optional(&self.pool)
+    ) -> Result<bool, StoreError> {
+        let mut query = sqlx::query(&self.queries.replace)
+            .bind(&current.id.as_bytes()[..])
+            .bind(expected)
+            .bind(timestamp(now));
+        for value in mutable_values(next) {
+            query = Self::bind(query, value);
+        }
+        // A new lookup key another record holds is a unique violation (of
+        // a column's index or of the lookup-keys table): `Conflict`, and
+        // nothing applied.
+        let done = query
+            .execute(&self.pool)
             .await
-            .map_err(|e| sqlx_error("find_active", e))
+            .map_err(|e| sqlx_error("replace", e))?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn revoke_sql(
         &self,
         id: &SessionId,
+        subject: Option<&str>,
         now: OffsetDateTime,
         revocation: &Revocation,
     ) -> Result<RevokeOutcome, StoreError> {
         // One statement: the update and, from the same snapshot, whether the
-        // record exists at all.
+        // record exists at all (as the subject's, when one is given).
         let (found, revoked): (bool, bool) = sqlx::query_as(&self.queries.revoke)
             .bind(&id.as_bytes()[..])
-            .bind(now)
+            .bind(timestamp(now))
             .bind(revocation.reason.as_str())
             .bind(revocation.actor.as_deref())
+            .bind(subject)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| sqlx_error("revoke", e))?;
@@ -189,13 +218,65 @@ impl PostgresStore {
     }
 }
 
-fn raw_from_pg(row: &PgRow) -> Result<RawRecord, StoreError> {
-    raw_from_row!(row, Option<OffsetDateTime>, Some)
+/// Microseconds from the Unix epoch to PostgreSQL's, 2000-01-01 UTC.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// A `TIMESTAMPTZ` as microseconds since the Unix epoch.
+///
+/// Decoded by hand: sqlx's `OffsetDateTime` decoding panics on a stored
+/// value past the year 9999 (`infinity`, say), and a damaged row must be
+/// reported as corruption, never crash the request.
+#[derive(Clone, Copy, Debug)]
+struct Timestamp(i64);
+
+fn timestamp(t: OffsetDateTime) -> Timestamp {
+    Timestamp(to_micros(t))
 }
 
-/// Postgres binds timestamps as `TIMESTAMPTZ` directly.
-fn timestamptz(t: OffsetDateTime) -> OffsetDateTime {
-    t
+impl sqlx::Type<Postgres> for Timestamp {
+    fn type_info() -> PgTypeInfo {
+        <OffsetDateTime as sqlx::Type<Postgres>>::type_info()
+    }
 }
 
-sql_store_impl!(PostgresStore, ts = timestamptz, row = raw_from_pg);
+impl sqlx::Encode<'_, Postgres> for Timestamp {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        let micros = self
+            .0
+            .checked_sub(PG_EPOCH_MICROS)
+            .ok_or("a timestamp is out of range")?;
+        <i64 as sqlx::Encode<'_, Postgres>>::encode_by_ref(&micros, buf)
+    }
+
+    fn size_hint(&self) -> usize {
+        std::mem::size_of::<i64>()
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Postgres> for Timestamp {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        if value.format() != PgValueFormat::Binary {
+            return Err("a timestamp was not sent in binary".into());
+        }
+        let bytes: [u8; 8] = value
+            .as_bytes()?
+            .try_into()
+            .map_err(|_| "a timestamp is not 8 bytes")?;
+        i64::from_be_bytes(bytes)
+            .checked_add(PG_EPOCH_MICROS)
+            .map(Self)
+            .ok_or_else(|| "a timestamp is out of range".into())
+    }
+}
+
+impl DialectRow for PgRow {
+    fn micros(&self, name: &str) -> Result<Option<i64>, sqlx::Error> {
+        Ok(self.try_get::<Option<Timestamp>, _>(name)?.map(|t| t.0))
+    }
+
+    fn persistent(&self) -> Result<i64, sqlx::Error> {
+        Ok(i64::from(self.try_get::<bool, _>("persistent")?))
+    }
+}
+
+sql_store_impl!(PostgresStore, ts = timestamp);

@@ -1,12 +1,33 @@
 //! The SQL shared by [`SqliteStore`](super::SqliteStore) and
-//! [`PostgresStore`](super::PostgresStore): one text per operation, written
-//! once with `$n` parameters and rendered for each dialect.
+//! [`PostgresStore`](super::PostgresStore): the schema and one text per
+//! operation, written once with `$n` parameters and rendered for each
+//! dialect, and the parts of the [`SessionStore`](crate::SessionStore)
+//! implementation that are the same on both.
 //!
 //! Every write is a single conditional statement, so it is atomic on both
 //! databases and a lost race changes nothing: `UPDATE … WHERE id = $1 AND
-//! current_lookup_key = $2 AND revoked_at IS NULL …` is the compare-and-swap.
+//! generation = $2 AND revoked_at IS NULL …` is the compare-and-swap.
+//!
+//! No lookup key may be held twice, in any slot of any record. Each
+//! lookup-key column has a unique index; across columns, SQLite's writes
+//! check the other columns in the same statement (a write statement holds
+//! the database's write lock from before it reads, so the check cannot
+//! race), and PostgreSQL, whose concurrent statements can, keeps every key
+//! in a table of its own whose primary key refuses a second holder
+//! (maintained by a trigger, so no write path can forget it).
+//!
+//! Every statement finds its rows through one index lookup per column, never
+//! an `OR` across lookup-key columns: the lookup is a `UNION ALL` of
+//! single-column `IN` lists, one parameter per lookup key, so PostgreSQL's
+//! cached generic plan is the same index scans as a custom one and is reused
+//! rather than re-planned (an array parameter, `= ANY($1)`, is estimated at
+//! ten elements in a generic plan, which then looks dearer than a custom plan
+//! and is never chosen).
+
+use sqlx::Row;
 
 use crate::store::StoreError;
+use crate::store::raw::{RawRecord, session_id};
 
 /// The SQL dialect to render.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,141 +38,335 @@ pub(crate) enum Dialect {
     Postgres,
 }
 
-/// The columns of a record, in the order every `SELECT` returns them.
-const COLUMNS: [&str; 16] = [
-    "id",
-    "subject",
-    "created_at",
-    "last_seen_at",
-    "expires_at",
-    "absolute_expires_at",
-    "access_expires_at",
+/// How a column's values are stored and bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Bytes,
+    Int,
+    /// SQLite: integer microseconds since the Unix epoch; PostgreSQL:
+    /// `TIMESTAMPTZ` (microsecond precision).
+    Time,
+    Text,
+    /// SQLite: `0` or `1`; PostgreSQL: `BOOLEAN`.
+    Bool,
+    /// SQLite: JSON text; PostgreSQL: `JSONB`.
+    Json,
+}
+
+/// One column of the sessions table.
+struct Column {
+    name: &'static str,
+    kind: Kind,
+    nullable: bool,
+    /// Whether [`SessionStore::replace`](crate::SessionStore::replace)
+    /// writes it (`id`, `subject`, `created_at` and `absolute_expires_at`
+    /// never change).
+    mutable: bool,
+}
+
+const fn column(name: &'static str, kind: Kind, nullable: bool, mutable: bool) -> Column {
+    Column {
+        name,
+        kind,
+        nullable,
+        mutable,
+    }
+}
+
+/// The columns, in the order of [`values`] and of every `SELECT`.
+const COLUMNS: [Column; 25] = {
+    use Kind::*;
+    [
+        column("id", Bytes, false, false),
+        column("generation", Int, false, true),
+        column("subject", Text, true, false),
+        column("created_at", Time, false, false),
+        column("authenticated_at", Time, true, true),
+        column("last_seen_at", Time, false, true),
+        column("expires_at", Time, false, true),
+        column("absolute_expires_at", Time, false, false),
+        column("idle_timeout_secs", Int, false, true),
+        column("persistent", Bool, false, true),
+        column("access_expires_at", Time, false, true),
+        column("current_lookup_key", Bytes, false, true),
+        column("current_key_version", Int, false, true),
+        column("previous_lookup_key", Bytes, true, true),
+        column("previous_key_version", Int, true, true),
+        column("previous_rotated_at", Time, true, true),
+        column("previous_valid_until", Time, true, true),
+        column("superseded_lookup_key", Bytes, true, true),
+        column("superseded_key_version", Int, true, true),
+        column("revoked_at", Time, true, true),
+        column("revoked_reason", Text, true, true),
+        column("revoked_actor", Text, true, true),
+        column("user_agent", Text, true, true),
+        column("client_ip", Text, true, true),
+        column("data", Json, false, true),
+    ]
+};
+
+/// The columns holding lookup keys, in [`Slot`](crate::Slot) order: a
+/// lookup reports the position of the column that matched.
+const LOOKUP_KEY_COLUMNS: [&str; 3] = [
     "current_lookup_key",
-    "current_key_version",
     "previous_lookup_key",
-    "previous_key_version",
-    "previous_valid_until",
-    "revoked_at",
-    "revoked_reason",
-    "revoked_actor",
-    "attributes",
+    "superseded_lookup_key",
 ];
+
+/// The positions (1-based, as `$n`) of the lookup keys among the insert's
+/// parameters, which follow [`COLUMNS`].
+const INSERT_KEY_PARAMS: [usize; 3] = [12, 14, 18];
+
+/// The most distinct lookup keys one lookup binds with a prepared text;
+/// more get a text of their own, rendered per call.
+const PREPARED_LOOKUPS: usize = crate::keys::MAX_COOKIE_VALUES * crate::keys::MAX_KEY_VERSIONS;
+
+/// One value to bind. Deliberately not `Debug`: it holds lookup keys.
+#[derive(Clone, Copy)]
+pub(crate) enum Value<'a> {
+    Bytes(Option<&'a [u8]>),
+    Int(Option<i64>),
+    /// Microseconds since the Unix epoch.
+    Time(Option<i64>),
+    Text(Option<&'a str>),
+    Bool(bool),
+    Json(&'a str),
+}
+
+/// The values of `raw` in [`COLUMNS`] order.
+fn values(raw: &RawRecord) -> [Value<'_>; 25] {
+    use Value::*;
+    [
+        Bytes(Some(&raw.id)),
+        Int(Some(raw.generation)),
+        Text(raw.subject.as_deref()),
+        Time(raw.created_at),
+        Time(raw.authenticated_at),
+        Time(raw.last_seen_at),
+        Time(raw.expires_at),
+        Time(raw.absolute_expires_at),
+        Int(Some(raw.idle_timeout_secs)),
+        Bool(raw.persistent != 0),
+        Time(raw.access_expires_at),
+        Bytes(Some(&raw.current_lookup_key)),
+        Int(Some(raw.current_key_version)),
+        Bytes(raw.previous_lookup_key.as_deref()),
+        Int(raw.previous_key_version),
+        Time(raw.previous_rotated_at),
+        Time(raw.previous_valid_until),
+        Bytes(raw.superseded_lookup_key.as_deref()),
+        Int(raw.superseded_key_version),
+        Time(raw.revoked_at),
+        Text(raw.revoked_reason.as_deref()),
+        Text(raw.revoked_actor.as_deref()),
+        Text(raw.user_agent.as_deref()),
+        Text(raw.client_ip.as_deref()),
+        Json(&raw.data),
+    ]
+}
+
+/// The values an insert binds: every column, in [`COLUMNS`] order.
+pub(crate) fn insert_values(raw: &RawRecord) -> [Value<'_>; 25] {
+    values(raw)
+}
+
+/// The values a replace binds after its leading parameters: the mutable
+/// columns, in [`COLUMNS`] order.
+pub(crate) fn mutable_values(raw: &RawRecord) -> impl Iterator<Item = Value<'_>> {
+    COLUMNS
+        .iter()
+        .zip(values(raw))
+        .filter(|(c, _)| c.mutable)
+        .map(|(_, v)| v)
+}
+
+/// The lookup keys `next` holds that `current` does not: those a replace
+/// must check against other records (SQLite). `None` where there is none,
+/// so there are always three to bind.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn new_lookup_keys<'a>(
+    current: &crate::record::SessionRecord,
+    next: &'a RawRecord,
+) -> [Option<&'a [u8]>; 3] {
+    let held: Vec<crate::keys::LookupKey> =
+        current.credentials().map(|(_, c)| c.lookup_key).collect();
+    [
+        Some(next.current_lookup_key.as_slice()),
+        next.previous_lookup_key.as_deref(),
+        next.superseded_lookup_key.as_deref(),
+    ]
+    .map(|key| key.filter(|k| !held.iter().any(|h| h.as_bytes() == *k)))
+}
+
+/// The sessions table.
+const TABLE: &str = "tower_hmac_session_records";
+/// PostgreSQL only: every lookup key held, with its record's id.
+const LOOKUP_KEYS_TABLE: &str = "tower_hmac_session_lookup_keys";
 
 /// The rendered statements of one store.
 #[derive(Debug)]
 pub(crate) struct Queries {
     pub(crate) dialect: Dialect,
+    table: String,
+    select_list: String,
     pub(crate) migrations_table: String,
     /// `(version, statements)`, applied in order, each once.
     pub(crate) migrations: Vec<(i64, String)>,
-    select: String,
-    /// `$1` … `$16`: the columns in [`COLUMNS`] order.
+    /// `find_active[n - 1]` looks up `n` keys; see [`Self::find_active`].
+    find_active: Vec<String>,
+    /// `$1` id, `$2` now.
+    pub(crate) get_active: String,
+    /// `$1` … `$25`: the columns in [`COLUMNS`] order. SQLite: inserts
+    /// nothing if a lookup key of the record is in any lookup-key column;
+    /// PostgreSQL: the lookup-keys table's primary key refuses it.
     pub(crate) insert: String,
-    /// `$1` id, `$2` expected, `$3` new key, `$4` new version,
-    /// `$5` previous valid until, `$6` last seen, `$7` expires, `$8` access expires.
-    pub(crate) rotate: String,
-    /// `$1` id, `$2` last seen, `$3` expires.
-    pub(crate) touch: String,
-    /// `$1` id, `$2` expected, `$3` new key, `$4` new version.
-    pub(crate) rekey_current: String,
-    /// As `rekey_current`.
-    pub(crate) rekey_previous: String,
-    /// `$1` id, `$2` attributes JSON, `$3` now.
-    pub(crate) update_attributes: String,
-    /// `$1` id, `$2` now, `$3` reason, `$4` actor. Postgres: returns
-    /// `(found, revoked)`; SQLite: a plain update, then `exists`.
+    /// `$1` id, `$2` expected generation, `$3` now; SQLite: `$4` … `$6` the
+    /// new lookup keys (or null) and `$7` … the mutable columns in
+    /// [`COLUMNS`] order (the update does not apply on a clash: then ask
+    /// [`Self::clash`]); PostgreSQL: `$4` … the mutable columns (a clash is
+    /// a unique violation).
+    pub(crate) replace: String,
+    /// SQLite, after a replace that did not apply, with its first six
+    /// parameters: whether the compare-and-swap's condition holds and
+    /// another record holds one of the new keys (a conflict), rather than
+    /// the condition failing (not applied, whatever the keys).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) clash: String,
+    /// `$1` id, `$2` now, `$3` reason, `$4` actor, `$5` subject (or null).
+    /// PostgreSQL: returns `(found, revoked)`; SQLite: a plain update, then
+    /// [`Self::exists`].
     pub(crate) revoke: String,
-    /// `$1` id.
+    /// `$1` id, `$2` subject (or null).
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) exists: String,
     /// `$1` subject, `$2` now, `$3` reason, `$4` actor, `$5` except.
     pub(crate) revoke_all: String,
     /// `$1` subject, `$2` now.
     pub(crate) list: String,
-    /// `$1` now: `(key_version, count)` rows.
+    /// `$1` now, `$2` seen since: `(key_version, recent, dormant)` rows.
     pub(crate) count: String,
     /// `$1` now.
     pub(crate) purge: String,
 }
 
+/// `revoked_at IS NULL AND expires_at > {now} AND absolute_expires_at > {now}`.
+fn active(now: &str) -> String {
+    format!("revoked_at IS NULL AND expires_at > {now} AND absolute_expires_at > {now}")
+}
+
 impl Queries {
-    /// Renders every statement for `table` (already quoted and qualified as
-    /// needed) and `migrations_table`.
-    pub(crate) fn new(dialect: Dialect, table: &str, migrations_table: &str) -> Self {
-        let (least, json, attributes) = match dialect {
-            Dialect::Sqlite => ("MIN", "$2", "attributes"),
-            Dialect::Postgres => ("LEAST", "$2::jsonb", "attributes::text AS attributes"),
+    /// Renders every statement of `dialect`, for the tables in `schema`
+    /// (PostgreSQL; SQLite has none).
+    pub(crate) fn new(dialect: Dialect, schema: Option<&str>) -> Self {
+        let qualified = |name: &str| match schema {
+            Some(schema) => format!("\"{schema}\".{name}"),
+            None => name.to_owned(),
         };
+        let table = &qualified(TABLE);
         let select_list = COLUMNS
-            .map(|c| if c == "attributes" { attributes } else { c })
-            .join(", ");
-        let active = |now: &str| {
-            format!("revoked_at IS NULL AND expires_at > {now} AND absolute_expires_at > {now}")
-        };
-        let params: Vec<String> = (1..=COLUMNS.len())
-            .map(|i| match (dialect, i) {
-                (Dialect::Postgres, 16) => "$16::jsonb".to_owned(),
-                _ => format!("${i}"),
+            .iter()
+            .map(|c| match (dialect, c.kind) {
+                (Dialect::Postgres, Kind::Json) => format!("{0}::text AS {0}", c.name),
+                _ => c.name.to_owned(),
             })
-            .collect();
+            .collect::<Vec<_>>()
+            .join(", ");
+        let param = |i: usize, kind: Kind| match (dialect, kind) {
+            (Dialect::Postgres, Kind::Json) => format!("${i}::jsonb"),
+            _ => format!("${i}"),
+        };
+        // Whether another record (than `except`) holds one of `keys`: one
+        // index lookup per lookup-key column.
+        let clash = |keys: &str, except: Option<&str>| {
+            let except = except
+                .map(|id| format!(" AND id <> {id}"))
+                .unwrap_or_default();
+            LOOKUP_KEY_COLUMNS
+                .map(|column| {
+                    format!("EXISTS (SELECT 1 FROM {table} WHERE {column} IN ({keys}){except})")
+                })
+                .join(" OR ")
+        };
+        let insert_keys = INSERT_KEY_PARAMS.map(|i| format!("${i}")).join(", ");
+        let first_mutable = match dialect {
+            Dialect::Sqlite => 7,
+            Dialect::Postgres => 4,
+        };
+        let replace_set = COLUMNS
+            .iter()
+            .filter(|c| c.mutable)
+            .enumerate()
+            .map(|(i, c)| format!("{} = {}", c.name, param(first_mutable + i, c.kind)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let replace_update = format!(
+            "UPDATE {table} SET {replace_set} WHERE id = $1 AND generation = $2 AND {}",
+            active("$3")
+        );
         let revoke_set = "revoked_at = $2, revoked_reason = $3, revoked_actor = $4";
-        let revoke_update =
-            format!("UPDATE {table} SET {revoke_set} WHERE id = $1 AND revoked_at IS NULL");
+        let subject_matches = |p: &str| format!("({p} IS NULL OR subject = {p})");
+        let revoke_update = format!(
+            "UPDATE {table} SET {revoke_set} WHERE id = $1 AND revoked_at IS NULL AND {}",
+            subject_matches("$5")
+        );
         let render = |sql: String| match dialect {
             // SQLite numbers its parameters `?NNN`.
             Dialect::Sqlite => sql.replace('$', "?"),
             Dialect::Postgres => sql,
         };
-        Self {
+        let mut queries = Self {
             dialect,
-            migrations_table: migrations_table.to_owned(),
-            migrations: migrations(dialect, table)
+            table: table.to_owned(),
+            select_list: select_list.clone(),
+            migrations_table: qualified(&format!("{TABLE}_migrations")),
+            migrations: migrations(dialect, schema)
                 .into_iter()
                 .map(|(v, sql)| (v, render(sql)))
                 .collect(),
-            select: format!("SELECT {select_list} FROM {table}"),
-            insert: render(format!(
-                "INSERT INTO {table} ({columns}) SELECT {values} WHERE NOT EXISTS \
-                 (SELECT 1 FROM {table} WHERE id = $1 \
-                 OR current_lookup_key IN ($8, $10) OR previous_lookup_key IN ($8, $10))",
-                columns = COLUMNS.join(", "),
-                values = params.join(", "),
-            )),
-            rotate: render(format!(
-                "UPDATE {table} SET previous_lookup_key = current_lookup_key, \
-                 previous_key_version = current_key_version, previous_valid_until = $5, \
-                 current_lookup_key = $3, current_key_version = $4, last_seen_at = $6, \
-                 expires_at = {least}($7, absolute_expires_at), access_expires_at = $8 \
-                 WHERE id = $1 AND current_lookup_key = $2 AND {}",
-                active("$6")
-            )),
-            touch: render(format!(
-                "UPDATE {table} SET last_seen_at = $2, expires_at = {least}($3, absolute_expires_at) \
-                 WHERE id = $1 AND last_seen_at < $2 AND {}",
+            find_active: Vec::new(),
+            get_active: render(format!(
+                "SELECT {select_list} FROM {table} WHERE id = $1 AND {}",
                 active("$2")
             )),
-            rekey_current: render(format!(
-                "UPDATE {table} SET current_lookup_key = $3, current_key_version = $4 \
-                 WHERE id = $1 AND current_lookup_key = $2 AND revoked_at IS NULL"
+            insert: render(format!(
+                "INSERT INTO {table} ({columns}) SELECT {values}{unique}",
+                columns = COLUMNS.map(|c| c.name).join(", "),
+                values = COLUMNS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| param(i + 1, c.kind))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                unique = match dialect {
+                    Dialect::Sqlite => format!(" WHERE NOT ({})", clash(&insert_keys, None)),
+                    Dialect::Postgres => String::new(),
+                },
             )),
-            rekey_previous: render(format!(
-                "UPDATE {table} SET previous_lookup_key = $3, previous_key_version = $4 \
-                 WHERE id = $1 AND previous_lookup_key = $2 AND revoked_at IS NULL"
-            )),
-            update_attributes: render(format!(
-                "UPDATE {table} SET attributes = {json} WHERE id = $1 AND {}",
-                active("$3")
+            replace: render(match dialect {
+                Dialect::Sqlite => format!(
+                    "{replace_update} AND NOT ({})",
+                    clash("$4, $5, $6", Some("$1"))
+                ),
+                Dialect::Postgres => replace_update,
+            }),
+            clash: render(format!(
+                "SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1 AND generation = $2 AND {}) \
+                 AND ({})",
+                active("$3"),
+                clash("$4, $5, $6", Some("$1"))
             )),
             revoke: render(match dialect {
                 Dialect::Sqlite => revoke_update,
                 Dialect::Postgres => format!(
                     "WITH updated AS ({revoke_update} RETURNING 1) \
-                     SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1), \
-                     EXISTS (SELECT 1 FROM updated)"
+                     SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1 AND {}), \
+                     EXISTS (SELECT 1 FROM updated)",
+                    subject_matches("$5")
                 ),
             }),
             exists: render(format!(
-                "SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1)"
+                "SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1 AND {})",
+                subject_matches("$2")
             )),
             revoke_all: render(format!(
                 "UPDATE {table} SET {revoke_set} WHERE subject = $1 AND revoked_at IS NULL \
@@ -163,11 +378,15 @@ impl Queries {
                 active("$2")
             )),
             count: render(format!(
-                "SELECT key_version, COUNT(*) FROM (\
-                 SELECT current_key_version AS key_version FROM {table} WHERE {active} \
+                "SELECT key_version, \
+                 SUM(CASE WHEN last_seen_at >= $2 THEN 1 ELSE 0 END), \
+                 SUM(CASE WHEN last_seen_at >= $2 THEN 0 ELSE 1 END) FROM (\
+                 SELECT current_key_version AS key_version, last_seen_at FROM {table} \
+                 WHERE {active} \
                  UNION ALL \
-                 SELECT previous_key_version FROM {table} WHERE {active} \
-                 AND previous_valid_until > $1 AND previous_key_version <> current_key_version\
+                 SELECT previous_key_version, last_seen_at FROM {table} WHERE {active} \
+                 AND previous_key_version <> current_key_version \
+                 AND (previous_valid_until IS NULL OR previous_valid_until > $1)\
                  ) AS versions GROUP BY key_version ORDER BY key_version",
                 active = active("$1")
             )),
@@ -175,256 +394,373 @@ impl Queries {
                 "DELETE FROM {table} WHERE expires_at <= $1 OR absolute_expires_at <= $1 \
                  OR revoked_at IS NOT NULL"
             )),
+        };
+        queries.find_active = (1..=PREPARED_LOOKUPS)
+            .map(|n| queries.render_find_active(n))
+            .collect();
+        queries
+    }
+
+    /// The one-statement lookup of `n` distinct lookup keys, `$1` … `$n`,
+    /// at time `$n+1`: one `SELECT` per lookup-key column, each an index
+    /// lookup, joined by `UNION ALL`. Each row starts with `slot`, the
+    /// position in [`LOOKUP_KEY_COLUMNS`] of the column that matched.
+    pub(crate) fn find_active(&self, n: usize) -> std::borrow::Cow<'_, str> {
+        match self.find_active.get(n.wrapping_sub(1)) {
+            Some(sql) => sql.as_str().into(),
+            None => self.render_find_active(n).into(),
         }
     }
 
-    /// The one-statement lookup for `n` candidates: `$1` is the candidate
-    /// array on Postgres; on SQLite `?1` … `?n` are the candidates. The time
-    /// follows them.
-    pub(crate) fn find_active(&self, n: usize) -> String {
-        let (keys, now) = match self.dialect {
-            Dialect::Postgres => ("ANY($1)".to_owned(), "$2".to_owned()),
-            Dialect::Sqlite => {
-                let list: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
-                (format!("IN ({})", list.join(", ")), format!("?{}", n + 1))
-            }
+    fn render_find_active(&self, n: usize) -> String {
+        let (keys, now): (Vec<String>, String) = match self.dialect {
+            Dialect::Postgres => (
+                (1..=n).map(|i| format!("${i}")).collect(),
+                format!("${}", n + 1),
+            ),
+            Dialect::Sqlite => (
+                (1..=n).map(|i| format!("?{i}")).collect(),
+                format!("?{}", n + 1),
+            ),
         };
-        let keys = match self.dialect {
-            Dialect::Postgres => format!("= {keys}"),
-            Dialect::Sqlite => keys,
-        };
-        format!(
-            "{} WHERE (current_lookup_key {keys} OR previous_lookup_key {keys}) \
-             AND revoked_at IS NULL AND expires_at > {now} AND absolute_expires_at > {now} LIMIT 1",
-            self.select
-        )
+        let keys = keys.join(", ");
+        LOOKUP_KEY_COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(slot, column)| {
+                format!(
+                    "SELECT {slot} AS slot, {} FROM {} WHERE {column} IN ({keys}) AND {}",
+                    self.select_list,
+                    self.table,
+                    active(&now)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
     }
 }
 
 /// The versioned schema. Each entry is applied once, in order, inside the
 /// migration transaction; `IF NOT EXISTS` keeps a half-applied history safe.
-fn migrations(dialect: Dialect, table: &str) -> Vec<(i64, String)> {
-    let (bytes, time, int, json, suffix) = match dialect {
-        Dialect::Sqlite => (
-            "BLOB",
-            "INTEGER",
-            "INTEGER",
-            "TEXT",
-            " STRICT, WITHOUT ROWID",
-        ),
-        Dialect::Postgres => ("BYTEA", "TIMESTAMPTZ", "BIGINT", "JSONB", ""),
+///
+/// Each lookup-key column has a unique index: a lookup is an index probe
+/// per key and column, and two records can never hold one key in the same
+/// column. Across columns, see the module docs.
+fn migrations(dialect: Dialect, schema: Option<&str>) -> Vec<(i64, String)> {
+    let qualified = |name: &str| match schema {
+        Some(schema) => format!("\"{schema}\".{name}"),
+        None => name.to_owned(),
     };
-    // Index names are local to a schema (Postgres) or a database (SQLite).
-    let index = |name: &str| format!("tower_hmac_sessions_{name}");
-    vec![(
-        1,
-        format!(
-            "CREATE TABLE IF NOT EXISTS {table} (\
-             id {bytes} NOT NULL PRIMARY KEY, \
-             subject TEXT NOT NULL, \
-             created_at {time} NOT NULL, \
-             last_seen_at {time} NOT NULL, \
-             expires_at {time} NOT NULL, \
-             absolute_expires_at {time} NOT NULL, \
-             access_expires_at {time} NOT NULL, \
-             current_lookup_key {bytes} NOT NULL, \
-             current_key_version {int} NOT NULL, \
-             previous_lookup_key {bytes}, \
-             previous_key_version {int}, \
-             previous_valid_until {time}, \
-             revoked_at {time}, \
-             revoked_reason TEXT, \
-             revoked_actor TEXT, \
-             attributes {json} NOT NULL\
-             ){suffix};\n\
-             CREATE UNIQUE INDEX IF NOT EXISTS {current} ON {table} (current_lookup_key);\n\
-             CREATE UNIQUE INDEX IF NOT EXISTS {previous} ON {table} (previous_lookup_key);\n\
-             CREATE INDEX IF NOT EXISTS {subject} ON {table} (subject, created_at DESC);\n\
-             CREATE INDEX IF NOT EXISTS {expires} ON {table} (expires_at);\n\
-             CREATE INDEX IF NOT EXISTS {revoked} ON {table} (revoked_at) WHERE revoked_at IS NOT NULL;",
-            current = index("current_lookup_key"),
-            previous = index("previous_lookup_key"),
-            subject = index("subject"),
-            expires = index("expires_at"),
-            revoked = index("revoked_at"),
-        ),
-    )]
+    let table = qualified(TABLE);
+    let (suffix, sql_type): (&str, fn(Kind) -> &'static str) = match dialect {
+        Dialect::Sqlite => (" STRICT, WITHOUT ROWID", |kind| match kind {
+            Kind::Bytes => "BLOB",
+            Kind::Int | Kind::Time | Kind::Bool => "INTEGER",
+            Kind::Text | Kind::Json => "TEXT",
+        }),
+        Dialect::Postgres => ("", |kind| match kind {
+            Kind::Bytes => "BYTEA",
+            Kind::Int => "BIGINT",
+            Kind::Time => "TIMESTAMPTZ",
+            Kind::Text => "TEXT",
+            Kind::Bool => "BOOLEAN",
+            Kind::Json => "JSONB",
+        }),
+    };
+    let columns = COLUMNS
+        .iter()
+        .map(|c| {
+            let constraint = match (c.name, c.nullable) {
+                ("id", _) => " NOT NULL PRIMARY KEY",
+                (_, false) => " NOT NULL",
+                (_, true) => "",
+            };
+            format!("{} {}{constraint}", c.name, sql_type(c.kind))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Index names are local to a schema (PostgreSQL) or a database (SQLite).
+    let index = |name: &str| format!("{TABLE}_{name}");
+    let unique_keys: String = LOOKUP_KEY_COLUMNS
+        .iter()
+        .map(|column| {
+            format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {table} ({column});\n",
+                index(column)
+            )
+        })
+        .collect();
+    let mut schema_sql = format!(
+        "CREATE TABLE IF NOT EXISTS {table} ({columns}){suffix};\n\
+         {unique_keys}\
+         CREATE INDEX IF NOT EXISTS {subject} ON {table} (subject, created_at DESC) \
+         WHERE subject IS NOT NULL;\n\
+         CREATE INDEX IF NOT EXISTS {expires} ON {table} (expires_at);\n\
+         CREATE INDEX IF NOT EXISTS {revoked} ON {table} (revoked_at) \
+         WHERE revoked_at IS NOT NULL;\n",
+        subject = index("subject"),
+        expires = index("expires_at"),
+        revoked = index("revoked_at"),
+    );
+    if dialect == Dialect::Postgres {
+        // Every key a record holds, in any slot, is a row here: a second
+        // holder, even one racing in a concurrent transaction, is a unique
+        // violation. The trigger keeps it in step with every insert, delete
+        // and change of a lookup key (a key moving between slots of one
+        // record is deleted and inserted again by the same row's trigger).
+        let keys = qualified(LOOKUP_KEYS_TABLE);
+        let function = qualified(&format!("{TABLE}_sync_lookup_keys"));
+        let [current, previous, superseded] = LOOKUP_KEY_COLUMNS;
+        let changed = LOOKUP_KEY_COLUMNS
+            .map(|c| format!("OLD.{c} IS DISTINCT FROM NEW.{c}"))
+            .join(" OR ");
+        schema_sql.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {keys} \
+             (lookup_key BYTEA NOT NULL PRIMARY KEY, id BYTEA NOT NULL);\n\
+             CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $fn$\n\
+             BEGIN\n\
+             IF TG_OP <> 'INSERT' THEN\n\
+             DELETE FROM {keys} WHERE lookup_key IN \
+             (OLD.{current}, OLD.{previous}, OLD.{superseded}) AND id = OLD.id;\n\
+             END IF;\n\
+             IF TG_OP <> 'DELETE' THEN\n\
+             INSERT INTO {keys} (lookup_key, id) SELECT key, NEW.id FROM \
+             unnest(ARRAY[NEW.{current}, NEW.{previous}, NEW.{superseded}]) AS key \
+             WHERE key IS NOT NULL;\n\
+             END IF;\n\
+             RETURN NULL;\n\
+             END\n\
+             $fn$;\n\
+             DROP TRIGGER IF EXISTS {TABLE}_insert_lookup_keys ON {table};\n\
+             CREATE TRIGGER {TABLE}_insert_lookup_keys AFTER INSERT ON {table} \
+             FOR EACH ROW EXECUTE FUNCTION {function}();\n\
+             DROP TRIGGER IF EXISTS {TABLE}_update_lookup_keys ON {table};\n\
+             CREATE TRIGGER {TABLE}_update_lookup_keys AFTER UPDATE ON {table} \
+             FOR EACH ROW WHEN ({changed}) EXECUTE FUNCTION {function}();\n\
+             DROP TRIGGER IF EXISTS {TABLE}_delete_lookup_keys ON {table};\n\
+             CREATE TRIGGER {TABLE}_delete_lookup_keys AFTER DELETE ON {table} \
+             FOR EACH ROW EXECUTE FUNCTION {function}();\n"
+        ));
+    }
+    vec![(1, schema_sql)]
 }
 
-/// Maps a driver error: a unique violation is a [`StoreError::Conflict`], a
-/// value that does not decode is corruption, anything else a backend error.
+/// A database error without its detail: PostgreSQL's detail and SQLite's
+/// messages can quote the values of a row (a lookup key), which must never
+/// reach an error chain or a log.
+#[derive(Debug, thiserror::Error)]
+#[error("database error{}: {message}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
+pub(crate) struct DatabaseError {
+    code: Option<String>,
+    message: String,
+}
+
+/// Maps a driver error: a unique violation is a [`StoreError::Conflict`],
+/// a database error keeps its code and message but not its detail, anything
+/// else is a backend error with its source.
 pub(crate) fn sqlx_error(operation: &'static str, error: sqlx::Error) -> StoreError {
-    match &error {
+    match error {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => StoreError::corrupt(
-            None,
-            format!("a stored value does not decode during `{operation}`: {error}"),
+        sqlx::Error::Database(db) => StoreError::backend(
+            operation,
+            DatabaseError {
+                code: db.code().map(|c| c.into_owned()),
+                message: db.message().to_owned(),
+            },
         ),
-        _ => StoreError::backend(operation, error),
+        other => StoreError::backend(operation, other),
+    }
+}
+
+/// How a dialect reads the columns whose stored form differs: timestamps
+/// (as microseconds since the Unix epoch) and `persistent`.
+pub(crate) trait DialectRow: Row {
+    /// A timestamp column, or `None` for SQL `NULL`.
+    fn micros(&self, name: &str) -> Result<Option<i64>, sqlx::Error>;
+    /// The `persistent` column as `0` or `1` (anything else is corrupt).
+    fn persistent(&self) -> Result<i64, sqlx::Error>;
+}
+
+/// Reads a row of [`COLUMNS`] into a [`RawRecord`]. A value that does not
+/// decode is corruption, named by column, with the record's id if that
+/// could be read; the driver's message is left out (it may quote the value).
+pub(crate) fn raw_from_row<R>(row: &R) -> Result<RawRecord, StoreError>
+where
+    R: DialectRow,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let id_bytes: Vec<u8> = row
+        .try_get("id")
+        .map_err(|_| StoreError::corrupt(None, "`id` does not decode"))?;
+    let id = session_id(&id_bytes).ok();
+    let bad = |name: &'static str| {
+        move |_: sqlx::Error| StoreError::corrupt(id, format!("`{name}` does not decode"))
+    };
+    macro_rules! get {
+        ($name:literal) => {
+            row.try_get($name).map_err(bad($name))?
+        };
+    }
+    let at = |name: &'static str| row.micros(name).map_err(bad(name));
+    Ok(RawRecord {
+        id: id_bytes,
+        generation: get!("generation"),
+        subject: get!("subject"),
+        created_at: at("created_at")?,
+        authenticated_at: at("authenticated_at")?,
+        last_seen_at: at("last_seen_at")?,
+        expires_at: at("expires_at")?,
+        absolute_expires_at: at("absolute_expires_at")?,
+        idle_timeout_secs: get!("idle_timeout_secs"),
+        persistent: row.persistent().map_err(bad("persistent"))?,
+        access_expires_at: at("access_expires_at")?,
+        current_lookup_key: get!("current_lookup_key"),
+        current_key_version: get!("current_key_version"),
+        previous_lookup_key: get!("previous_lookup_key"),
+        previous_key_version: get!("previous_key_version"),
+        previous_rotated_at: at("previous_rotated_at")?,
+        previous_valid_until: at("previous_valid_until")?,
+        superseded_lookup_key: get!("superseded_lookup_key"),
+        superseded_key_version: get!("superseded_key_version"),
+        revoked_at: at("revoked_at")?,
+        revoked_reason: get!("revoked_reason"),
+        revoked_actor: get!("revoked_actor"),
+        user_agent: get!("user_agent"),
+        client_ip: get!("client_ip"),
+        data: get!("data"),
+    })
+}
+
+/// The slot a lookup row's `slot` column names.
+pub(crate) fn slot_of_row(slot: i32) -> Result<crate::record::Slot, StoreError> {
+    use crate::record::Slot;
+    match slot {
+        0 => Ok(Slot::Current),
+        1 => Ok(Slot::Previous),
+        2 => Ok(Slot::Superseded),
+        _ => Err(StoreError::corrupt(None, "a lookup row names no slot")),
     }
 }
 
 /// Implements [`SessionStore`](crate::SessionStore) for a SQL store with
-/// fields `pool` and `queries`. Every method but `find_active` and `revoke`
-/// (which differ per dialect: inherent `find_active_sql` / `revoke_sql`) is
-/// the same statement on both databases; `$ts` encodes a timestamp for the
-/// driver and `$row` decodes a row into a [`RawRecord`](super::raw::RawRecord).
+/// fields `pool` and `queries`. The store provides, as inherent functions:
+/// `bind(query, Value) -> query`, `replace_sql` and `revoke_sql` (which
+/// differ per dialect); `$ts` encodes a timestamp for the driver.
 macro_rules! sql_store_impl {
-    ($store:ty, ts = $ts:path, row = $row:path) => {
+    ($store:ty, ts = $ts:path) => {
         #[async_trait::async_trait]
         impl $crate::store::SessionStore for $store {
             async fn find_active(
                 &self,
-                candidates: &[$crate::Candidate],
+                candidates: &[$crate::keys::Candidate],
                 now: time::OffsetDateTime,
-            ) -> Result<Option<$crate::SessionMatch>, $crate::StoreError> {
-                if candidates.is_empty() {
-                    return Ok(None);
+            ) -> Result<Vec<$crate::record::SessionMatch>, $crate::store::StoreError> {
+                use sqlx::Row as _;
+                let keys = $crate::store::raw::CandidateKeys::new(candidates);
+                if keys.distinct().is_empty() {
+                    return Ok(Vec::new());
                 }
-                let Some(row) = self.find_active_sql(candidates, now).await? else {
-                    return Ok(None);
-                };
-                let record = $row(&row)?.decode()?;
-                Ok(
-                    $crate::store::raw::match_candidate(&record, candidates).map(
-                        |(slot, key_version)| $crate::SessionMatch {
-                            record: std::sync::Arc::new(record),
-                            slot,
-                            key_version,
-                        },
-                    ),
-                )
+                let sql = self.queries.find_active(keys.distinct().len());
+                let mut query = sqlx::query(&sql);
+                for key in keys.distinct() {
+                    query = query.bind(&key.as_bytes()[..]);
+                }
+                let rows = query
+                    .bind($ts(now))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| $crate::store::sql::sqlx_error("find_active", e))?;
+                let mut found = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let slot: i32 = row.try_get("slot").map_err(|_| {
+                        $crate::store::StoreError::corrupt(None, "`slot` does not decode")
+                    })?;
+                    let slot = $crate::store::sql::slot_of_row(slot)?;
+                    let record = $crate::store::sql::raw_from_row(row)?.decode()?;
+                    keys.matches(&std::sync::Arc::new(record), slot, &mut found);
+                }
+                Ok(found)
+            }
+
+            async fn get_active(
+                &self,
+                id: &$crate::record::SessionId,
+                now: time::OffsetDateTime,
+            ) -> Result<
+                Option<std::sync::Arc<$crate::record::SessionRecord>>,
+                $crate::store::StoreError,
+            > {
+                let row = sqlx::query(&self.queries.get_active)
+                    .bind(&id.as_bytes()[..])
+                    .bind($ts(now))
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| $crate::store::sql::sqlx_error("get_active", e))?;
+                match row {
+                    None => Ok(None),
+                    Some(row) => Ok(Some(std::sync::Arc::new(
+                        $crate::store::sql::raw_from_row(&row)?.decode()?,
+                    ))),
+                }
             }
 
             async fn insert(
                 &self,
-                record: &$crate::SessionRecord,
-            ) -> Result<(), $crate::StoreError> {
-                record.validate().map_err($crate::StoreError::Invalid)?;
-                let previous = record.previous.as_ref();
-                let revoked = record.revoked.as_ref();
-                let done = sqlx::query(&self.queries.insert)
-                    .bind(&record.id.as_bytes()[..])
-                    .bind(&record.subject)
-                    .bind($ts(record.created_at))
-                    .bind($ts(record.last_seen_at))
-                    .bind($ts(record.expires_at))
-                    .bind($ts(record.absolute_expires_at))
-                    .bind($ts(record.access_expires_at))
-                    .bind(&record.current.lookup_key.as_bytes()[..])
-                    .bind(i64::from(record.current.key_version.0))
-                    .bind(previous.map(|p| &p.credential.lookup_key.as_bytes()[..]))
-                    .bind(previous.map(|p| i64::from(p.credential.key_version.0)))
-                    .bind(previous.map(|p| $ts(p.valid_until)))
-                    .bind(revoked.map(|r| $ts(r.at)))
-                    .bind(revoked.map(|r| r.revocation.reason.as_str()))
-                    .bind(revoked.and_then(|r| r.revocation.actor.as_deref()))
-                    .bind($crate::store::raw::attributes_json(&record.attributes))
+                record: &$crate::record::SessionRecord,
+            ) -> Result<(), $crate::store::StoreError> {
+                record
+                    .validate()
+                    .map_err($crate::store::StoreError::Invalid)?;
+                let raw = $crate::store::raw::RawRecord::encode(record)?;
+                let mut query = sqlx::query(&self.queries.insert);
+                for value in $crate::store::sql::insert_values(&raw) {
+                    query = Self::bind(query, value);
+                }
+                let done = query
                     .execute(&self.pool)
                     .await
                     .map_err(|e| $crate::store::sql::sqlx_error("insert", e))?;
                 match done.rows_affected() {
                     1 => Ok(()),
-                    _ => Err($crate::StoreError::Conflict),
+                    // A lookup key of the record is already held.
+                    _ => Err($crate::store::StoreError::Conflict),
                 }
             }
 
-            async fn rotate(
+            async fn replace(
                 &self,
-                id: &$crate::SessionId,
-                expected_current: &$crate::LookupKey,
-                new_current: &$crate::Credential,
-                previous_valid_until: time::OffsetDateTime,
-                timestamps: &$crate::RotationTimestamps,
-            ) -> Result<bool, $crate::StoreError> {
-                let done = sqlx::query(&self.queries.rotate)
-                    .bind(&id.as_bytes()[..])
-                    .bind(&expected_current.as_bytes()[..])
-                    .bind(&new_current.lookup_key.as_bytes()[..])
-                    .bind(i64::from(new_current.key_version.0))
-                    .bind($ts(previous_valid_until))
-                    .bind($ts(timestamps.last_seen_at))
-                    .bind($ts(timestamps.expires_at))
-                    .bind($ts(timestamps.access_expires_at))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| $crate::store::sql::sqlx_error("rotate", e))?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn touch(
-                &self,
-                id: &$crate::SessionId,
-                last_seen_at: time::OffsetDateTime,
-                expires_at: time::OffsetDateTime,
-            ) -> Result<bool, $crate::StoreError> {
-                let done = sqlx::query(&self.queries.touch)
-                    .bind(&id.as_bytes()[..])
-                    .bind($ts(last_seen_at))
-                    .bind($ts(expires_at))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| $crate::store::sql::sqlx_error("touch", e))?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn rekey(
-                &self,
-                id: &$crate::SessionId,
-                slot: $crate::Slot,
-                expected: &$crate::LookupKey,
-                new: &$crate::LookupKey,
-                new_version: $crate::KeyVersion,
-            ) -> Result<bool, $crate::StoreError> {
-                let sql = match slot {
-                    $crate::Slot::Current => &self.queries.rekey_current,
-                    $crate::Slot::Previous => &self.queries.rekey_previous,
-                };
-                let done = sqlx::query(sql)
-                    .bind(&id.as_bytes()[..])
-                    .bind(&expected.as_bytes()[..])
-                    .bind(&new.as_bytes()[..])
-                    .bind(i64::from(new_version.0))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| $crate::store::sql::sqlx_error("rekey", e))?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn update_attributes(
-                &self,
-                id: &$crate::SessionId,
-                attributes: &$crate::Attributes,
+                current: &$crate::record::SessionRecord,
+                next: &$crate::record::SessionRecord,
                 now: time::OffsetDateTime,
-            ) -> Result<bool, $crate::StoreError> {
-                $crate::record::validate_attributes(attributes)
-                    .map_err($crate::StoreError::Invalid)?;
-                let done = sqlx::query(&self.queries.update_attributes)
-                    .bind(&id.as_bytes()[..])
-                    .bind($crate::store::raw::attributes_json(attributes))
-                    .bind($ts(now))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| $crate::store::sql::sqlx_error("update_attributes", e))?;
-                Ok(done.rows_affected() == 1)
+            ) -> Result<bool, $crate::store::StoreError> {
+                $crate::store::check_successor(current, next)?;
+                let expected = i64::try_from(current.generation).map_err(|_| {
+                    $crate::store::StoreError::Invalid("the generation is out of range")
+                })?;
+                let raw = $crate::store::raw::RawRecord::encode(next)?;
+                self.replace_sql(current, expected, &raw, now).await
             }
 
             async fn revoke(
                 &self,
-                id: &$crate::SessionId,
+                id: &$crate::record::SessionId,
+                subject: Option<&str>,
                 now: time::OffsetDateTime,
-                revocation: &$crate::Revocation,
-            ) -> Result<$crate::RevokeOutcome, $crate::StoreError> {
-                self.revoke_sql(id, now, revocation).await
+                revocation: &$crate::record::Revocation,
+            ) -> Result<$crate::record::RevokeOutcome, $crate::store::StoreError> {
+                self.revoke_sql(id, subject, now, revocation).await
             }
 
             async fn revoke_all_for_subject(
                 &self,
                 subject: &str,
                 now: time::OffsetDateTime,
-                revocation: &$crate::Revocation,
-                except: Option<&$crate::SessionId>,
-            ) -> Result<u64, $crate::StoreError> {
+                revocation: &$crate::record::Revocation,
+                except: Option<&$crate::record::SessionId>,
+            ) -> Result<u64, $crate::store::StoreError> {
                 let done = sqlx::query(&self.queries.revoke_all)
                     .bind(subject)
                     .bind($ts(now))
@@ -441,7 +777,7 @@ macro_rules! sql_store_impl {
                 &self,
                 subject: &str,
                 now: time::OffsetDateTime,
-            ) -> Result<Vec<$crate::ActiveSessionRecord>, $crate::StoreError> {
+            ) -> Result<Vec<$crate::record::ActiveSessionRecord>, $crate::store::StoreError> {
                 let rows = sqlx::query(&self.queries.list)
                     .bind(subject)
                     .bind($ts(now))
@@ -450,7 +786,7 @@ macro_rules! sql_store_impl {
                     .map_err(|e| $crate::store::sql::sqlx_error("list_for_subject", e))?;
                 rows.iter()
                     .map(|row| {
-                        let record = $row(row)?.decode()?;
+                        let record = $crate::store::sql::raw_from_row(row)?.decode()?;
                         Ok(record.to_active(record.current.key_version))
                     })
                     .collect()
@@ -459,19 +795,30 @@ macro_rules! sql_store_impl {
             async fn count_by_key_version(
                 &self,
                 now: time::OffsetDateTime,
-            ) -> Result<std::collections::BTreeMap<$crate::KeyVersion, u64>, $crate::StoreError>
-            {
-                let rows: Vec<(i64, i64)> = sqlx::query_as(&self.queries.count)
+                seen_since: time::OffsetDateTime,
+            ) -> Result<
+                std::collections::BTreeMap<$crate::keys::KeyVersion, $crate::record::VersionCount>,
+                $crate::store::StoreError,
+            > {
+                let rows: Vec<(i64, i64, i64)> = sqlx::query_as(&self.queries.count)
                     .bind($ts(now))
+                    .bind($ts(seen_since))
                     .fetch_all(&self.pool)
                     .await
                     .map_err(|e| $crate::store::sql::sqlx_error("count_by_key_version", e))?;
                 rows.into_iter()
-                    .map(|(version, count)| {
+                    .map(|(version, recent, dormant)| {
                         let version = u32::try_from(version).map_err(|_| {
-                            $crate::StoreError::corrupt(None, "a key version is out of range")
+                            $crate::store::StoreError::corrupt(
+                                None,
+                                "a key version is out of range",
+                            )
                         })?;
-                        Ok(($crate::KeyVersion(version), count.max(0) as u64))
+                        let count = $crate::record::VersionCount {
+                            recent: u64::try_from(recent).unwrap_or(0),
+                            dormant: u64::try_from(dormant).unwrap_or(0),
+                        };
+                        Ok(($crate::keys::KeyVersion(version), count))
                     })
                     .collect()
             }
@@ -479,7 +826,7 @@ macro_rules! sql_store_impl {
             async fn purge_expired(
                 &self,
                 now: time::OffsetDateTime,
-            ) -> Result<u64, $crate::StoreError> {
+            ) -> Result<u64, $crate::store::StoreError> {
                 let done = sqlx::query(&self.queries.purge)
                     .bind($ts(now))
                     .execute(&self.pool)
@@ -492,61 +839,68 @@ macro_rules! sql_store_impl {
 }
 pub(crate) use sql_store_impl;
 
-/// Reads the [`RawRecord`](super::raw::RawRecord) columns of `row`, with
-/// `$time` the driver type of a timestamp column and `$decode` turning it
-/// into an `Option<OffsetDateTime>` (`None`: out of range, reported missing).
-macro_rules! raw_from_row {
-    ($row:expr, $time:ty, $decode:expr) => {{
-        use sqlx::Row as _;
-        let row = $row;
-        let err = |e| $crate::store::sql::sqlx_error("decode", e);
-        let at = |name: &str| -> Result<Option<time::OffsetDateTime>, $crate::StoreError> {
-            Ok(row
-                .try_get::<$time, _>(name)
-                .map_err(err)?
-                .and_then($decode))
-        };
-        Ok::<_, $crate::StoreError>($crate::store::raw::RawRecord {
-            id: row.try_get("id").map_err(err)?,
-            subject: row.try_get("subject").map_err(err)?,
-            created_at: at("created_at")?,
-            last_seen_at: at("last_seen_at")?,
-            expires_at: at("expires_at")?,
-            absolute_expires_at: at("absolute_expires_at")?,
-            access_expires_at: at("access_expires_at")?,
-            current_lookup_key: row.try_get("current_lookup_key").map_err(err)?,
-            current_key_version: row.try_get("current_key_version").map_err(err)?,
-            previous_lookup_key: row.try_get("previous_lookup_key").map_err(err)?,
-            previous_key_version: row.try_get("previous_key_version").map_err(err)?,
-            previous_valid_until: at("previous_valid_until")?,
-            revoked_at: at("revoked_at")?,
-            revoked_reason: row.try_get("revoked_reason").map_err(err)?,
-            revoked_actor: row.try_get("revoked_actor").map_err(err)?,
-            attributes: row.try_get("attributes").map_err(err)?,
-        })
-    }};
-}
-pub(crate) use raw_from_row;
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn sqlite_statements_use_numbered_parameters() {
-        let q = Queries::new(Dialect::Sqlite, "t", "m");
-        assert!(!q.rotate.contains('$'));
-        assert!(q.rotate.contains("MIN(?7, absolute_expires_at)"));
-        assert!(q.find_active(2).contains("IN (?1, ?2)"));
-        assert!(q.find_active(2).contains("expires_at > ?3"));
+    fn values_follow_the_columns() {
+        let raw = RawRecord::default();
+        for (column, value) in COLUMNS.iter().zip(values(&raw)) {
+            let kind = match value {
+                Value::Bytes(_) => Kind::Bytes,
+                Value::Int(_) => Kind::Int,
+                Value::Time(_) => Kind::Time,
+                Value::Text(_) => Kind::Text,
+                Value::Bool(_) => Kind::Bool,
+                Value::Json(_) => Kind::Json,
+            };
+            assert_eq!(kind, column.kind, "{}", column.name);
+        }
+        for (i, name) in INSERT_KEY_PARAMS.iter().zip(LOOKUP_KEY_COLUMNS) {
+            assert_eq!(COLUMNS[i - 1].name, name);
+        }
+        assert_eq!(COLUMNS.iter().filter(|c| !c.mutable).count(), 4);
     }
 
     #[test]
-    fn postgres_statements_cast_json_and_use_arrays() {
-        let q = Queries::new(Dialect::Postgres, "s.t", "s.m");
-        assert!(q.insert.contains("$16::jsonb"));
-        assert!(q.find_active(3).contains("= ANY($1)"));
-        assert!(q.find_active(3).contains("attributes::text AS attributes"));
+    fn sqlite_statements_use_numbered_parameters() {
+        let q = Queries::new(Dialect::Sqlite, None);
+        for sql in [&q.insert, &q.replace, &q.revoke, &q.count, &q.list] {
+            assert!(!sql.contains('$'), "{sql}");
+        }
+        let lookup = q.find_active(2);
+        assert!(
+            lookup.contains("current_lookup_key IN (?1, ?2)"),
+            "{lookup}"
+        );
+        assert!(
+            lookup.contains("superseded_lookup_key IN (?1, ?2)"),
+            "{lookup}"
+        );
+        assert!(lookup.contains("expires_at > ?3"));
+        assert_eq!(lookup.matches(" UNION ALL ").count(), 2);
+        assert!(q.find_active(40).contains("?41"));
+        assert!(q.replace.contains("generation = ?2"));
+        assert!(q.replace.contains("data = ?27"), "{}", q.replace);
+    }
+
+    #[test]
+    fn postgres_statements_cast_json_and_avoid_or_across_key_columns() {
+        let q = Queries::new(Dialect::Postgres, Some("s"));
+        assert!(q.insert.contains("$25::jsonb"));
+        assert!(q.replace.contains("data = $24::jsonb"), "{}", q.replace);
+        assert!(!q.insert.contains("EXISTS"), "{}", q.insert);
+        assert!(
+            q.migrations[0]
+                .1
+                .contains("\"s\".tower_hmac_session_lookup_keys")
+        );
+        let lookup = q.find_active(3);
+        assert!(lookup.contains("previous_lookup_key IN ($1, $2, $3)"));
+        assert!(lookup.contains("data::text AS data"));
+        assert!(!lookup.contains(" OR "), "{lookup}");
         assert!(q.revoke.starts_with("WITH updated AS"));
+        assert!(q.migrations[0].1.contains("superseded_lookup_key BYTEA,"));
     }
 }

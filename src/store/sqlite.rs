@@ -5,28 +5,31 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Row as _;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    Sqlite, SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use time::OffsetDateTime;
 
-use super::raw::{RawRecord, from_micros, to_micros};
-use super::sql::{Dialect, Queries, raw_from_row, sql_store_impl, sqlx_error};
-use crate::keys::Candidate;
-use crate::record::{Revocation, RevokeOutcome, SessionId};
+use super::raw::{RawRecord, to_micros};
+use super::sql::{
+    Dialect, DialectRow, Queries, Value, mutable_values, new_lookup_keys, sql_store_impl,
+    sqlx_error,
+};
+use crate::record::{Revocation, RevokeOutcome, SessionId, SessionRecord};
 use crate::store::StoreError;
 
-const TABLE: &str = "tower_hmac_sessions";
-const MIGRATIONS: &str = "tower_hmac_session_migrations";
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 
 /// A [`SessionStore`](crate::SessionStore) in an embedded SQLite database
 /// (feature `sqlite`): persistent, so sessions survive a restart, with no
 /// server to run. For one app instance; use Postgres or Redis to share
 /// sessions between several.
 ///
-/// Timestamps are stored as integer microseconds since the Unix epoch; every
-/// write is one conditional statement. The schema is created and migrated by
+/// Sessions live in the table `tower_hmac_session_records`. Timestamps are
+/// stored as integer microseconds since the Unix epoch; every write is one
+/// conditional statement. The schema is created and migrated by
 /// [`open`](Self::open) / [`connect`](Self::connect) (idempotent).
 ///
 /// ```no_run
@@ -94,7 +97,7 @@ impl SqliteStore {
     pub fn new(pool: SqlitePool) -> Self {
         Self {
             pool,
-            queries: Arc::new(Queries::new(Dialect::Sqlite, TABLE, MIGRATIONS)),
+            queries: Arc::new(Queries::new(Dialect::Sqlite, None)),
         }
     }
 
@@ -156,26 +159,72 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn find_active_sql(
-        &self,
-        candidates: &[Candidate],
-        now: OffsetDateTime,
-    ) -> Result<Option<SqliteRow>, StoreError> {
-        let sql = self.queries.find_active(candidates.len());
-        let mut query = sqlx::query(&sql);
-        for candidate in candidates {
-            query = query.bind(&candidate.lookup_key.as_bytes()[..]);
+    fn bind<'q>(query: SqliteQuery<'q>, value: Value<'q>) -> SqliteQuery<'q> {
+        match value {
+            Value::Bytes(bytes) => query.bind(bytes),
+            Value::Int(int) | Value::Time(int) => query.bind(int),
+            Value::Text(text) => query.bind(text),
+            Value::Json(json) => query.bind(json),
+            Value::Bool(flag) => query.bind(i64::from(flag)),
         }
-        query
-            .bind(to_micros(now))
-            .fetch_optional(&self.pool)
+    }
+
+    async fn replace_sql(
+        &self,
+        current: &SessionRecord,
+        expected: i64,
+        next: &RawRecord,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let new_keys = new_lookup_keys(current, next);
+        let mut query = sqlx::query(&self.queries.replace)
+            .bind(&current.id.as_bytes()[..])
+            .bind(expected)
+            .bind(to_micros(now));
+        for key in new_keys {
+            query = query.bind(key);
+        }
+        for value in mutable_values(next) {
+            query = Self::bind(query, value);
+        }
+        let done = query
+            .execute(&self.pool)
             .await
-            .map_err(|e| sqlx_error("find_active", e))
+            .map_err(|e| sqlx_error("replace", e))?;
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        if new_keys.iter().all(Option::is_none) {
+            return Ok(false);
+        }
+        // Not applied, and the replacement brings new lookup keys: tell a
+        // key another record holds (the statement refused it) from a failed
+        // compare-and-swap, which takes precedence. Writes are serialized
+        // and keys are random, so this follow-up read can only be wrong
+        // about which of the two refusals it was, never about whether the
+        // write applied.
+        let mut clash = sqlx::query_scalar(&self.queries.clash)
+            .bind(&current.id.as_bytes()[..])
+            .bind(expected)
+            .bind(to_micros(now));
+        for key in new_keys {
+            clash = clash.bind(key);
+        }
+        let clash: bool = clash
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("replace", e))?;
+        if clash {
+            Err(StoreError::Conflict)
+        } else {
+            Ok(false)
+        }
     }
 
     async fn revoke_sql(
         &self,
         id: &SessionId,
+        subject: Option<&str>,
         now: OffsetDateTime,
         revocation: &Revocation,
     ) -> Result<RevokeOutcome, StoreError> {
@@ -184,17 +233,20 @@ impl SqliteStore {
             .bind(to_micros(now))
             .bind(revocation.reason.as_str())
             .bind(revocation.actor.as_deref())
+            .bind(subject)
             .execute(&self.pool)
             .await
             .map_err(|e| sqlx_error("revoke", e))?;
         if done.rows_affected() == 1 {
             return Ok(RevokeOutcome::Revoked);
         }
-        // Not applied: the record was revoked before, or is not there.
-        // Revocation is monotonic, so this follow-up read cannot race into
-        // a wrong answer other than `NotFound` for a record purged meanwhile.
+        // Not applied: the record was revoked before, is not the subject's,
+        // or is not there. Revocation is monotonic and the subject never
+        // changes, so this follow-up read cannot race into a wrong answer
+        // other than `NotFound` for a record purged meanwhile.
         let exists: bool = sqlx::query_scalar(&self.queries.exists)
             .bind(&id.as_bytes()[..])
+            .bind(subject)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| sqlx_error("revoke", e))?;
@@ -206,8 +258,75 @@ impl SqliteStore {
     }
 }
 
-fn raw_from_sqlite(row: &SqliteRow) -> Result<RawRecord, StoreError> {
-    raw_from_row!(row, Option<i64>, from_micros)
+impl DialectRow for SqliteRow {
+    fn micros(&self, name: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(name)
+    }
+
+    fn persistent(&self) -> Result<i64, sqlx::Error> {
+        self.try_get("persistent")
+    }
 }
 
-sql_store_impl!(SqliteStore, ts = to_micros, row = raw_from_sqlite);
+sql_store_impl!(SqliteStore, ts = to_micros);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for `sql`, its parameters bound to null.
+    async fn plan(store: &SqliteStore, sql: &str) -> String {
+        let params = sql
+            .split('?')
+            .skip(1)
+            .filter_map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<usize>().ok()
+            })
+            .max()
+            .unwrap_or(0);
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut query = sqlx::query(&explain);
+        for _ in 0..params {
+            query = query.bind(None::<i64>);
+        }
+        let rows = query.fetch_all(store.pool()).await.unwrap();
+        rows.iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn lookups_and_uniqueness_checks_search_indexes() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let q = &store.queries;
+        for (name, sql) in [
+            ("find_active(1)", &*q.find_active(1)),
+            ("find_active(8)", &*q.find_active(8)),
+            ("get_active", &q.get_active),
+            ("insert", &q.insert),
+            ("replace", &q.replace),
+            ("clash", &q.clash),
+            ("revoke", &q.revoke),
+            ("exists", &q.exists),
+            ("revoke_all", &q.revoke_all),
+            ("list", &q.list),
+        ] {
+            let plan = plan(&store, sql).await;
+            assert!(
+                !plan.contains("SCAN tower_hmac_session_records"),
+                "{name} scans the table:\n{plan}"
+            );
+        }
+        let lookup = plan(&store, &q.find_active(2)).await;
+        for column in ["current", "previous", "superseded"] {
+            assert!(
+                lookup.contains(&format!(
+                    "USING INDEX tower_hmac_session_records_{column}_lookup_key"
+                )),
+                "the lookup does not search the {column} index:\n{lookup}"
+            );
+        }
+    }
+}
