@@ -414,6 +414,7 @@ impl SessionStore for RedisStore {
         now: OffsetDateTime,
         revocation: &Revocation,
     ) -> Result<RevokeOutcome, StoreError> {
+        revocation.validate().map_err(StoreError::Invalid)?;
         let hex_id = hex_of(id.as_bytes());
         let (check, subject) = match subject {
             Some(subject) => ("1", hex_of(subject.as_bytes())),
@@ -449,6 +450,7 @@ impl SessionStore for RedisStore {
         except: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
         const OPERATION: &str = "revoke_all_for_subject";
+        revocation.validate().map_err(StoreError::Invalid)?;
         let hex_subject = hex_of(subject.as_bytes());
         let field = revocation_field(to_micros(now), revocation);
         let except = except.map(|id| hex_of(id.as_bytes())).unwrap_or_default();

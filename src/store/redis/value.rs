@@ -277,10 +277,13 @@ pub(super) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecor
     };
     let revoked = match revoked {
         None => None,
-        Some((at, revocation)) => Some(Revoked {
-            at: instant(at, "revoked_at")?,
-            revocation,
-        }),
+        Some((at, revocation)) => {
+            revocation.validate().map_err(corrupt)?;
+            Some(Revoked {
+                at: instant(at, "revoked_at")?,
+                revocation,
+            })
+        }
     };
     let record = SessionRecord {
         id,
@@ -436,7 +439,7 @@ mod tests {
         }
         let mut unconfirmed = record();
         unconfirmed.previous.as_mut().unwrap().valid_until = None;
-        unconfirmed.revoked.as_mut().unwrap().revocation.actor = Some(String::new());
+        unconfirmed.revoked.as_mut().unwrap().revocation.actor = None;
         assert_eq!(decode(&encode(&unconfirmed), None).unwrap(), unconfirmed);
     }
 
@@ -489,6 +492,8 @@ mod tests {
             with(5, "x,admin"),
             with(5, "1,admin,zz"),
             with(5, "1,admin,61,62"),
+            with(5, "1,admin,"),   // an empty actor
+            with(5, "1,admin,0a"), // a control character in the actor
             with(6, "0102"),
             with(6, &"ZZ".repeat(32)),
             with(7, "-"),
