@@ -786,6 +786,28 @@ async fn lost_responses_and_copied_cookies_through_redis() {
 }
 
 #[tokio::test]
+async fn writes_survive_a_script_cache_flush() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-flush") + ":";
+    let store = store(&prefix).await;
+    let a = record(Some("alice"), T0);
+    store.insert(&a).await.unwrap();
+    // A restarted server, or an operator's `SCRIPT FLUSH`: the next EVALSHA
+    // answers NOSCRIPT, and the store loads the script and runs it again.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let b = rotated(&a, credential(1), T0);
+    assert!(store.replace(&a, &b, T0).await.unwrap());
+    assert_eq!(found(&store, b.current, T0).await, [Slot::Current]);
+    cleanup(&mut admin, &prefix).await;
+}
+
+#[tokio::test]
 async fn prefixes_keep_stores_apart() {
     let Some(mut admin) = admin().await else {
         return;

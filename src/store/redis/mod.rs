@@ -10,9 +10,11 @@
 //! | `P k:<lookup key hex>` | string | a copy of the same value, for each lookup key the record holds (current, previous, superseded) |
 //! | `P u:<subject>` | sorted set | the subject's ids by `created_at`: lists and "log out everywhere" without a scan |
 //!
-//! The value is a short header line (id, generation, expiries, revocation,
-//! lookup keys, subject) that the write scripts parse, followed by JSON that
-//! only Rust reads, strictly: anything but what the store wrote is
+//! A record therefore takes its value's size (a few hundred bytes) once per
+//! key: two to four times. The value is a short header line (id,
+//! generation, expiries, revocation, lookup keys, subject) that the write
+//! scripts parse, followed by JSON that only Rust reads, strictly: anything
+//! but what the store wrote is
 //! [`StoreError::Corrupt`](crate::StoreError::Corrupt).
 //!
 //! # Reads cost what a `GET` costs
