@@ -27,6 +27,10 @@ use crate::store::{SessionStore, StoreError, check_successor};
 /// other clients in between.
 const SCAN_BATCH: usize = 500;
 
+/// How many records one purge script examines (a `GET` and at most a `DEL`
+/// and a `ZREM` each): a few milliseconds of the server's time at most.
+const PURGE_BATCH: usize = 100;
+
 /// The shortest time-to-live a write sets: a record already dead when it is
 /// written (a test, a clock far ahead) keeps its keys this long rather than
 /// none. Harmless: whether a record is active is decided from its
@@ -578,11 +582,11 @@ impl SessionStore for RedisStore {
         let mut cursor = 0;
         loop {
             let (next, ids) = self.scan_ids(OPERATION, cursor).await?;
-            if !ids.is_empty() {
-                let hex: Vec<String> = ids.iter().map(|id| hex_of(id.as_bytes())).collect();
+            // A short batch per script: Redis runs nothing else meanwhile.
+            for batch in ids.chunks(PURGE_BATCH) {
+                let hex: Vec<String> = batch.iter().map(|id| hex_of(id.as_bytes())).collect();
                 let mut args: Vec<&[u8]> = vec![now.as_bytes()];
                 args.extend(hex.iter().map(|h| h.as_bytes()));
-                // One batch per script: Redis runs nothing else meanwhile.
                 let reply: Vec<String> = self.script(OPERATION, &self.scripts.purge, &args).await?;
                 let (count, damaged) = reply.split_first().ok_or_else(|| unexpected(OPERATION))?;
                 total += count.parse::<u64>().map_err(|_| unexpected(OPERATION))?;
