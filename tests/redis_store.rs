@@ -807,6 +807,66 @@ async fn writes_survive_a_script_cache_flush() {
     cleanup(&mut admin, &prefix).await;
 }
 
+/// A log sink for one test.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn connecting_warns_when_the_server_may_evict_keys() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let policy = async |admin: &mut Admin, policy: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg(&["SET", "maxmemory-policy", policy][..])
+            .query_async(admin)
+            .await
+            .unwrap();
+    };
+    let logs = Logs::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // Without `maxmemory` set nothing is evicted: changing the policy for a
+    // moment is harmless to the tests running beside this one.
+    let before: Vec<String> = redis::cmd("CONFIG")
+        .arg(&["GET", "maxmemory-policy"][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(before[1], "noeviction", "the test server's own policy");
+    policy(&mut admin, "allkeys-lru").await;
+    let connected = RedisStore::builder(url()).connections(1).connect().await;
+    policy(&mut admin, "noeviction").await;
+    connected.unwrap();
+    let _quiet = RedisStore::builder(url())
+        .connections(1)
+        .connect()
+        .await
+        .unwrap();
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(
+        logs.matches("maxmemory-policy noeviction").count(),
+        1,
+        "{logs}"
+    );
+    assert!(logs.contains("allkeys-lru"), "{logs}");
+}
+
 #[tokio::test]
 async fn prefixes_keep_stores_apart() {
     let Some(mut admin) = admin().await else {

@@ -166,6 +166,9 @@ impl RedisStoreBuilder {
             .map_err(err)?;
             connections.push(connection);
         }
+        if let Some(connection) = connections.first_mut() {
+            warn_unless_noeviction(connection, self.timeout).await;
+        }
         Ok(RedisStore {
             connections: connections.into(),
             next: Arc::new(AtomicUsize::new(0)),
@@ -173,5 +176,30 @@ impl RedisStoreBuilder {
             timeout: self.timeout,
             scripts: Arc::new(Scripts::new()),
         })
+    }
+}
+
+/// Logs a warning when the server may evict keys (see the module docs). Best
+/// effort: a user without the right to read the configuration (`CONFIG` is
+/// an admin command) is not refused a store for it.
+async fn warn_unless_noeviction(connection: &mut ConnectionManager, timeout: Duration) {
+    let mut command = redis::cmd("CONFIG");
+    command.arg("GET").arg("maxmemory-policy");
+    let query = command.query_async::<Vec<String>>(connection);
+    match tokio::time::timeout(timeout, query).await {
+        Ok(Ok(reply)) => match reply.get(1).map(String::as_str) {
+            Some("noeviction") => {}
+            Some(policy) => tracing::warn!(
+                maxmemory_policy = policy,
+                "the Redis server may evict session keys under memory pressure; \
+                 run it with `maxmemory-policy noeviction`"
+            ),
+            None => {}
+        },
+        Ok(Err(error)) => tracing::debug!(
+            %error,
+            "could not read the Redis eviction policy"
+        ),
+        Err(_) => tracing::debug!("reading the Redis eviction policy timed out"),
     }
 }

@@ -49,6 +49,15 @@
 //! [`purge_expired`](crate::SessionStore::purge_expired) deletes dead records
 //! before their keys expire, in bounded batches.
 //!
+//! # Eviction
+//!
+//! Run the server with `maxmemory-policy noeviction`. Every key the store
+//! writes has a time-to-live, so any other policy may evict them when memory
+//! runs short, one key at a time: an evicted `s:` key leaves the record's
+//! lookup keys resolving while revocation by id no longer finds it. The
+//! store checks the policy when it connects and logs a warning
+//! (`tracing`) if it is another one.
+//!
 //! # Connections
 //!
 //! A few multiplexed connections (default
