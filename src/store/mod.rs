@@ -22,7 +22,7 @@ use crate::record::{
 
 #[cfg(feature = "memory")]
 mod memory;
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod raw;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql;
@@ -329,7 +329,9 @@ pub fn check_successor(current: &SessionRecord, next: &SessionRecord) -> Result<
     }
     if next.revoked.is_some() {
         // Revocations go through `revoke`, which keeps them monotonic.
-        return Err(StoreError::Invalid("a replacement may not revoke the session"));
+        return Err(StoreError::Invalid(
+            "a replacement may not revoke the session",
+        ));
     }
     if Some(next.generation) != current.generation.checked_add(1) {
         return Err(StoreError::Invalid(

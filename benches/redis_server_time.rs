@@ -1,0 +1,385 @@
+//! Redis server time per store operation, from `INFO commandstats`: what
+//! one shared Redis spends on each lookup and write of `RedisStore`, beside a
+//! plain `GET` of a value of the same size and two baseline scripts.
+//!
+//! Run alone (it resets the server's statistics):
+//! `cargo bench --features redis --bench redis_server_time`. Needs Redis at
+//! `TOWER_HMAC_SESSION_REDIS_URL` (default `redis://127.0.0.1:6379`).
+
+use std::time::Duration;
+
+use redis::AsyncCommands as _;
+use time::OffsetDateTime;
+use time::macros::datetime;
+use tower_hmac_session::store::RedisStore;
+use tower_hmac_session::{
+    Candidate, Credential, Data, KeyVersion, LookupKey, PreviousCredential, Revocation,
+    RevocationReason, SessionId, SessionRecord, SessionStore,
+};
+
+const T0: OffsetDateTime = datetime!(2030-01-01 00:00 UTC);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", SessionId::generate())
+}
+
+type Admin = redis::aio::MultiplexedConnection;
+
+fn url() -> String {
+    std::env::var("TOWER_HMAC_SESSION_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A plain connection for inspecting and damaging keys, or `None` (a skip)
+/// when the server is unreachable outside CI.
+async fn admin() -> Option<Admin> {
+    let connect = async {
+        redis::Client::open(url())?
+            .get_multiplexed_async_connection()
+            .await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(connection)) => Some(connection),
+        Ok(Err(error)) => {
+            eprintln!("Redis at {} is unreachable: {error}", url());
+            None
+        }
+        Err(error) => {
+            eprintln!("Redis at {} is unreachable: {error}", url());
+            None
+        }
+    }
+}
+
+async fn keys(admin: &mut Admin, prefix: &str) -> Vec<String> {
+    let mut keys: Vec<String> = admin.keys(format!("{prefix}*")).await.unwrap();
+    keys.sort();
+    keys
+}
+
+async fn cleanup(admin: &mut Admin, prefix: &str) {
+    let keys = keys(admin, prefix).await;
+    if !keys.is_empty() {
+        let _: () = admin.del(keys).await.unwrap();
+    }
+}
+
+fn random_key() -> LookupKey {
+    let (a, b) = (SessionId::generate(), SessionId::generate());
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(a.as_bytes());
+    bytes[16..].copy_from_slice(b.as_bytes());
+    LookupKey::from_bytes(bytes)
+}
+
+fn credential(version: u32) -> Credential {
+    Credential {
+        lookup_key: random_key(),
+        key_version: KeyVersion(version),
+    }
+}
+
+fn secs(n: i64) -> time::Duration {
+    time::Duration::seconds(n)
+}
+
+/// A fresh record created at `now`: idle 1 h, absolute 1 day, key version 1.
+fn record(subject: Option<&str>, now: OffsetDateTime) -> SessionRecord {
+    let mut data = Data::new();
+    data.insert("theme".into(), "dark".into());
+    SessionRecord {
+        id: SessionId::generate(),
+        generation: 0,
+        subject: subject.map(str::to_owned),
+        created_at: now,
+        authenticated_at: subject.map(|_| now),
+        last_seen_at: now,
+        expires_at: now + secs(3600),
+        absolute_expires_at: now + secs(86_400),
+        idle_timeout: Duration::from_secs(3600),
+        persistent: true,
+        access_expires_at: now + secs(900),
+        current: credential(1),
+        previous: None,
+        superseded: None,
+        revoked: None,
+        user_agent: Some("test agent".into()),
+        client_ip: Some("192.0.2.7".parse().unwrap()),
+        data,
+    }
+}
+
+fn candidate(credential: Credential, value_index: u8) -> Candidate {
+    Candidate {
+        key_version: credential.key_version,
+        lookup_key: credential.lookup_key,
+        value_index,
+    }
+}
+
+/// `record` one generation on, with `change` applied.
+fn successor(record: &SessionRecord, change: impl FnOnce(&mut SessionRecord)) -> SessionRecord {
+    let mut next = record.clone();
+    next.generation += 1;
+    change(&mut next);
+    next
+}
+
+/// Moves the current credential to the previous slot (unconfirmed) and
+/// makes `new` current.
+fn rotated(record: &SessionRecord, new: Credential, now: OffsetDateTime) -> SessionRecord {
+    successor(record, |next| {
+        next.previous = Some(PreviousCredential {
+            credential: record.current,
+            rotated_at: now,
+            valid_until: None,
+        });
+        next.current = new;
+    })
+}
+
+/// `INFO commandstats` for the commands named: calls and microseconds per
+/// call, as Redis measured them.
+async fn command_stats(admin: &mut Admin, names: &[&str]) -> Vec<(String, u64, f64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .unwrap();
+    let mut stats = Vec::new();
+    for line in info.lines() {
+        let Some((name, fields)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        if !names.contains(&name) {
+            continue;
+        }
+        let field = |key: &str| {
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix(&format!("{key}=")))
+                .unwrap()
+                .to_owned()
+        };
+        stats.push((
+            name.to_owned(),
+            field("calls").parse().unwrap(),
+            field("usec_per_call").parse().unwrap(),
+        ));
+    }
+    stats
+}
+
+/// Reports the statistics of `names` since the last phase under `label`,
+/// then resets them.
+async fn phase(admin: &mut Admin, label: &str, names: &[&str], report: &mut Vec<String>) {
+    for (name, calls, per_call) in command_stats(admin, names).await {
+        report.push(format!(
+            "{label:<40} {name:<8} {calls:>6} calls {per_call:>6.2} µs/call"
+        ));
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(admin)
+        .await
+        .unwrap();
+}
+
+async fn measure_server_time_per_operation() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-measure") + ":";
+    let store = RedisStore::builder(url())
+        .prefix(&prefix)
+        .connections(1)
+        .connect()
+        .await
+        .unwrap();
+    const N: usize = 2000;
+    let records: Vec<SessionRecord> = (0..N).map(|_| record(Some("alice"), T0)).collect();
+    let plain_key = format!("{prefix}plain");
+    let _: () = admin.set(&plain_key, "x".repeat(400)).await.unwrap();
+    let mut report = Vec::new();
+    phase(&mut admin, "(reset)", &[], &mut report).await;
+
+    for r in &records {
+        store.insert(r).await.unwrap();
+    }
+    phase(
+        &mut admin,
+        "insert (script)",
+        &["evalsha", "eval"],
+        &mut report,
+    )
+    .await;
+
+    for r in &records {
+        assert!(store.get_active(&r.id, T0).await.unwrap().is_some());
+    }
+    phase(&mut admin, "get_active (GET)", &["get"], &mut report).await;
+
+    // The baseline for a lookup: plain GETs of the same values, under keys
+    // of their own that expire too.
+    let mut size = 0;
+    for (i, r) in records.iter().enumerate() {
+        let value: Vec<u8> = admin.get(format!("{prefix}s:{}", r.id)).await.unwrap();
+        size = value.len();
+        let _: () = admin
+            .pset_ex(format!("{prefix}plain:{i}"), value, 86_400_000)
+            .await
+            .unwrap();
+    }
+    phase(&mut admin, "(setup)", &[], &mut report).await;
+    for i in 0..N {
+        let _: Vec<u8> = admin.get(format!("{prefix}plain:{i}")).await.unwrap();
+    }
+    phase(
+        &mut admin,
+        &format!("plain GET, same {size}-byte values"),
+        &["get"],
+        &mut report,
+    )
+    .await;
+
+    // What any script costs on this server, for scale.
+    let empty = redis::Script::new("return 1");
+    for _ in 0..N {
+        let _: i64 = empty.invoke_async(&mut admin).await.unwrap();
+    }
+    phase(
+        &mut admin,
+        "baseline: script `return 1`",
+        &["evalsha"],
+        &mut report,
+    )
+    .await;
+    let set_get =
+        redis::Script::new("redis.call('SET', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])");
+    for _ in 0..N {
+        let _: Vec<u8> = set_get
+            .key(&plain_key)
+            .arg("x".repeat(400))
+            .invoke_async(&mut admin)
+            .await
+            .unwrap();
+    }
+    phase(
+        &mut admin,
+        "baseline: script SET + GET",
+        &["evalsha"],
+        &mut report,
+    )
+    .await;
+
+    for r in &records {
+        let found = store
+            .find_active(&[candidate(r.current, 0)], T0)
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+    }
+    phase(
+        &mut admin,
+        "find_active, 1 candidate (MGET)",
+        &["mget"],
+        &mut report,
+    )
+    .await;
+
+    for r in &records {
+        let candidates = [candidate(r.current, 0), candidate(credential(2), 0)];
+        assert_eq!(store.find_active(&candidates, T0).await.unwrap().len(), 1);
+    }
+    phase(
+        &mut admin,
+        "find_active, 2 candidates (MGET)",
+        &["mget"],
+        &mut report,
+    )
+    .await;
+
+    let mut touched = Vec::with_capacity(N);
+    for r in &records {
+        let next = successor(r, |n| n.last_seen_at = T0 + secs(60));
+        assert!(store.replace(r, &next, T0 + secs(60)).await.unwrap());
+        touched.push(next);
+    }
+    phase(
+        &mut admin,
+        "replace: touch (script)",
+        &["evalsha"],
+        &mut report,
+    )
+    .await;
+
+    for r in &touched {
+        let next = rotated(r, credential(1), T0 + secs(60));
+        assert!(store.replace(r, &next, T0 + secs(60)).await.unwrap());
+    }
+    phase(
+        &mut admin,
+        "replace: rotate (script)",
+        &["evalsha"],
+        &mut report,
+    )
+    .await;
+
+    let revocation = Revocation::new(RevocationReason::Logout);
+    for r in &records {
+        store.revoke(&r.id, None, T0, &revocation).await.unwrap();
+    }
+    phase(&mut admin, "revoke (script)", &["evalsha"], &mut report).await;
+
+    // 10 sessions per subject.
+    let subjects: Vec<SessionRecord> = (0..100)
+        .map(|i| record(Some(&format!("user{}", i / 10)), T0))
+        .collect();
+    for r in &subjects {
+        store.insert(r).await.unwrap();
+    }
+    phase(&mut admin, "(setup)", &[], &mut report).await;
+    for i in 0..10 {
+        store
+            .list_for_subject(&format!("user{i}"), T0)
+            .await
+            .unwrap();
+    }
+    phase(
+        &mut admin,
+        "list_for_subject, 10 sessions (script)",
+        &["evalsha"],
+        &mut report,
+    )
+    .await;
+    for i in 0..10 {
+        store
+            .revoke_all_for_subject(&format!("user{i}"), T0, &revocation, None)
+            .await
+            .unwrap();
+    }
+    phase(
+        &mut admin,
+        "revoke_all_for_subject, 10 (script)",
+        &["evalsha"],
+        &mut report,
+    )
+    .await;
+
+    println!("\nRedis server time per call (INFO commandstats), {N} operations each:");
+    for line in report {
+        println!("{line}");
+    }
+    cleanup(&mut admin, &prefix).await;
+}
+
+fn main() {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(measure_server_time_per_operation());
+}
