@@ -239,6 +239,22 @@ fn bench_micro(c: &mut Criterion) {
     group.bench_function("candidate_derivation", |b| {
         b.iter(|| ring1.current_credential(black_box(&secret)))
     });
+    // The first version's derivation, for a ratio in the same run: the
+    // `hmac` crate's keyed state (cloned per use) with the 37-byte tag
+    // `tower-hmac-session/v1/session-lookup\0`, which does not fit one block
+    // with the secret.
+    {
+        use hmac::Mac as _;
+        let mut v1 = hmac::Hmac::<sha2::Sha256>::new_from_slice(&[1u8; 32]).unwrap();
+        v1.update(b"tower-hmac-session/v1/session-lookup\0");
+        group.bench_function("candidate_derivation_v1_tag", |b| {
+            b.iter(|| {
+                let mut mac = v1.clone();
+                mac.update(black_box(secret.expose_bytes()));
+                mac.finalize().into_bytes()
+            })
+        });
+    }
     group.finish();
 }
 

@@ -371,9 +371,12 @@ impl SessionRecord {
         if self.subject.is_none() && self.authenticated_at.is_some() {
             return Err("a session without a subject has an authentication time");
         }
-        let keys: Vec<LookupKey> = self.credentials().map(|(_, c)| c.lookup_key).collect();
-        if (1..keys.len()).any(|i| keys[..i].contains(&keys[i])) {
-            return Err("two slots hold the same lookup key");
+        let mut keys = [None; 3];
+        for (i, (_, credential)) in self.credentials().enumerate() {
+            if keys.contains(&Some(credential.lookup_key)) {
+                return Err("two slots hold the same lookup key");
+            }
+            keys[i] = Some(credential.lookup_key);
         }
         if let Some(user_agent) = &self.user_agent {
             validate_user_agent(user_agent)?;
@@ -427,9 +430,21 @@ pub(crate) fn validate_data(data: &Data) -> Result<(), &'static str> {
     if data.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
         return Err("session data holds a NUL character");
     }
-    match serde_json::to_vec(data) {
-        Ok(json) if json.len() <= MAX_DATA_LEN => Ok(()),
-        Ok(_) => Err("the session data is larger than 4096 bytes of JSON"),
+    /// Counts the bytes of compact JSON without keeping them.
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    match serde_json::to_writer(&mut counter, data) {
+        Ok(()) if counter.0 <= MAX_DATA_LEN => Ok(()),
+        Ok(()) => Err("the session data is larger than 4096 bytes of JSON"),
         Err(_) => Err("the session data cannot be serialized"),
     }
 }

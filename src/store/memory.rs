@@ -258,8 +258,8 @@ impl SessionStore for MemoryStore {
         for (_, new) in next.credentials() {
             inner.by_lookup.insert(new.lookup_key, current.id);
         }
-        // In place when no request holds the record any more; a copy otherwise.
-        *Arc::make_mut(stored) = next.clone();
+        // A new shared record: requests still holding the old one keep it.
+        *stored = Arc::new(next.clone());
         Ok(true)
     }
 
