@@ -178,6 +178,7 @@ pub enum ConfigError {
 /// | `touch_interval` | 5 minutes | at most one sliding-expiry write per session per 5 minutes: idle expiry is precise to 5 minutes of 7 days, at a fraction of the writes |
 /// | `store_timeout` | 5 seconds | a hung store answers 503 rather than holding connections open |
 /// | store errors | [`StoreErrorPolicy::FailClosed`] | a store outage never logs anyone out or loses a change |
+/// | `max_sessions_per_subject` | 10 | a login beyond it ends the subject's least recently used session, so stolen or forgotten sessions cannot pile up |
 /// | reuse detection | on | a rotated-away secret presented after its grace (once its successor was confirmed), or a superseded one, revokes the whole session |
 /// | cookie | `__Host-session`, `Secure; HttpOnly; SameSite=Lax; Path=/`, no `Domain` | the `__Host-` prefix pins the cookie to this origin over HTTPS |
 ///
@@ -206,6 +207,7 @@ pub struct SessionConfig {
     pub(crate) store_error_policy: StoreErrorPolicy,
     pub(crate) store_error_response: Option<StoreErrorResponse>,
     pub(crate) revoke_on_reuse: bool,
+    pub(crate) max_sessions_per_subject: Option<u32>,
     pub(crate) cookie: CookieConfig,
 }
 
@@ -221,6 +223,7 @@ impl Default for SessionConfig {
             store_error_policy: StoreErrorPolicy::FailClosed,
             store_error_response: None,
             revoke_on_reuse: true,
+            max_sessions_per_subject: Some(10),
             cookie: CookieConfig::default(),
         }
     }
@@ -241,6 +244,7 @@ impl fmt::Debug for SessionConfig {
                 &self.store_error_response.as_ref().map(|_| "custom"),
             )
             .field("revoke_on_reuse", &self.revoke_on_reuse)
+            .field("max_sessions_per_subject", &self.max_sessions_per_subject)
             .field("cookie", &self.cookie)
             .finish()
     }
@@ -329,6 +333,11 @@ impl SessionConfig {
         self.revoke_on_reuse
     }
 
+    /// The most live sessions one subject may have; `None`: no limit.
+    pub fn max_sessions_per_subject(&self) -> Option<u32> {
+        self.max_sessions_per_subject
+    }
+
     /// The cookie settings.
     pub fn cookie(&self) -> &CookieConfig {
         &self.cookie
@@ -415,7 +424,18 @@ impl SessionConfigBuilder {
         self
     }
 
-    /// The cookie's name (default `__Host-session`).
+    /// The most live sessions one subject may have (default 10): a login
+    /// beyond it revokes the subject's least recently used session
+    /// (`session_limit`), atomically with the insert. `None` removes the
+    /// limit. Must be at least 1.
+    pub fn max_sessions_per_subject(mut self, value: Option<u32>) -> Self {
+        self.config.max_sessions_per_subject = value;
+        self
+    }
+
+    /// The cookie's name (default `__Host-session`). A name without the
+    /// `__Host-` prefix can be set by a sibling subdomain (cookie tossing):
+    /// keep the prefix unless you cannot.
     pub fn cookie_name(mut self, value: impl Into<String>) -> Self {
         self.config.cookie.name = value.into();
         self
@@ -488,6 +508,9 @@ impl SessionConfigBuilder {
         }
         if c.absolute_lifetime < c.idle_timeout {
             return lifetime("absolute_lifetime must be at least idle_timeout");
+        }
+        if c.max_sessions_per_subject == Some(0) {
+            return lifetime("max_sessions_per_subject must be at least 1 (or None)");
         }
         if c.store_timeout.is_some_and(|d| d.is_zero()) {
             return lifetime("store_timeout must be positive (or None)");

@@ -225,11 +225,10 @@ impl Session {
         // Insert first, then end the old session: if either fails, the old
         // session is still there (nothing lost). A new record whose login
         // failed is unreachable (its secret was never sent) and expires.
-        manager
-            .call("insert", manager.store().insert(&record))
-            .await?;
+        let old = self.id();
+        manager.insert_new(&record, old, now).await?;
         tracing::info!(session.id = %record.id, "session created by login");
-        if let Some(old) = self.id() {
+        if let Some(old) = old {
             let revocation = Revocation::new(RevocationReason::ReplacedByLogin);
             manager
                 .call(

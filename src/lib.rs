@@ -48,4 +48,4 @@ pub use secret::{ENCODED_SECRET_LEN, SECRET_LEN, SessionSecret};
 #[doc(inline)]
 pub use store::MemoryStore;
 #[doc(inline)]
-pub use store::{SessionStore, StoreError, check_successor};
+pub use store::{SessionStore, StoreError, SubjectCap, check_successor};

@@ -333,13 +333,40 @@ impl SessionManager {
     ) -> Result<IssuedSession, SessionError> {
         let now = self.now();
         let (record, secret) = self.new_record(subject.into(), data, now)?;
-        self.call("insert", self.inner.store.insert(&record))
-            .await?;
+        self.insert_new(&record, None, now).await?;
         tracing::info!(session.id = %record.id, "session created");
         Ok(IssuedSession {
             record: record.to_active(record.current.key_version),
             secret,
         })
+    }
+
+    /// Inserts a new record, applying `max_sessions_per_subject` in the same
+    /// store operation; `replaces` is the session a login ends itself.
+    pub(crate) async fn insert_new(
+        &self,
+        record: &SessionRecord,
+        replaces: Option<SessionId>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let store = self.store();
+        match (self.inner.config.max_sessions_per_subject, &record.subject) {
+            (Some(max_sessions), Some(_)) => {
+                let cap = crate::store::SubjectCap {
+                    max_sessions,
+                    except: replaces,
+                    revocation: Revocation::new(crate::RevocationReason::SessionLimit),
+                };
+                let evicted = self
+                    .call("insert_capped", store.insert_capped(record, now, &cap))
+                    .await?;
+                for id in evicted {
+                    tracing::info!(session.id = %id, "session ended: the subject reached max_sessions_per_subject");
+                }
+                Ok(())
+            }
+            _ => self.call("insert", store.insert(record)).await,
+        }
     }
 
     /// Writes a handler-requested change to `record`: `change` builds the

@@ -108,9 +108,12 @@ pub enum RevocationReason {
     ReplacedByLogin,
     /// An administrator or the application revoked it.
     Admin,
-    /// A rotated-away secret was presented after its grace window: the
-    /// session's credential is presumed stolen.
+    /// An old secret was presented again (after the grace of a confirmed
+    /// successor, or a superseded one): two parties hold the session.
     ReuseDetected,
+    /// A new login of the same subject went past
+    /// `max_sessions_per_subject`: the least recently used session ended.
+    SessionLimit,
 }
 
 impl RevocationReason {
@@ -123,17 +126,19 @@ impl RevocationReason {
             Self::ReplacedByLogin => "replaced_by_login",
             Self::Admin => "admin",
             Self::ReuseDetected => "reuse_detected",
+            Self::SessionLimit => "session_limit",
         }
     }
 
     /// Every reason, for stores that validate what they read.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Logout,
         Self::LogoutEverywhere,
         Self::LogoutOtherDevices,
         Self::ReplacedByLogin,
         Self::Admin,
         Self::ReuseDetected,
+        Self::SessionLimit,
     ];
 }
 

@@ -11,7 +11,8 @@ use time::OffsetDateTime;
 use tower_hmac_session::conformance::{CHECKS, run};
 use tower_hmac_session::{
     ActiveSessionRecord, Candidate, KeyVersion, MemoryStore, Revocation, RevokeOutcome, SessionId,
-    SessionMatch, SessionRecord, SessionStore, Slot, StoreError, VersionCount, check_successor,
+    SessionMatch, SessionRecord, SessionStore, Slot, StoreError, SubjectCap, VersionCount,
+    check_successor,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,6 +49,11 @@ enum Bug {
     GraceInclusive,
     /// `purge_expired` keeps a record that expires at `now`.
     PurgeExclusive,
+    /// `insert_capped` counts the session the login replaces.
+    CapCountsTheReplaced,
+    /// `insert_capped` evicts the most recently created, not the least
+    /// recently used.
+    CapEvictsNewest,
 }
 
 #[derive(Debug)]
@@ -109,6 +115,38 @@ impl SessionStore for Broken {
             _ => now,
         };
         self.inner.get_active(id, now).await
+    }
+
+    async fn insert_capped(
+        &self,
+        record: &SessionRecord,
+        now: OffsetDateTime,
+        cap: &SubjectCap,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        match self.bug {
+            Bug::CapCountsTheReplaced => {
+                let cap = SubjectCap {
+                    except: None,
+                    ..cap.clone()
+                };
+                self.inner.insert_capped(record, now, &cap).await
+            }
+            Bug::CapEvictsNewest => {
+                // Evicts by creation time, newest first.
+                let subject = record.subject.clone().unwrap_or_default();
+                let mut live = self.inner.list_for_subject(&subject, now).await?;
+                live.retain(|r| Some(r.id) != cap.except);
+                let excess = (live.len() + 1).saturating_sub(cap.max_sessions as usize);
+                let mut evicted = Vec::new();
+                for r in live.iter().take(excess) {
+                    self.inner.revoke(&r.id, None, now, &cap.revocation).await?;
+                    evicted.push(r.id);
+                }
+                self.inner.insert(record).await?;
+                Ok(evicted)
+            }
+            _ => self.inner.insert_capped(record, now, cap).await,
+        }
     }
 
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
@@ -233,6 +271,14 @@ async fn the_suite_fails_a_store_with_any_of_these_bugs() {
             "find_reports_the_slot_version_and_value_index_of_each_match",
         ),
         (Bug::ExpiryInclusive, "find_ignores_inactive_records"),
+        (
+            Bug::CapCountsTheReplaced,
+            "insert_capped_evicts_the_least_recently_used",
+        ),
+        (
+            Bug::CapEvictsNewest,
+            "insert_capped_evicts_the_least_recently_used",
+        ),
         (
             Bug::ReadTimeCondition,
             "replace_refuses_revoked_and_expired_records",

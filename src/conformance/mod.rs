@@ -67,6 +67,8 @@ pub const CHECKS: &[&str] = &[
     "revoke_with_a_subject_matches_only_that_subject",
     "revoke_all_for_subject_keeps_the_exception",
     "list_for_subject_is_newest_first_and_active_only",
+    "insert_capped_evicts_the_least_recently_used",
+    "insert_capped_is_atomic_under_concurrent_logins",
     "count_by_key_version_splits_recent_and_dormant",
     "purge_expired_removes_dead_records_only",
 ];
@@ -121,6 +123,8 @@ where
         subjects::revoke_with_a_subject_matches_only_that_subject,
         subjects::revoke_all_for_subject_keeps_the_exception,
         subjects::list_for_subject_is_newest_first_and_active_only,
+        subjects::insert_capped_evicts_the_least_recently_used,
+        subjects::insert_capped_is_atomic_under_concurrent_logins,
         housekeeping::count_by_key_version_splits_recent_and_dormant,
         housekeeping::purge_expired_removes_dead_records_only,
     );

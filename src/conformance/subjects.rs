@@ -6,6 +6,7 @@ use super::support::{
 };
 use crate::keys::KeyVersion;
 use crate::record::{Revocation, RevocationReason, RevokeOutcome, SessionId, SessionRecord};
+use crate::store::{StoreError, SubjectCap};
 
 /// A record with all three slots filled.
 fn with_every_slot(mut r: SessionRecord) -> SessionRecord {
@@ -249,4 +250,112 @@ pub(super) async fn list_for_subject_is_newest_first_and_active_only(store: Stor
             "`{check}`: the subject {subject:?} has no session"
         );
     }
+}
+
+fn cap(max_sessions: u32, except: Option<SessionId>) -> SubjectCap {
+    SubjectCap {
+        max_sessions,
+        except,
+        revocation: Revocation::new(RevocationReason::SessionLimit),
+    }
+}
+
+pub(super) async fn insert_capped_evicts_the_least_recently_used(store: Store) {
+    let check = "insert_capped_evicts_the_least_recently_used";
+    // Three sessions of alice; the one created first was used last.
+    let mut a = session("alice", 0);
+    a.last_seen_at = t(50);
+    let b = session("alice", 10);
+    let c = session("alice", 20);
+    let expired = {
+        let mut r = session("alice", 0);
+        r.expires_at = t(30);
+        r
+    };
+    let bob = session("bob", 0);
+    let before_login = anonymous(0);
+    for r in [&a, &b, &c, &expired, &bob, &before_login] {
+        insert(check, &store, r).await;
+    }
+    // A fourth with a cap of 3: one must go, the least recently used live
+    // one (b); the expired one counts for nothing.
+    let d = session("alice", 60);
+    let evicted = ok(check, store.insert_capped(&d, t(60), &cap(3, None)).await);
+    assert_eq!(evicted, [b.id], "`{check}`: evicted");
+    assert!(
+        get(check, &store, &b.id, t(60)).await.is_none(),
+        "`{check}`: b still live"
+    );
+    assert_eq!(
+        ok(check, store.revoke(&b.id, None, t(61), &revocation()).await),
+        RevokeOutcome::AlreadyRevoked,
+        "`{check}`: b is revoked, not deleted"
+    );
+    for r in [&a, &c, &d, &bob, &before_login] {
+        assert!(
+            get(check, &store, &r.id, t(60)).await.is_some(),
+            "`{check}`: a live session went"
+        );
+    }
+    // The session a login replaces is neither counted nor evicted.
+    let e = session("alice", 70);
+    let evicted = ok(
+        check,
+        store.insert_capped(&e, t(70), &cap(2, Some(a.id))).await,
+    );
+    assert_eq!(evicted, [c.id], "`{check}`: evicted with an exception");
+    assert!(
+        get(check, &store, &a.id, t(70)).await.is_some(),
+        "`{check}`: the replaced session went"
+    );
+    // A cap of 1 leaves only the new session.
+    let f = session("alice", 80);
+    let mut evicted = ok(check, store.insert_capped(&f, t(80), &cap(1, None)).await);
+    evicted.sort();
+    let mut expected = vec![a.id, d.id, e.id];
+    expected.sort();
+    assert_eq!(evicted, expected, "`{check}`: a cap of one");
+    let listed: Vec<SessionId> = ok(check, store.list_for_subject("alice", t(80)).await)
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, [f.id], "`{check}`: what is left");
+    // No subject: nothing evicted. A conflict: nothing evicted either.
+    assert!(
+        ok(
+            check,
+            store
+                .insert_capped(&anonymous(90), t(90), &cap(1, None))
+                .await
+        )
+        .is_empty()
+    );
+    let mut clash = session("alice", 95);
+    clash.current = f.current;
+    let result = store.insert_capped(&clash, t(95), &cap(1, None)).await;
+    assert!(
+        matches!(result, Err(StoreError::Conflict)),
+        "`{check}`: {result:?}"
+    );
+    assert!(
+        get(check, &store, &f.id, t(95)).await.is_some(),
+        "`{check}`: evicted on a conflict"
+    );
+    assert!(get(check, &store, &bob.id, t(95)).await.is_some());
+}
+
+pub(super) async fn insert_capped_is_atomic_under_concurrent_logins(store: Store) {
+    let check = "insert_capped_is_atomic_under_concurrent_logins";
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            let r = session("carol", i);
+            tokio::spawn(async move { store.insert_capped(&r, t(100), &cap(3, None)).await })
+        })
+        .collect();
+    for task in tasks {
+        ok(check, task.await.expect("the task panicked"));
+    }
+    let live = ok(check, store.list_for_subject("carol", t(100)).await);
+    assert_eq!(live.len(), 3, "`{check}`: never more than the cap");
 }

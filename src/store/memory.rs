@@ -7,7 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{SessionStore, StoreError, check_successor};
+use super::{SessionStore, StoreError, SubjectCap, check_successor};
 use crate::keys::{Candidate, KeyVersion, LookupKey};
 use crate::record::{
     ActiveSessionRecord, Revocation, RevokeOutcome, Revoked, SessionId, SessionMatch,
@@ -125,6 +125,31 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Whether the record's id or one of its lookup keys is taken.
+    fn conflicts(&self, record: &SessionRecord) -> bool {
+        self.records.contains_key(&record.id)
+            || record
+                .credentials()
+                .any(|(_, c)| self.by_lookup.contains_key(&c.lookup_key))
+    }
+
+    fn insert(&mut self, record: &SessionRecord) -> Result<(), StoreError> {
+        if self.conflicts(record) {
+            return Err(StoreError::Conflict);
+        }
+        for (_, credential) in record.credentials() {
+            self.by_lookup.insert(credential.lookup_key, record.id);
+        }
+        if let Some(subject) = &record.subject {
+            self.by_subject
+                .entry(subject.clone())
+                .or_insert_with(|| Vec::with_capacity(1))
+                .push(record.id);
+        }
+        self.records.insert(record.id, Arc::new(record.clone()));
+        Ok(())
+    }
+
     fn remove(&mut self, id: &SessionId) {
         let Some(record) = self.records.remove(id) else {
             return;
@@ -203,26 +228,44 @@ impl SessionStore for MemoryStore {
 
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
         record.validate().map_err(StoreError::Invalid)?;
+        self.write().insert(record)
+    }
+
+    async fn insert_capped(
+        &self,
+        record: &SessionRecord,
+        now: OffsetDateTime,
+        cap: &SubjectCap,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        record.validate().map_err(StoreError::Invalid)?;
+        // One lock for the conflict check, the evictions and the insert.
         let mut inner = self.write();
-        if inner.records.contains_key(&record.id)
-            || record
-                .credentials()
-                .any(|(_, c)| inner.by_lookup.contains_key(&c.lookup_key))
-        {
+        if inner.conflicts(record) {
             return Err(StoreError::Conflict);
         }
-        for (_, credential) in record.credentials() {
-            inner.by_lookup.insert(credential.lookup_key, record.id);
-        }
+        let mut evicted = Vec::new();
         if let Some(subject) = &record.subject {
-            inner
+            let mut live: Vec<(OffsetDateTime, OffsetDateTime, SessionId)> = inner
                 .by_subject
-                .entry(subject.clone())
-                .or_insert_with(|| Vec::with_capacity(1))
-                .push(record.id);
+                .get(subject.as_str())
+                .into_iter()
+                .flatten()
+                .filter(|id| Some(**id) != cap.except)
+                .filter_map(|id| inner.records.get(id))
+                .filter(|r| r.is_active(now))
+                .map(|r| (r.last_seen_at, r.created_at, r.id))
+                .collect();
+            live.sort();
+            let keep = cap.max_sessions.saturating_sub(1) as usize;
+            let excess = live.len().saturating_sub(keep);
+            for (_, _, id) in live.into_iter().take(excess) {
+                if inner.revoke(&id, now, &cap.revocation) {
+                    evicted.push(id);
+                }
+            }
         }
-        inner.records.insert(record.id, Arc::new(record.clone()));
-        Ok(())
+        inner.insert(record)?;
+        Ok(evicted)
     }
 
     async fn replace(

@@ -165,6 +165,26 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// [`SessionRecord::validate`].
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError>;
 
+    /// Inserts a new record like [`insert`](Self::insert) and, in the same
+    /// atomic operation, keeps its subject within `cap`: the subject's
+    /// sessions active at `now`, other than `cap.except` (the session a login
+    /// replaces, which it revokes itself), are revoked with `cap.revocation`,
+    /// least recently used first (`last_seen_at`, then `created_at`, then
+    /// id, ascending), until fewer than `cap.max_sessions` remain; then the
+    /// record is inserted. Returns the ids it revoked. A record without a
+    /// subject is inserted without any of this. On a conflict nothing is
+    /// revoked.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert).
+    async fn insert_capped(
+        &self,
+        record: &SessionRecord,
+        now: OffsetDateTime,
+        cap: &SubjectCap,
+    ) -> Result<Vec<SessionId>, StoreError>;
+
     /// Compare-and-swap of a whole record: if the stored record `current.id`
     /// still has generation `current.generation` and is active at `now`, it
     /// becomes `next`, and the lookup keys follow `next`'s slots (a key only
@@ -260,6 +280,14 @@ macro_rules! forward_store {
             async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
                 (**self).insert(record).await
             }
+            async fn insert_capped(
+                &self,
+                record: &SessionRecord,
+                now: OffsetDateTime,
+                cap: &SubjectCap,
+            ) -> Result<Vec<SessionId>, StoreError> {
+                (**self).insert_capped(record, now, cap).await
+            }
             async fn replace(
                 &self,
                 current: &SessionRecord,
@@ -311,6 +339,18 @@ macro_rules! forward_store {
 
 forward_store!(Arc<S>);
 forward_store!(Box<S>);
+
+/// The per-subject session limit [`SessionStore::insert_capped`] applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubjectCap {
+    /// The most active sessions a subject may have, the new one included
+    /// (at least 1).
+    pub max_sessions: u32,
+    /// A session neither counted nor revoked: the one the login replaces.
+    pub except: Option<SessionId>,
+    /// What the revoked sessions are stamped with.
+    pub revocation: Revocation,
+}
 
 /// Checks what [`SessionStore::replace`] requires of `next` before a store
 /// writes it: valid, `current`'s successor (same id, subject, creation time

@@ -23,7 +23,7 @@ use tower_hmac_session::{
     ActiveSession, ActiveSessionRecord, Candidate, Data, KeyRing, KeyVersion, MemoryStore,
     MockClock, Revocation, RevokeOutcome, Session, SessionConfig, SessionError, SessionId,
     SessionLayer, SessionManager, SessionMatch, SessionRecord, SessionSecret, SessionStore,
-    StoreError, VersionCount,
+    StoreError, SubjectCap, VersionCount,
 };
 
 pub const COOKIE: &str = "__Host-session";
@@ -184,6 +184,16 @@ impl SessionStore for TestStore {
         bump(&self.counts.insert);
         self.gate("insert", true).await?;
         self.inner.insert(record).await
+    }
+    async fn insert_capped(
+        &self,
+        record: &SessionRecord,
+        now: OffsetDateTime,
+        cap: &SubjectCap,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        bump(&self.counts.insert);
+        self.gate("insert", true).await?;
+        self.inner.insert_capped(record, now, cap).await
     }
     async fn replace(
         &self,
