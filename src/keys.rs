@@ -51,7 +51,10 @@ pub const MAX_KEY_VERSIONS: usize = 8;
 ///
 /// Versions are chosen by the operator; the number only identifies a key and
 /// implies no order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct KeyVersion(pub u32);
 
 impl fmt::Display for KeyVersion {

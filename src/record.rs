@@ -75,6 +75,19 @@ impl fmt::Debug for SessionId {
     }
 }
 
+impl serde::Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A string is not a session id (32 lowercase hex digits).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a session id: expected 32 lowercase hex digits")]
@@ -94,8 +107,10 @@ impl FromStr for SessionId {
     }
 }
 
-/// Why a session was revoked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Why a session was revoked. Serialized as its canonical name
+/// (`"reuse_detected"`, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RevocationReason {
     /// The user logged out of this session.
@@ -165,7 +180,7 @@ impl FromStr for RevocationReason {
 }
 
 /// A revocation request: why, and who asked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Revocation {
     /// Why.
     pub reason: RevocationReason,
@@ -208,16 +223,20 @@ impl From<RevocationReason> for Revocation {
 }
 
 /// The revocation stamped on a stored record. Monotonic: never removed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Revoked {
-    /// When.
+    /// When (RFC 3339 in serialized form).
+    #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
     /// Why and by whom.
     pub revocation: Revocation,
 }
 
 /// Which credential slot of a record a lookup key is in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Slot {
     /// The secret the client should be using now.
     Current,
@@ -503,22 +522,41 @@ impl DataPatch {
 }
 
 /// A live session, as handlers and session lists see it. Holds no secret and
-/// no lookup key.
-#[derive(Clone, Debug, PartialEq)]
+/// no lookup key, so it can be sent to the client as it is
+/// (`Json(session.devices().await?)`); timestamps serialize as RFC 3339.
+///
+/// ```
+/// use tower_hmac_session::{Data, KeyRing, MemoryStore, SessionConfig, SessionManager};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let keys = KeyRing::builder().key(1, [7u8; 32]).build().unwrap();
+/// let sessions = SessionManager::new(MemoryStore::new(), keys, SessionConfig::default());
+/// let issued = sessions.create_session("user-42", Data::new()).await.unwrap();
+/// let json = serde_json::to_value(&issued.record).unwrap();
+/// assert_eq!(json["id"], issued.record.id.to_string());
+/// assert_eq!(json["subject"], "user-42");
+/// # });
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ActiveSessionRecord {
     /// The session's id.
     pub id: SessionId,
     /// Whom it belongs to; `None` before login.
     pub subject: Option<String>,
     /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// When the subject last proved who they are; `None` before login.
+    #[serde(with = "time::serde::rfc3339::option")]
     pub authenticated_at: Option<OffsetDateTime>,
     /// When it was last used (precise to the touch interval).
+    #[serde(with = "time::serde::rfc3339")]
     pub last_seen_at: OffsetDateTime,
     /// Idle expiry.
+    #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
     /// Hard expiry.
+    #[serde(with = "time::serde::rfc3339")]
     pub absolute_expires_at: OffsetDateTime,
     /// Whether the cookie outlives the browser session.
     pub persistent: bool,
@@ -574,7 +612,7 @@ impl SessionMatch {
 
 /// How many live sessions use one key version; see
 /// [`SessionStore::count_by_key_version`](crate::SessionStore::count_by_key_version).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VersionCount {
     /// Seen within the recent window: their clients are active, and each is
     /// re-keyed to the current version on its next request.
@@ -593,7 +631,8 @@ impl VersionCount {
 }
 
 /// The outcome of [`SessionStore::revoke`](crate::SessionStore::revoke).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RevokeOutcome {
     /// The session was live and is now revoked.
     Revoked,
@@ -615,6 +654,54 @@ mod tests {
         assert!("AB".repeat(16).parse::<SessionId>().is_err());
         assert!("ab".repeat(15).parse::<SessionId>().is_err());
         assert!("zz".repeat(16).parse::<SessionId>().is_err());
+    }
+
+    #[test]
+    fn public_data_types_serialize_as_users_expect() {
+        let id = SessionId::from_bytes([0xab; 16]);
+        assert_eq!(
+            serde_json::to_value(id).unwrap(),
+            serde_json::json!("ab".repeat(16))
+        );
+        assert_eq!(
+            serde_json::from_value::<SessionId>(serde_json::json!("ab".repeat(16))).unwrap(),
+            id
+        );
+        assert!(serde_json::from_value::<SessionId>(serde_json::json!("AB".repeat(16))).is_err());
+        assert_eq!(
+            serde_json::to_value(RevocationReason::ReuseDetected).unwrap(),
+            serde_json::json!("reuse_detected")
+        );
+        for reason in RevocationReason::ALL {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::json!(reason.as_str())
+            );
+        }
+        let at = OffsetDateTime::from_unix_timestamp(1_893_456_000).unwrap();
+        let record = ActiveSessionRecord {
+            id,
+            subject: Some("alice".into()),
+            created_at: at,
+            authenticated_at: None,
+            last_seen_at: at,
+            expires_at: at,
+            absolute_expires_at: at,
+            persistent: true,
+            user_agent: Some("curl".into()),
+            client_ip: Some("192.0.2.1".parse().unwrap()),
+            data: Data::new(),
+            key_version: KeyVersion(2),
+        };
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["created_at"], "2030-01-01T00:00:00Z");
+        assert_eq!(json["authenticated_at"], serde_json::Value::Null);
+        assert_eq!(json["client_ip"], "192.0.2.1");
+        assert_eq!(json["key_version"], 2);
+        assert_eq!(
+            serde_json::from_value::<ActiveSessionRecord>(json).unwrap(),
+            record
+        );
     }
 
     #[test]
