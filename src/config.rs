@@ -38,6 +38,11 @@ pub enum StoreErrorPolicy {
 /// [`SessionConfigBuilder::store_error_response`].
 pub type StoreErrorResponse = Arc<dyn Fn(&StoreError) -> Response + Send + Sync>;
 
+/// Builds the response when [`ActiveSession`](crate::ActiveSession) finds no
+/// logged-in session, from the request's URI; see
+/// [`SessionConfigBuilder::unauthenticated_response`].
+pub type UnauthenticatedResponse = Arc<dyn Fn(&http::Uri) -> Response + Send + Sync>;
+
 /// The session cookie's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CookieConfig {
@@ -206,6 +211,7 @@ pub struct SessionConfig {
     pub(crate) store_timeout: Option<Duration>,
     pub(crate) store_error_policy: StoreErrorPolicy,
     pub(crate) store_error_response: Option<StoreErrorResponse>,
+    pub(crate) unauthenticated_response: Option<UnauthenticatedResponse>,
     pub(crate) revoke_on_reuse: bool,
     pub(crate) max_sessions_per_subject: Option<u32>,
     pub(crate) cookie: CookieConfig,
@@ -222,6 +228,7 @@ impl Default for SessionConfig {
             store_timeout: Some(Duration::from_secs(5)),
             store_error_policy: StoreErrorPolicy::FailClosed,
             store_error_response: None,
+            unauthenticated_response: None,
             revoke_on_reuse: true,
             max_sessions_per_subject: Some(10),
             cookie: CookieConfig::default(),
@@ -242,6 +249,10 @@ impl fmt::Debug for SessionConfig {
             .field(
                 "store_error_response",
                 &self.store_error_response.as_ref().map(|_| "custom"),
+            )
+            .field(
+                "unauthenticated_response",
+                &self.unauthenticated_response.as_ref().map(|_| "custom"),
             )
             .field("revoke_on_reuse", &self.revoke_on_reuse)
             .field("max_sessions_per_subject", &self.max_sessions_per_subject)
@@ -414,6 +425,34 @@ impl SessionConfigBuilder {
         make: impl Fn(&StoreError) -> Response + Send + Sync + 'static,
     ) -> Self {
         self.config.store_error_response = Some(Arc::new(make));
+        self
+    }
+
+    /// Builds the response when [`ActiveSession`](crate::ActiveSession) finds
+    /// no logged-in session, instead of a plain 401: a redirect to the login
+    /// page that comes back to the original path, say.
+    ///
+    /// ```
+    /// use axum_core::response::IntoResponse;
+    /// use http::{StatusCode, header};
+    /// use tower_hmac_session::SessionConfig;
+    ///
+    /// let config = SessionConfig::builder()
+    ///     .unauthenticated_response(|uri| {
+    ///         let back = uri.path_and_query().map_or("/", |p| p.as_str());
+    ///         // A real app would percent-encode `back`.
+    ///         let login = format!("/login?next={back}");
+    ///         (StatusCode::SEE_OTHER, [(header::LOCATION, login)]).into_response()
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = config;
+    /// ```
+    pub fn unauthenticated_response(
+        mut self,
+        make: impl Fn(&http::Uri) -> Response + Send + Sync + 'static,
+    ) -> Self {
+        self.config.unauthenticated_response = Some(Arc::new(make));
         self
     }
 

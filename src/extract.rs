@@ -428,34 +428,44 @@ impl Session {
             })
     }
 
-    /// Sets data `key` to `value`; written to the store when the response
-    /// leaves the layer. Returns the previous value.
+    /// Sets data `key` to `value` (any `Serialize`); written to the store
+    /// when the response leaves the layer.
     ///
     /// # Errors
     ///
     /// [`SessionError::NotLoggedIn`] without a session; a value that does not
     /// serialize; data over 4 KiB of JSON or holding a NUL character
     /// (nothing changes then).
-    pub fn insert<T: Serialize>(
-        &self,
-        key: &str,
-        value: T,
-    ) -> Result<Option<serde_json::Value>, SessionError> {
+    pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
         let value = serde_json::to_value(value).map_err(|source| SessionError::Serde {
             key: key.to_owned(),
             source,
         })?;
         self.change_data(key, |patch| patch.set(key.to_owned(), value))
+            .map(drop)
     }
 
-    /// Removes data `key`; written to the store when the response leaves the
-    /// layer. Returns the removed value.
+    /// Removes data `key` and returns its value as `T` (like
+    /// [`get`](Self::get)); written to the store when the response leaves
+    /// the layer. `Ok(None)` if absent or without a session.
     ///
     /// # Errors
     ///
-    /// [`SessionError::NotLoggedIn`] without a session.
-    pub fn remove(&self, key: &str) -> Result<Option<serde_json::Value>, SessionError> {
-        self.change_data(key, |patch| patch.remove(key.to_owned()))
+    /// The removed value does not deserialize as `T` (it is removed all
+    /// the same).
+    pub fn remove<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        if !self.is_active() {
+            return Ok(None);
+        }
+        let removed = self.change_data(key, |patch| patch.remove(key.to_owned()))?;
+        removed
+            .map(|value| {
+                T::deserialize(value).map_err(|source| SessionError::Serde {
+                    key: key.to_owned(),
+                    source,
+                })
+            })
+            .transpose()
     }
 
     fn change_data(
@@ -542,28 +552,89 @@ impl Deref for ActiveSession {
 )]
 pub struct MissingSessionLayer;
 
-impl IntoResponse for MissingSessionLayer {
-    fn into_response(self) -> Response {
-        tracing::error!("{self}");
-        (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+impl MissingSessionLayer {
+    /// 500: a programmer error.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+
+    /// The response body, naming `SessionLayer`.
+    pub fn body_text(&self) -> String {
+        self.to_string()
     }
 }
 
-/// Rejection of [`ActiveSession`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+impl IntoResponse for MissingSessionLayer {
+    fn into_response(self) -> Response {
+        tracing::error!("{self}");
+        (self.status(), self.body_text()).into_response()
+    }
+}
+
+/// Rejection of [`ActiveSession`]: no logged-in session (401, or the
+/// application's own response, see
+/// [`SessionConfigBuilder::unauthenticated_response`](crate::SessionConfigBuilder::unauthenticated_response)),
+/// or the layer is missing (500).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ActiveSessionRejection {
-    /// The request has no live session: 401.
+    /// The request has no logged-in session.
     #[error("no active session")]
-    Unauthenticated,
+    Unauthenticated(Unauthenticated),
     /// The layer is missing: 500.
     #[error(transparent)]
     MissingLayer(#[from] MissingSessionLayer),
 }
 
+/// The request an [`ActiveSession`] was refused to: what an application's
+/// unauthenticated response needs (the original path, for a login redirect).
+#[derive(Clone)]
+pub struct Unauthenticated {
+    uri: http::Uri,
+    render: Option<crate::config::UnauthenticatedResponse>,
+}
+
+impl Unauthenticated {
+    /// The refused request's URI.
+    pub fn uri(&self) -> &http::Uri {
+        &self.uri
+    }
+}
+
+impl std::fmt::Debug for Unauthenticated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unauthenticated")
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ActiveSessionRejection {
+    /// The status of the default response: 401 or 500.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::MissingLayer(missing) => missing.status(),
+        }
+    }
+
+    /// The body of the default response.
+    pub fn body_text(&self) -> String {
+        match self {
+            Self::Unauthenticated(_) => "not signed in".to_owned(),
+            Self::MissingLayer(missing) => missing.body_text(),
+        }
+    }
+}
+
 impl IntoResponse for ActiveSessionRejection {
     fn into_response(self) -> Response {
         match self {
-            Self::Unauthenticated => (StatusCode::UNAUTHORIZED, self.to_string()).into_response(),
+            Self::Unauthenticated(Unauthenticated {
+                uri,
+                render: Some(render),
+            }) => render(&uri),
+            Self::Unauthenticated(_) => (self.status(), self.body_text()).into_response(),
             Self::MissingLayer(missing) => missing.into_response(),
         }
     }
@@ -588,11 +659,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ActiveSession {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let session = Session::from_request_parts(parts, state).await?;
-        let record = session
-            .active()
-            .filter(|r| r.subject.is_some())
-            .ok_or(ActiveSessionRejection::Unauthenticated)?;
-        Ok(Self { record, session })
+        let record = session.active().filter(|r| r.subject.is_some());
+        match record {
+            Some(record) => Ok(Self { record, session }),
+            None => Err(ActiveSessionRejection::Unauthenticated(Unauthenticated {
+                uri: parts.uri.clone(),
+                render: session.manager().config().unauthenticated_response.clone(),
+            })),
+        }
     }
 }
 

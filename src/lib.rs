@@ -22,10 +22,12 @@ pub use clock::{Clock, MockClock, SystemClock};
 #[doc(inline)]
 pub use config::{
     ConfigError, CookieConfig, SameSite, SessionConfig, SessionConfigBuilder, StoreErrorPolicy,
-    StoreErrorResponse,
+    StoreErrorResponse, UnauthenticatedResponse,
 };
 #[doc(inline)]
-pub use extract::{ActiveSession, ActiveSessionRejection, MissingSessionLayer, Session};
+pub use extract::{
+    ActiveSession, ActiveSessionRejection, MissingSessionLayer, Session, Unauthenticated,
+};
 #[doc(inline)]
 pub use keys::{
     Candidate, Candidates, KeyRing, KeyRingBuilder, KeyRingError, KeyVersion, LOOKUP_DOMAIN,

@@ -379,7 +379,9 @@ pub fn app(clock: MockClock) -> Router {
         .route(
             "/attr-remove",
             post(|session: Session, Query(q): Query<Attr>| async move {
-                session.remove(&q.key).map(|_| "removed")
+                session
+                    .remove::<serde_json::Value>(&q.key)
+                    .map(|_| "removed")
             }),
         )
         .route(
