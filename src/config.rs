@@ -38,6 +38,10 @@ pub enum StoreErrorPolicy {
 /// [`SessionConfigBuilder::store_error_response`].
 pub type StoreErrorResponse = Arc<dyn Fn(&StoreError) -> Response + Send + Sync>;
 
+/// Finds the client's address in a request's extensions (where a server
+/// puts connection information); see [`SessionConfigBuilder::client_ip_from`].
+pub type ClientIpFrom = Arc<dyn Fn(&http::Extensions) -> Option<std::net::IpAddr> + Send + Sync>;
+
 /// Builds the response when [`ActiveSession`](crate::ActiveSession) finds no
 /// logged-in session, from the request's URI; see
 /// [`SessionConfigBuilder::unauthenticated_response`].
@@ -183,6 +187,7 @@ pub enum ConfigError {
 /// | `touch_interval` | 5 minutes | at most one sliding-expiry write per session per 5 minutes: idle expiry is precise to 5 minutes of 7 days, at a fraction of the writes |
 /// | `store_timeout` | 5 seconds | a hung store answers 503 rather than holding connections open |
 /// | store errors | [`StoreErrorPolicy::FailClosed`] | a store outage never logs anyone out or loses a change |
+/// | `pre_login_idle_timeout` / `pre_login_absolute_lifetime` | 30 minutes / 24 hours | data kept before login (OAuth state, CSRF token, cart) is short-lived; such sessions get a browser-session cookie and no rotation |
 /// | `max_sessions_per_subject` | 10 | a login beyond it ends the subject's least recently used session, so stolen or forgotten sessions cannot pile up |
 /// | reuse detection | on | a rotated-away secret presented after its grace (once its successor was confirmed), or a superseded one, revokes the whole session |
 /// | cookie | `__Host-session`, `Secure; HttpOnly; SameSite=Lax; Path=/`, no `Domain` | the `__Host-` prefix pins the cookie to this origin over HTTPS |
@@ -214,6 +219,10 @@ pub struct SessionConfig {
     pub(crate) unauthenticated_response: Option<UnauthenticatedResponse>,
     pub(crate) revoke_on_reuse: bool,
     pub(crate) max_sessions_per_subject: Option<u32>,
+    pub(crate) pre_login_idle_timeout: Duration,
+    pub(crate) pre_login_absolute_lifetime: Duration,
+    pub(crate) client_ip_from: Option<ClientIpFrom>,
+    pub(crate) trusted_proxy: Option<(http::HeaderName, usize)>,
     pub(crate) cookie: CookieConfig,
 }
 
@@ -231,6 +240,10 @@ impl Default for SessionConfig {
             unauthenticated_response: None,
             revoke_on_reuse: true,
             max_sessions_per_subject: Some(10),
+            pre_login_idle_timeout: Duration::from_secs(30 * 60),
+            pre_login_absolute_lifetime: Duration::from_secs(24 * 3600),
+            client_ip_from: None,
+            trusted_proxy: None,
             cookie: CookieConfig::default(),
         }
     }
@@ -256,6 +269,16 @@ impl fmt::Debug for SessionConfig {
             )
             .field("revoke_on_reuse", &self.revoke_on_reuse)
             .field("max_sessions_per_subject", &self.max_sessions_per_subject)
+            .field("pre_login_idle_timeout", &self.pre_login_idle_timeout)
+            .field(
+                "pre_login_absolute_lifetime",
+                &self.pre_login_absolute_lifetime,
+            )
+            .field(
+                "client_ip_from",
+                &self.client_ip_from.as_ref().map(|_| "custom"),
+            )
+            .field("trusted_proxy", &self.trusted_proxy)
             .field("cookie", &self.cookie)
             .finish()
     }
@@ -347,6 +370,16 @@ impl SessionConfig {
     /// The most live sessions one subject may have; `None`: no limit.
     pub fn max_sessions_per_subject(&self) -> Option<u32> {
         self.max_sessions_per_subject
+    }
+
+    /// Idle timeout of a session before login.
+    pub fn pre_login_idle_timeout(&self) -> Duration {
+        self.pre_login_idle_timeout
+    }
+
+    /// Absolute lifetime of a session before login.
+    pub fn pre_login_absolute_lifetime(&self) -> Duration {
+        self.pre_login_absolute_lifetime
     }
 
     /// The cookie settings.
@@ -472,6 +505,43 @@ impl SessionConfigBuilder {
         self
     }
 
+    /// Idle timeout of a session before login (default 30 minutes): what a
+    /// `Session::insert` without a login keeps (OAuth state, a CSRF token, a
+    /// flash message, a cart) lives this long unused.
+    pub fn pre_login_idle_timeout(mut self, value: Duration) -> Self {
+        self.config.pre_login_idle_timeout = value;
+        self
+    }
+
+    /// Absolute lifetime of a session before login (default 24 hours).
+    pub fn pre_login_absolute_lifetime(mut self, value: Duration) -> Self {
+        self.config.pre_login_absolute_lifetime = value;
+        self
+    }
+
+    /// Where the client's address for a login's device metadata comes from
+    /// when no trusted proxy header is configured: a function of the
+    /// request's extensions. With axum:
+    /// `.client_ip_from(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))`
+    /// (and `into_make_service_with_connect_info::<SocketAddr>()`).
+    pub fn client_ip_from(
+        mut self,
+        find: impl Fn(&http::Extensions) -> Option<std::net::IpAddr> + Send + Sync + 'static,
+    ) -> Self {
+        self.config.client_ip_from = Some(Arc::new(find));
+        self
+    }
+
+    /// Behind reverse proxies: take the client's address from `header`
+    /// (`X-Forwarded-For`, say), the entry `hops` places from the right
+    /// (1: the address your nearest proxy saw), never the leftmost, which
+    /// the client writes itself. Only set it when every request passes
+    /// through that many proxies you run.
+    pub fn trusted_proxy_header(mut self, header: http::HeaderName, hops: usize) -> Self {
+        self.config.trusted_proxy = Some((header, hops));
+        self
+    }
+
     /// The cookie's name (default `__Host-session`). A name without the
     /// `__Host-` prefix can be set by a sibling subdomain (cookie tossing):
     /// keep the prefix unless you cannot.
@@ -547,6 +617,18 @@ impl SessionConfigBuilder {
         }
         if c.absolute_lifetime < c.idle_timeout {
             return lifetime("absolute_lifetime must be at least idle_timeout");
+        }
+        if c.pre_login_idle_timeout.is_zero() || c.pre_login_absolute_lifetime.is_zero() {
+            return lifetime("the pre-login lifetimes must be positive");
+        }
+        if c.pre_login_absolute_lifetime < c.pre_login_idle_timeout {
+            return lifetime("pre_login_absolute_lifetime must be at least pre_login_idle_timeout");
+        }
+        if c.pre_login_idle_timeout > MAX_LIFETIME || c.pre_login_absolute_lifetime > MAX_LIFETIME {
+            return lifetime("no lifetime may exceed 100 years");
+        }
+        if c.trusted_proxy.as_ref().is_some_and(|(_, hops)| *hops == 0) {
+            return lifetime("a trusted proxy header needs at least one hop");
         }
         if c.max_sessions_per_subject == Some(0) {
             return lifetime("max_sessions_per_subject must be at least 1 (or None)");

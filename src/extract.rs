@@ -14,10 +14,11 @@ use time::OffsetDateTime;
 
 use crate::keys::KeyVersion;
 use crate::lifecycle;
+use crate::login::{CarryData, LoginOptions, RequestInfo};
 use crate::manager::{SessionError, SessionManager};
 use crate::record::{
-    ActiveSessionRecord, Data, DataPatch, Revocation, RevocationReason, SessionId, SessionRecord,
-    Slot, validate_data,
+    ActiveSessionRecord, Data, DataPatch, Revocation, RevocationReason, RevokeOutcome, SessionId,
+    SessionRecord, Slot, validate_data,
 };
 use crate::secret::SessionSecret;
 
@@ -63,6 +64,8 @@ struct Shared {
     /// Whether an extractor handed the session to a handler: the response
     /// then depends on the cookie (`Vary: Cookie`).
     extracted: AtomicBool,
+    /// The request's device metadata, for a login.
+    request: RequestInfo,
     state: Mutex<State>,
 }
 
@@ -74,6 +77,10 @@ pub(crate) struct State {
     pub(crate) cookie: CookieChange,
     /// Data changes not yet written.
     pub(crate) patch: DataPatch,
+    /// Whether a cookie value of the request matched a session (even one
+    /// not served: reuse, two sessions). Such a request never creates a
+    /// session before login.
+    pub(crate) resolved_any: bool,
 }
 
 /// The live session of the request.
@@ -89,6 +96,23 @@ pub(crate) struct Current {
     /// re-key, slide): true for a session the request's cookie resolved,
     /// false for one a handler just created or renewed.
     pub(crate) maintain: bool,
+    /// The secret of a session before login that a handler's `insert`
+    /// started: the record is inserted, and this cookie set, on the way
+    /// out. `None` for a stored record.
+    pub(crate) pending: Option<SessionSecret>,
+}
+
+impl Current {
+    fn stored(record: Arc<SessionRecord>) -> Self {
+        Self {
+            key_version: record.current.key_version,
+            record,
+            slot: Slot::Current,
+            value_index: 0,
+            maintain: false,
+            pending: None,
+        }
+    }
 }
 
 /// The cookie change the handler staged.
@@ -107,24 +131,31 @@ pub(crate) enum CookieChange {
 }
 
 impl Session {
-    pub(crate) fn new(manager: SessionManager, now: OffsetDateTime, state: State) -> Self {
+    pub(crate) fn new(
+        manager: SessionManager,
+        now: OffsetDateTime,
+        request: RequestInfo,
+        state: State,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 manager,
                 now: OnceLock::from(now),
                 extracted: AtomicBool::new(false),
+                request,
                 state: Mutex::new(state),
             }),
         }
     }
 
     /// The handle of a request without a session cookie.
-    pub(crate) fn anonymous(manager: SessionManager) -> Self {
+    pub(crate) fn anonymous(manager: SessionManager, request: RequestInfo) -> Self {
         Self {
             shared: Arc::new(Shared {
                 manager,
                 now: OnceLock::new(),
                 extracted: AtomicBool::new(false),
+                request,
                 state: Mutex::new(State::default()),
             }),
         }
@@ -186,17 +217,77 @@ impl Session {
             .and_then(|c| c.record.subject.clone())
     }
 
-    fn record(&self) -> Result<Arc<SessionRecord>, SessionError> {
+    /// The stored, logged-in record of the request.
+    fn logged_in(&self) -> Result<Arc<SessionRecord>, SessionError> {
         self.lock()
             .current
             .as_ref()
+            .filter(|c| c.pending.is_none() && c.record.subject.is_some())
             .map(|c| c.record.clone())
             .ok_or(SessionError::NotLoggedIn)
     }
 
-    /// Logs `subject` in: creates a new session with a new secret, ends the
-    /// request's current session if any (reason `replaced_by_login`, so a
-    /// planted cookie cannot fixate the session), and stages the new cookie.
+    /// The id of the request's stored session, if any.
+    fn stored_id(&self) -> Option<SessionId> {
+        self.lock()
+            .current
+            .as_ref()
+            .filter(|c| c.pending.is_none())
+            .map(|c| c.record.id)
+    }
+
+    /// When the subject last proved who they are; `None` without a
+    /// logged-in session.
+    pub fn authenticated_at(&self) -> Option<OffsetDateTime> {
+        self.lock().current.as_ref()?.record.authenticated_at
+    }
+
+    /// Whether the subject proved who they are (login or
+    /// [`reauthenticate`](Self::reauthenticate)) within `window`: ask before
+    /// a sensitive action.
+    pub fn authenticated_within(&self, window: std::time::Duration) -> bool {
+        let Some(at) = self.authenticated_at() else {
+            return false;
+        };
+        crate::manager::saturating_add(at, window) > self.now()
+    }
+
+    /// [`authenticated_within`](Self::authenticated_within) as a guard, in
+    /// one line of a handler:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_hmac_session::{Session, SessionError};
+    ///
+    /// async fn change_password(session: Session) -> Result<&'static str, SessionError> {
+    ///     session.require_authenticated_within(Duration::from_secs(300))?;
+    ///     // … change it …
+    ///     Ok("changed")
+    /// }
+    /// # let _ = axum::Router::<()>::new().route("/password", axum::routing::post(change_password));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotLoggedIn`] without a logged-in session;
+    /// [`SessionError::ReauthenticationRequired`] (403) when the last
+    /// authentication is older than `window`.
+    pub fn require_authenticated_within(
+        &self,
+        window: std::time::Duration,
+    ) -> Result<(), SessionError> {
+        self.logged_in()?;
+        match self.authenticated_within(window) {
+            true => Ok(()),
+            false => Err(SessionError::ReauthenticationRequired),
+        }
+    }
+
+    /// Logs `subject` in with the default [`LoginOptions`]: creates a new
+    /// session with a new secret (a persistent cookie), ends the request's
+    /// current session if any (reason `replaced_by_login`, so a planted
+    /// cookie cannot fixate the session), carries a pre-login session's data
+    /// over, and stages the new cookie.
     ///
     /// # Errors
     ///
@@ -205,27 +296,72 @@ impl Session {
         &self,
         subject: impl Into<String>,
     ) -> Result<ActiveSessionRecord, SessionError> {
-        self.login_with_data(subject, Data::new()).await
+        self.login_with(subject, LoginOptions::default()).await
     }
 
-    /// Like [`login`](Self::login), with initial data.
+    /// Logs `subject` in with `options`: remember-me or a browser-session
+    /// cookie, this login's lifetimes, initial data, which pre-login data to
+    /// carry over, device metadata (by default the request's `User-Agent`
+    /// and the address the config finds).
+    ///
+    /// ```
+    /// use tower_hmac_session::{LoginOptions, Session, SessionError};
+    ///
+    /// async fn login(session: Session) -> Result<&'static str, SessionError> {
+    ///     // … check the password; the form's "remember me" box was not ticked …
+    ///     session.login_with("user-42", LoginOptions::new().remember_me(false)).await?;
+    ///     Ok("welcome")
+    /// }
+    /// # let _ = axum::Router::<()>::new().route("/login", axum::routing::post(login));
+    /// ```
     ///
     /// # Errors
     ///
-    /// As [`login`](Self::login), and data over 4 KiB of JSON or holding a
-    /// NUL character.
-    pub async fn login_with_data(
+    /// An invalid subject, lifetimes or data (over 4 KiB of JSON, or a NUL
+    /// character), or a store failure (nothing is staged then).
+    pub async fn login_with(
         &self,
         subject: impl Into<String>,
-        data: Data,
+        options: LoginOptions,
     ) -> Result<ActiveSessionRecord, SessionError> {
         let manager = self.manager();
         let now = self.now();
-        let (record, secret) = manager.new_record(subject.into(), data, now)?;
+        let (old, carried) = {
+            let state = self.lock();
+            match &state.current {
+                // A session before login hands its data on; a logged-in one
+                // (another user, or the same one again) does not.
+                Some(current) if current.record.subject.is_none() => {
+                    let mut data = current.record.data.clone();
+                    state.patch.apply(&mut data);
+                    (current.pending.is_none().then_some(current.record.id), data)
+                }
+                Some(current) => (
+                    current.pending.is_none().then_some(current.record.id),
+                    Data::new(),
+                ),
+                None => (None, Data::new()),
+            }
+        };
+        let mut data = match &options.carry {
+            CarryData::All => carried,
+            CarryData::Keys(keys) => carried
+                .into_iter()
+                .filter(|(k, _)| keys.contains(k))
+                .collect(),
+            CarryData::None => Data::new(),
+        };
+        data.extend(options.data.clone());
+        let (mut record, secret) = manager.new_record(subject.into(), data, now, &options)?;
+        record.user_agent = options
+            .user_agent
+            .as_deref()
+            .map(crate::login::clean_user_agent)
+            .or_else(|| self.shared.request.user_agent());
+        record.client_ip = options.client_ip.or(self.shared.request.client_ip);
         // Insert first, then end the old session: if either fails, the old
         // session is still there (nothing lost). A new record whose login
         // failed is unreachable (its secret was never sent) and expires.
-        let old = self.id();
         manager.insert_new(&record, old, now).await?;
         tracing::info!(session.id = %record.id, "session created by login");
         if let Some(old) = old {
@@ -245,13 +381,7 @@ impl Session {
             secret,
         };
         state.patch = DataPatch::default();
-        state.current = Some(Current {
-            key_version: record.current.key_version,
-            record: Arc::new(record),
-            slot: Slot::Current,
-            value_index: 0,
-            maintain: false,
-        });
+        state.current = Some(Current::stored(Arc::new(record)));
         Ok(active)
     }
 
@@ -265,7 +395,32 @@ impl Session {
     /// [`SessionError::NotLoggedIn`] without a session;
     /// [`SessionError::SessionEnded`] if it ended meanwhile; a store failure.
     pub async fn renew(&self) -> Result<(), SessionError> {
-        let record = self.record()?;
+        self.renew_with(false).await
+    }
+
+    /// Records a fresh proof of identity (a password or second-factor check
+    /// just passed): moves `authenticated_at` to now and
+    /// [renews](Self::renew) the secret.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotLoggedIn`] without a logged-in session;
+    /// [`SessionError::SessionEnded`] if it ended meanwhile; a store failure.
+    pub async fn reauthenticate(&self) -> Result<(), SessionError> {
+        self.logged_in()?;
+        self.renew_with(true).await
+    }
+
+    async fn renew_with(&self, authenticated: bool) -> Result<(), SessionError> {
+        let record = {
+            let state = self.lock();
+            let current = state.current.as_ref().ok_or(SessionError::NotLoggedIn)?;
+            if current.pending.is_some() {
+                // Not stored yet: it gets a fresh secret when it is.
+                return Ok(());
+            }
+            current.record.clone()
+        };
         let manager = self.manager();
         let secret = SessionSecret::generate();
         let fresh = manager.key_ring().current_credential(&secret);
@@ -273,23 +428,48 @@ impl Session {
             .update(record, |stored, now| {
                 let mut next = lifecycle::successor(stored);
                 lifecycle::renew(&mut next, fresh, manager.config(), now);
+                if authenticated {
+                    next.authenticated_at = Some(now);
+                }
                 Ok(next)
             })
             .await?;
-        tracing::info!(session.id = %renewed.id, "session secret renewed");
+        tracing::info!(session.id = %renewed.id, authenticated, "session secret renewed");
         let mut state = self.lock();
         state.cookie = CookieChange::Set {
             max_age: lifecycle::cookie_max_age(&renewed, self.now()),
             secret,
         };
-        state.current = Some(Current {
-            key_version: renewed.current.key_version,
-            record: renewed,
-            slot: Slot::Current,
-            value_index: 0,
-            maintain: false,
-        });
+        state.current = Some(Current::stored(renewed));
         Ok(())
+    }
+
+    /// Revokes one of the subject's own sessions by id (a "your devices"
+    /// page's button), reason `revoked_by_user`. The store checks the
+    /// session belongs to this subject, so an id from a form cannot end
+    /// someone else's session ([`RevokeOutcome::NotFound`] then). Revoking
+    /// this very session also stages the removal of its cookie.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotLoggedIn`] without a logged-in session; a store failure.
+    pub async fn revoke_device(&self, id: &SessionId) -> Result<RevokeOutcome, SessionError> {
+        let record = self.logged_in()?;
+        let manager = self.manager();
+        let revocation = Revocation::new(RevocationReason::RevokedByUser);
+        let outcome = manager
+            .call(
+                "revoke",
+                manager
+                    .store()
+                    .revoke(id, record.subject.as_deref(), self.now(), &revocation),
+            )
+            .await?;
+        tracing::info!(session.id = %id, by = %record.id, ?outcome, "device revoked by its user");
+        if *id == record.id && outcome != RevokeOutcome::NotFound {
+            self.end();
+        }
+        Ok(outcome)
     }
 
     /// Logs out: revokes the request's session (reason `logout`) and stages
@@ -302,7 +482,19 @@ impl Session {
     /// A store failure (the session stays live and the cookie unchanged).
     pub async fn logout(&self) -> Result<bool, SessionError> {
         let manager = self.manager();
-        let revoked = match self.id() {
+        if self
+            .lock()
+            .current
+            .as_ref()
+            .is_some_and(|c| c.pending.is_some())
+        {
+            // A session before login that was never stored: just forget it.
+            let mut state = self.lock();
+            state.current = None;
+            state.patch = DataPatch::default();
+            return Ok(false);
+        }
+        let revoked = match self.stored_id() {
             Some(id) => {
                 let revocation = Revocation::new(RevocationReason::Logout);
                 manager
@@ -345,9 +537,7 @@ impl Session {
     ///
     /// [`SessionError::NotLoggedIn`] without a logged-in session; a store failure.
     pub async fn logout_other_devices(&self) -> Result<u64, SessionError> {
-        if self.subject().is_none() {
-            return Err(SessionError::NotLoggedIn);
-        }
+        self.logged_in()?;
         self.renew().await?;
         self.revoke_subject(RevocationReason::LogoutOtherDevices, true)
             .await
@@ -358,16 +548,9 @@ impl Session {
         reason: RevocationReason,
         keep_own: bool,
     ) -> Result<u64, SessionError> {
-        let (id, subject) = {
-            let state = self.lock();
-            let current = state.current.as_ref().ok_or(SessionError::NotLoggedIn)?;
-            let subject = current
-                .record
-                .subject
-                .clone()
-                .ok_or(SessionError::NotLoggedIn)?;
-            (current.record.id, subject)
-        };
+        let record = self.logged_in()?;
+        let id = record.id;
+        let subject = record.subject.clone().ok_or(SessionError::NotLoggedIn)?;
         let manager = self.manager();
         let except = keep_own.then_some(&id);
         let count = manager
@@ -392,7 +575,11 @@ impl Session {
     ///
     /// [`SessionError::NotLoggedIn`] without a logged-in session; a store failure.
     pub async fn devices(&self) -> Result<Vec<ActiveSessionRecord>, SessionError> {
-        let subject = self.subject().ok_or(SessionError::NotLoggedIn)?;
+        let subject = self
+            .logged_in()?
+            .subject
+            .clone()
+            .ok_or(SessionError::NotLoggedIn)?;
         Ok(self.manager().list_for_subject(&subject).await?)
     }
 
@@ -431,11 +618,18 @@ impl Session {
     /// Sets data `key` to `value` (any `Serialize`); written to the store
     /// when the response leaves the layer.
     ///
+    /// Without a session this starts a **session before login** (for OAuth
+    /// `state`, a CSRF token, a flash message, a cart): one insert on the
+    /// way out, a new secret in a browser-session cookie, no subject, its
+    /// own short lifetimes (`pre_login_idle_timeout`), no rotation. A later
+    /// [`login`](Self::login) carries its data over.
+    ///
     /// # Errors
     ///
-    /// [`SessionError::NotLoggedIn`] without a session; a value that does not
-    /// serialize; data over 4 KiB of JSON or holding a NUL character
-    /// (nothing changes then).
+    /// A value that does not serialize; data over 4 KiB of JSON or holding a
+    /// NUL character (nothing changes then); [`SessionError::NotLoggedIn`]
+    /// when the request carried a cookie of a session it could not use (an
+    /// ended or contested session never turns into a new one).
     pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
         let value = serde_json::to_value(value).map_err(|source| SessionError::Serde {
             key: key.to_owned(),
@@ -475,15 +669,25 @@ impl Session {
     ) -> Result<Option<serde_json::Value>, SessionError> {
         let mut state = self.lock();
         let state = &mut *state;
-        let current = state.current.as_ref().ok_or(SessionError::NotLoggedIn)?;
-        let mut data = current.record.data.clone();
+        if state.current.is_none() && state.resolved_any {
+            return Err(SessionError::NotLoggedIn);
+        }
+        let base = state.current.as_ref().map(|c| &c.record.data);
+        let mut data = base.cloned().unwrap_or_default();
         state.patch.apply(&mut data);
         let old = data.get(key).cloned();
         let mut patch = state.patch.clone();
         change(&mut patch);
-        let mut merged = current.record.data.clone();
+        let mut merged = base.cloned().unwrap_or_default();
         patch.apply(&mut merged);
         validate_data(&merged).map_err(SessionError::InvalidData)?;
+        if state.current.is_none() {
+            let (record, secret) = self.manager().new_pre_login_record(self.now());
+            state.current = Some(Current {
+                pending: Some(secret),
+                ..Current::stored(Arc::new(record))
+            });
+        }
         state.patch = patch;
         Ok(old)
     }

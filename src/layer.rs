@@ -38,6 +38,7 @@ use crate::config::StoreErrorPolicy;
 use crate::extract::{CookieChange, Current, Session, State};
 use crate::keys::MAX_COOKIE_VALUES;
 use crate::lifecycle::{self, Credentials, Decision, Input, Maintenance};
+use crate::login::RequestInfo;
 use crate::manager::{ErrorChain, SessionError, SessionManager};
 use crate::record::{DataPatch, Revocation, RevocationReason, SessionMatch};
 use crate::secret::SessionSecret;
@@ -191,7 +192,8 @@ where
             // No well-formed secret: anonymous. No HMAC, no store call, and
             // the inner service is called right away, so nothing is cloned
             // or boxed.
-            let session = Session::anonymous(manager);
+            let info = RequestInfo::of(&req, manager.config());
+            let session = Session::anonymous(manager, info);
             req.extensions_mut().insert(session.clone());
             return ResponseFuture {
                 kind: Kind::Anonymous {
@@ -206,6 +208,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let span = tracing::debug_span!("session", session.id = tracing::field::Empty);
+        let info = RequestInfo::of(&req, manager.config());
         let future = async move {
             let now = manager.now();
             let state = match resolve(&manager, &secrets, now).await {
@@ -227,7 +230,7 @@ where
                 tracing::Span::current()
                     .record("session.id", tracing::field::display(current.record.id));
             }
-            let session = Session::new(manager, now, state);
+            let session = Session::new(manager, now, info, state);
             req.extensions_mut().insert(session.clone());
             let response = inner.call(req).await?.map(Body::new);
             Ok(finish(&session, &secrets, response).await)
@@ -322,6 +325,12 @@ async fn resolve(
         // alone (a parallel request's login may just have replaced it).
         return Ok(State::default());
     };
+    // From here on the request presented a session it may not get: it must
+    // never start a new one before login either.
+    let unusable = State {
+        resolved_any: true,
+        ..State::default()
+    };
     let id = first.record.id;
     if matches.iter().any(|m| m.record.id != id) {
         // Cookies of two sessions (cookie tossing, a restored backup):
@@ -330,7 +339,7 @@ async fn resolve(
             session.id = %id,
             "the request's cookies resolve to two different sessions: serving it anonymously"
         );
-        return Ok(State::default());
+        return Ok(unusable);
     }
     let decide = |m: &SessionMatch| {
         lifecycle::decide(Input {
@@ -361,14 +370,14 @@ async fn resolve(
             tracing::warn!(session.id = %id, "an old session secret was presented again: session revoked as reuse");
             return Ok(State {
                 cookie: CookieChange::Clear,
-                ..State::default()
+                ..unusable
             });
         }
         tracing::info!(session.id = %id, "an old session secret was presented again");
-        return Ok(State::default());
+        return Ok(unusable);
     }
     let Some(best) = matches.into_iter().min_by_key(|m| m.slot) else {
-        return Ok(State::default());
+        return Ok(unusable);
     };
     Ok(State {
         current: Some(Current {
@@ -377,7 +386,9 @@ async fn resolve(
             key_version: best.key_version,
             value_index: best.value_index,
             maintain: true,
+            pending: None,
         }),
+        resolved_any: true,
         ..State::default()
     })
 }
@@ -431,6 +442,9 @@ async fn write(
     shared_cacheable: bool,
 ) -> Result<Option<HeaderValue>, SessionError> {
     let manager = session.manager();
+    if let Some(secret) = current.pending {
+        return insert_pre_login(manager, &current.record, &patch, secret).await;
+    }
     // Read again: conditions hold at the time of the write, not of the
     // request, so a request that outlived its session cannot revive it.
     let now = manager.now();
@@ -513,6 +527,29 @@ async fn write(
         }
         _ => None,
     })
+}
+
+/// A session before login that a handler's `insert` started: one insert,
+/// with the data, then its cookie (a browser-session cookie, so a
+/// handler-requested cookie change: `no-store` like a login).
+async fn insert_pre_login(
+    manager: &SessionManager,
+    record: &crate::SessionRecord,
+    patch: &DataPatch,
+    secret: SessionSecret,
+) -> Result<Option<HeaderValue>, SessionError> {
+    let mut record = record.clone();
+    patch.apply(&mut record.data);
+    if record.data.is_empty() {
+        // Set and removed again: nothing to keep, so no session.
+        return Ok(None);
+    }
+    crate::record::validate_data(&record.data).map_err(SessionError::InvalidData)?;
+    manager
+        .call("insert", manager.store().insert(&record))
+        .await?;
+    tracing::info!(session.id = %record.id, "session before login created");
+    Ok(Some(manager.set_cookie_header(&secret, None)))
 }
 
 fn log_maintenance(

@@ -8,6 +8,7 @@ mod extract;
 mod keys;
 mod layer;
 mod lifecycle;
+mod login;
 mod manager;
 mod record;
 mod secret;
@@ -21,8 +22,8 @@ pub mod conformance;
 pub use clock::{Clock, MockClock, SystemClock};
 #[doc(inline)]
 pub use config::{
-    ConfigError, CookieConfig, SameSite, SessionConfig, SessionConfigBuilder, StoreErrorPolicy,
-    StoreErrorResponse, UnauthenticatedResponse,
+    ClientIpFrom, ConfigError, CookieConfig, SameSite, SessionConfig, SessionConfigBuilder,
+    StoreErrorPolicy, StoreErrorResponse, UnauthenticatedResponse,
 };
 #[doc(inline)]
 pub use extract::{
@@ -35,6 +36,8 @@ pub use keys::{
 };
 #[doc(inline)]
 pub use layer::{ResponseFuture, SessionLayer, SessionService};
+#[doc(inline)]
+pub use login::{CarryData, LoginOptions};
 #[doc(inline)]
 pub use manager::{IssuedSession, SessionError, SessionManager};
 #[doc(inline)]

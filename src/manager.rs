@@ -47,9 +47,16 @@ pub enum SessionError {
     /// this write lost every compare-and-swap; nothing was written. Retry.
     #[error("the session was changed by too many concurrent requests")]
     Busy,
+    /// The action needs a recent proof of identity; see
+    /// [`Session::require_authenticated_within`](crate::Session::require_authenticated_within).
+    #[error("the last authentication is not recent enough")]
+    ReauthenticationRequired,
     /// The subject is empty, too long, or has control characters.
     #[error("invalid subject: {0}")]
     InvalidSubject(&'static str),
+    /// A login's lifetimes contradict each other.
+    #[error("invalid session lifetime: {0}")]
+    InvalidLifetime(&'static str),
     /// The session data is too large, or holds a NUL character.
     #[error("invalid session data: {0}")]
     InvalidData(&'static str),
@@ -71,6 +78,7 @@ impl SessionError {
         match self {
             Self::Store(_) | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotLoggedIn | Self::SessionEnded => StatusCode::UNAUTHORIZED,
+            Self::ReauthenticationRequired => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -82,7 +90,9 @@ impl SessionError {
             Self::NotLoggedIn => "not signed in",
             Self::SessionEnded => "session ended",
             Self::Busy => "session busy",
+            Self::ReauthenticationRequired => "reauthentication required",
             Self::InvalidSubject(_) => "invalid session subject",
+            Self::InvalidLifetime(_) => "invalid session lifetime",
             Self::InvalidData(_) | Self::Serde { .. } => "invalid session data",
         }
     }
@@ -282,40 +292,77 @@ impl SessionManager {
             .unwrap_or(Err(StoreError::Timeout { operation, timeout }))
     }
 
-    /// Builds a new record and its secret, under the current key version.
+    /// Builds a new logged-in record and its secret, under the current key
+    /// version, with `options`' lifetimes and cookie kind.
     pub(crate) fn new_record(
         &self,
         subject: String,
         data: Data,
         now: OffsetDateTime,
+        options: &crate::LoginOptions,
     ) -> Result<(SessionRecord, SessionSecret), SessionError> {
         validate_subject(&subject).map_err(SessionError::InvalidSubject)?;
         validate_data(&data).map_err(SessionError::InvalidData)?;
+        let (idle_timeout, absolute_lifetime) = options
+            .lifetimes(&self.inner.config)
+            .map_err(SessionError::InvalidLifetime)?;
+        let secret = SessionSecret::generate();
+        let mut record = self.blank_record(&secret, now, idle_timeout, absolute_lifetime);
+        record.subject = Some(subject);
+        record.authenticated_at = Some(now);
+        record.persistent = options.remember_me;
+        record.access_expires_at =
+            lifecycle::access_expiry(&self.inner.config, now, record.absolute_expires_at);
+        record.data = data;
+        Ok((record, secret))
+    }
+
+    /// A session before login: no subject, the pre-login lifetimes, a
+    /// browser-session cookie, never rotated (its access expiry is its
+    /// absolute one).
+    pub(crate) fn new_pre_login_record(
+        &self,
+        now: OffsetDateTime,
+    ) -> (SessionRecord, SessionSecret) {
         let config = &self.inner.config;
         let secret = SessionSecret::generate();
-        let absolute_expires_at = saturating_add(now, config.absolute_lifetime);
-        let idle_timeout = whole_seconds(config.idle_timeout);
-        let record = SessionRecord {
+        let record = self.blank_record(
+            &secret,
+            now,
+            whole_seconds(config.pre_login_idle_timeout),
+            config.pre_login_absolute_lifetime,
+        );
+        (record, secret)
+    }
+
+    fn blank_record(
+        &self,
+        secret: &SessionSecret,
+        now: OffsetDateTime,
+        idle_timeout: Duration,
+        absolute_lifetime: Duration,
+    ) -> SessionRecord {
+        let absolute_expires_at = saturating_add(now, absolute_lifetime);
+        SessionRecord {
             id: SessionId::generate(),
             generation: 0,
-            subject: Some(subject),
+            subject: None,
             created_at: now,
-            authenticated_at: Some(now),
+            authenticated_at: None,
             last_seen_at: now,
             expires_at: saturating_add(now, idle_timeout).min(absolute_expires_at),
             absolute_expires_at,
             idle_timeout,
-            persistent: true,
-            access_expires_at: lifecycle::access_expiry(config, now, absolute_expires_at),
-            current: self.keys().current_credential(&secret),
+            persistent: false,
+            access_expires_at: absolute_expires_at,
+            current: self.keys().current_credential(secret),
             previous: None,
             superseded: None,
             revoked: None,
             user_agent: None,
             client_ip: None,
-            data,
-        };
-        Ok((record, secret))
+            data: Data::new(),
+        }
     }
 
     /// Creates a session for `subject` outside a request (a login over
@@ -332,7 +379,8 @@ impl SessionManager {
         data: Data,
     ) -> Result<IssuedSession, SessionError> {
         let now = self.now();
-        let (record, secret) = self.new_record(subject.into(), data, now)?;
+        let options = crate::LoginOptions::default();
+        let (record, secret) = self.new_record(subject.into(), data, now, &options)?;
         self.insert_new(&record, None, now).await?;
         tracing::info!(session.id = %record.id, "session created");
         Ok(IssuedSession {

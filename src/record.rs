@@ -129,6 +129,9 @@ pub enum RevocationReason {
     /// A new login of the same subject went past
     /// `max_sessions_per_subject`: the least recently used session ended.
     SessionLimit,
+    /// Its user ended it from another of their sessions (a "your devices"
+    /// page).
+    RevokedByUser,
 }
 
 impl RevocationReason {
@@ -142,11 +145,12 @@ impl RevocationReason {
             Self::Admin => "admin",
             Self::ReuseDetected => "reuse_detected",
             Self::SessionLimit => "session_limit",
+            Self::RevokedByUser => "revoked_by_user",
         }
     }
 
     /// Every reason, for stores that validate what they read.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Logout,
         Self::LogoutEverywhere,
         Self::LogoutOtherDevices,
@@ -154,6 +158,7 @@ impl RevocationReason {
         Self::Admin,
         Self::ReuseDetected,
         Self::SessionLimit,
+        Self::RevokedByUser,
     ];
 }
 

@@ -195,7 +195,10 @@ async fn nul_characters_are_refused_on_login_and_outside_requests_too() {
             "/login",
             axum::routing::post(move |session: Session| {
                 let data = data.clone();
-                async move { session.login_with_data("alice", data).await.map(|_| "in") }
+                async move {
+                    let options = tower_hmac_session::LoginOptions::new().data(data);
+                    session.login_with("alice", options).await.map(|_| "in")
+                }
             }),
         )
         .layer(SessionLayer::new(h.manager.clone()));
