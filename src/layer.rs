@@ -95,15 +95,15 @@ type BoxFutureRef<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pin_project! {
     /// The response future of [`SessionService`].
-    pub struct ResponseFuture<F, E> {
+    pub struct ResponseFuture<F, B, E> {
         #[pin]
-        kind: Kind<F, E>,
+        kind: Kind<F, B, E>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, E> {
+    enum Kind<F, B, E> {
         // No session cookie: the inner future, polled in place. Finishing is
         // synchronous unless the handler logged in and then changed data
         // (a store write).
@@ -115,25 +115,24 @@ pin_project! {
         // A session cookie: resolve, call, maintain. The store calls must be
         // awaited, so this is boxed, once per request.
         Boxed {
-            future: BoxFuture<Result<Response, E>>,
+            future: BoxFuture<Result<http::Response<ResponseBody<B>>, E>>,
         },
     }
 }
 
-impl<F, E> fmt::Debug for ResponseFuture<F, E> {
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, E, ResBody> Future for ResponseFuture<F, E>
+impl<F, E, ResBody> Future for ResponseFuture<F, ResBody, E>
 where
     F: Future<Output = Result<http::Response<ResBody>, E>>,
     E: Send + 'static,
-    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    ResBody: Send + 'static,
 {
-    type Output = Result<Response, E>;
+    type Output = Result<http::Response<ResponseBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut kind = self.project().kind;
@@ -144,7 +143,7 @@ where
                     let response = match future.poll(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                        Poll::Ready(Ok(response)) => response.map(Body::new),
+                        Poll::Ready(Ok(response)) => response.map(ResponseBody::inner),
                     };
                     let session = session
                         .take()
@@ -174,12 +173,11 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    ResBody: Send + 'static,
 {
-    type Response = Response;
+    type Response = http::Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, S::Error>;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -216,7 +214,7 @@ where
                 Err(error) => match manager.config().store_error_policy() {
                     StoreErrorPolicy::FailClosed => {
                         tracing::error!(error = %ErrorChain(&error), "session store failed: answering with the store-error response");
-                        let mut response = manager.store_error_response(&error);
+                        let mut response = own(manager.store_error_response(&error));
                         vary_cookie(response.headers_mut());
                         return Ok(response);
                     }
@@ -232,7 +230,7 @@ where
             }
             let session = Session::new(manager, now, info, state);
             req.extensions_mut().insert(session.clone());
-            let response = inner.call(req).await?.map(Body::new);
+            let response = inner.call(req).await?.map(ResponseBody::inner);
             Ok(finish(&session, &secrets, response).await)
         };
         ResponseFuture {
@@ -399,7 +397,11 @@ async fn resolve(
 /// The store writes are rare (changed data, a due touch, confirmation,
 /// rotation or re-key), so the write is boxed only when it happens: the
 /// per-request future stays small.
-async fn finish(session: &Session, secrets: &Secrets, response: Response) -> Response {
+async fn finish<B: Send>(
+    session: &Session,
+    secrets: &Secrets,
+    response: http::Response<ResponseBody<B>>,
+) -> http::Response<ResponseBody<B>> {
     let (current, cookie, patch) = {
         let mut state = session.lock();
         (
@@ -417,7 +419,7 @@ async fn finish(session: &Session, secrets: &Secrets, response: Response) -> Res
             Box::pin(write(session, secrets, current, patch, !staged, cacheable));
         match written.await {
             Ok(cookie) => set_cookie = cookie,
-            Err(error) => response = write_error_response(session.manager(), error),
+            Err(error) => response = own(write_error_response(session.manager(), error)),
         }
     }
     if let Some(staged) = staged_cookie(session, cookie) {
@@ -592,11 +594,11 @@ fn staged_cookie(session: &Session, cookie: CookieChange) -> Option<HeaderValue>
 /// Step 6: the session's `Set-Cookie`, appended (cookies other code set
 /// stay), with `Cache-Control: no-store`; `Vary: Cookie` when a handler read
 /// the session.
-fn headers_out(
+fn headers_out<B>(
     session: &Session,
     set_cookie: Option<HeaderValue>,
-    mut response: Response,
-) -> Response {
+    mut response: http::Response<B>,
+) -> http::Response<B> {
     let headers = response.headers_mut();
     if let Some(value) = set_cookie {
         headers.append(SET_COOKIE, value);
@@ -610,6 +612,86 @@ fn headers_out(
         vary_cookie(headers);
     }
     response
+}
+
+/// The layer's own response (a store error, a refused write) as a
+/// [`ResponseBody`].
+fn own<B>(response: Response) -> http::Response<ResponseBody<B>> {
+    response.map(|body| ResponseBody {
+        kind: BodyKind::Own { body },
+    })
+}
+
+pin_project! {
+    /// The response body of [`SessionService`]: the inner service's own
+    /// body, passed through untouched (no boxing, whatever its type), or the
+    /// layer's own response (a store error, a refused data write).
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: BodyKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = BodyKindProj]
+    enum BodyKind<B> {
+        Inner { #[pin] body: B },
+        Own { #[pin] body: Body },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    fn inner(body: B) -> Self {
+        Self {
+            kind: BodyKind::Inner { body },
+        }
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            BodyKind::Inner { .. } => f.write_str("ResponseBody::Inner"),
+            BodyKind::Own { .. } => f.write_str("ResponseBody::Own"),
+        }
+    }
+}
+
+impl<B> http_body::Body for ResponseBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            BodyKindProj::Inner { body } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(Into::into))),
+            BodyKindProj::Own { body } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Inner { body } => body.is_end_stream(),
+            BodyKind::Own { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.kind {
+            BodyKind::Inner { body } => body.size_hint(),
+            BodyKind::Own { body } => body.size_hint(),
+        }
+    }
 }
 
 const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");

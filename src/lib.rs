@@ -35,7 +35,7 @@ pub use keys::{
     LookupKey, MAX_COOKIE_VALUES, MAX_KEY_VERSIONS, MIN_KEY_LEN,
 };
 #[doc(inline)]
-pub use layer::{ResponseFuture, SessionLayer, SessionService};
+pub use layer::{ResponseBody, ResponseFuture, SessionLayer, SessionService};
 #[doc(inline)]
 pub use login::{CarryData, LoginOptions};
 #[doc(inline)]

@@ -132,3 +132,42 @@ async fn a_devices_page_is_one_json_call() {
     assert_eq!(devices[0].subject.as_deref(), Some("alice"));
     assert_eq!(devices[0].created_at, common::T0);
 }
+
+#[tokio::test]
+async fn a_plain_tower_stack_keeps_its_own_body_type() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    use tower::ServiceBuilder;
+    use tower_hmac_session::ResponseBody;
+
+    let h = Harness::new();
+    let service = ServiceBuilder::new()
+        .layer(SessionLayer::new(h.manager.clone()))
+        .service_fn(|req: http::Request<Full<Bytes>>| async move {
+            let session = req.extensions().get::<Session>().cloned().unwrap();
+            let body = match session.subject() {
+                Some(subject) => subject,
+                None => {
+                    session.login("alice").await.unwrap();
+                    "logged in".to_owned()
+                }
+            };
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+        });
+    // The response body is the inner service's `Full<Bytes>`, wrapped, not
+    // converted to axum's body.
+    let res: http::Response<ResponseBody<Full<Bytes>>> = service
+        .clone()
+        .oneshot(http::Request::new(Full::new(Bytes::new())))
+        .await
+        .unwrap();
+    let cookie = res.headers()[header::SET_COOKIE].to_str().unwrap().to_owned();
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "logged in");
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let req = http::Request::builder()
+        .header(header::COOKIE, pair)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = service.oneshot(req).await.unwrap();
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "alice");
+}

@@ -45,6 +45,13 @@ pub mod redis;
 #[doc(inline)]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 
+/// The sqlx the SQL stores are built on, re-exported so that the pool
+/// `PostgresStore::in_schema` takes can be built without a sqlx dependency
+/// of your own (or with the same version as ours).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub use sqlx;
+
 /// A boxed error from a store's client library.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
