@@ -161,8 +161,14 @@ async fn a_plain_tower_stack_keeps_its_own_body_type() {
         .oneshot(http::Request::new(Full::new(Bytes::new())))
         .await
         .unwrap();
-    let cookie = res.headers()[header::SET_COOKIE].to_str().unwrap().to_owned();
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "logged in");
+    let cookie = res.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "logged in"
+    );
     let pair = cookie.split(';').next().unwrap().to_owned();
     let req = http::Request::builder()
         .header(header::COOKIE, pair)
