@@ -822,17 +822,51 @@ impl std::io::Write for Logs {
     }
 }
 
+/// A `redis-server` child of this test on a free loopback port, with
+/// `args`, killed on drop: for what must not touch the shared server's
+/// configuration.
+struct PrivateRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn private_redis(args: &[&str]) -> PrivateRedis {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (the tests start one of their own)");
+    let server = PrivateRedis {
+        child,
+        url: format!("redis://127.0.0.1:{port}"),
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return server;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the private redis-server did not start listening");
+}
+
 #[tokio::test]
-async fn connecting_warns_when_the_server_may_evict_keys() {
+async fn connecting_refuses_a_server_that_may_evict_keys() {
     let Some(mut admin) = admin().await else {
         return;
-    };
-    let policy = async |admin: &mut Admin, policy: &str| {
-        let _: () = redis::cmd("CONFIG")
-            .arg(&["SET", "maxmemory-policy", policy][..])
-            .query_async(admin)
-            .await
-            .unwrap();
     };
     let logs = Logs::default();
     let sink = logs.clone();
@@ -841,30 +875,85 @@ async fn connecting_warns_when_the_server_may_evict_keys() {
         .with_max_level(tracing::Level::WARN)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    // Without `maxmemory` set nothing is evicted: changing the policy for a
-    // moment is harmless to the tests running beside this one.
-    let before: Vec<String> = redis::cmd("CONFIG")
+    let text = || String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+
+    // A server of its own: the shared one keeps `noeviction` throughout.
+    let evicting = private_redis(&["--maxmemory-policy", "allkeys-lru"]);
+    let refused = RedisStore::builder(&evicting.url)
+        .connections(1)
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::Backend { .. }), "{refused:?}");
+    let message = format!("{}", std::error::Error::source(&refused).unwrap());
+    assert!(message.contains("allkeys-lru"), "{message}");
+    assert!(message.contains("allow_eviction"), "{message}");
+    // The explicit opt-out connects, with a warning.
+    let allowed = RedisStore::builder(&evicting.url)
+        .connections(1)
+        .allow_eviction(true)
+        .connect()
+        .await
+        .unwrap();
+    allowed.ping().await.unwrap();
+    let logs = text();
+    assert_eq!(logs.matches("noeviction").count(), 1, "{logs}");
+    assert!(logs.contains("allkeys-lru"), "{logs}");
+
+    // The shared server's `noeviction`: no warning.
+    let policy: Vec<String> = redis::cmd("CONFIG")
         .arg(&["GET", "maxmemory-policy"][..])
         .query_async(&mut admin)
         .await
         .unwrap();
-    assert_eq!(before[1], "noeviction", "the test server's own policy");
-    policy(&mut admin, "allkeys-lru").await;
-    let connected = RedisStore::builder(url()).connections(1).connect().await;
-    policy(&mut admin, "noeviction").await;
-    connected.unwrap();
-    let _quiet = RedisStore::builder(url())
+    assert_eq!(policy[1], "noeviction", "the test server's own policy");
+    RedisStore::builder(url())
         .connections(1)
         .connect()
         .await
         .unwrap();
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert_eq!(
-        logs.matches("maxmemory-policy noeviction").count(),
-        1,
+    assert_eq!(text(), logs);
+
+    // A user who may not read the configuration (managed Redis): warned,
+    // and connected.
+    let prefix = unique("ths-noconfig") + ":";
+    let user = unique("ths_noconfig");
+    let password = unique("pw");
+    let _: () = redis::cmd("ACL")
+        .arg(
+            &[
+                "SETUSER",
+                &user,
+                "on",
+                &format!(">{password}"),
+                &format!("~{prefix}*"),
+                "+@all",
+                "-config",
+            ][..],
+        )
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let store = RedisStore::builder(url())
+        .prefix(&prefix)
+        .username(&user)
+        .password(&password)
+        .connections(1)
+        .connect()
+        .await;
+    let _: () = redis::cmd("ACL")
+        .arg(&["DELUSER", &user][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    store.unwrap();
+    let logs = text();
+    assert!(
+        logs.contains("could not read the Redis eviction policy"),
         "{logs}"
     );
-    assert!(logs.contains("allkeys-lru"), "{logs}");
+    assert!(!logs.contains(&password), "{logs}");
+    cleanup(&mut admin, &prefix).await;
 }
 
 #[tokio::test]

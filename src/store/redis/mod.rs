@@ -82,9 +82,18 @@
 //! Run the server with `maxmemory-policy noeviction`. Every key the store
 //! writes has a time-to-live, so any other policy may evict them when memory
 //! runs short, one key at a time: an evicted `s:` key leaves the record's
-//! lookup keys resolving while revocation by id no longer finds it. The
-//! store checks the policy when it connects and logs a warning
-//! (`tracing`) if it is another one.
+//! lookup keys resolving while revocation by id, "log out everywhere" and
+//! the per-subject cap no longer find it. So the store reads the policy
+//! when it connects and refuses any other
+//! ([`allow_eviction`](RedisStoreBuilder::allow_eviction) connects anyway,
+//! with a warning). When the policy cannot be read (`CONFIG` is an admin
+//! command, often unavailable on managed Redis), it logs a warning
+//! (`tracing`) and connects.
+//!
+//! A lookup stays one `MGET` of lookup keys, so it cannot see that a
+//! record's `s:` key is gone; the record's next write (a touch, a rotation)
+//! finds it gone, deletes the copies under the lookup keys it was read
+//! with, and from then on they resolve to nothing.
 //!
 //! # Connections
 //!
