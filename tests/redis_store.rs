@@ -8,10 +8,10 @@
 //! the server; under `CI=true` an unreachable server fails the run. Each
 //! test works under a key prefix of its own, so tests run in parallel.
 //!
-//! `cargo test --features redis --test redis_store -- --ignored --nocapture`
-//! runs the one ignored test, which prints Redis's own per-command timings
-//! (`INFO commandstats`) for a lookup, a plain `GET` and each write script;
-//! it resets the server's statistics, so run it alone.
+//! Redis's own per-command timings (`INFO commandstats`) for a lookup, a
+//! plain `GET` and each script are a bench: `cargo bench --features redis
+//! --bench redis_server_time` (it resets the server's statistics, so run it
+//! alone).
 #![cfg(all(feature = "redis", feature = "memory"))]
 
 mod common;
@@ -1280,7 +1280,10 @@ async fn concurrent_logins_through_the_router_keep_the_cap() {
         issued.push(login.await.unwrap());
     }
     done.store(true, Ordering::SeqCst);
-    assert!(watcher.await.unwrap() <= 3, "more than 3 live at some point");
+    assert!(
+        watcher.await.unwrap() <= 3,
+        "more than 3 live at some point"
+    );
 
     let live: Vec<SessionId> = h
         .manager
@@ -1399,7 +1402,11 @@ async fn a_long_history_leaves_the_index_in_bounded_steps() {
         assert_eq!(listed, expected);
         let after: usize = admin.zcard(&index).await.unwrap();
         assert!(after < size, "no progress");
-        assert!(size - after <= ONE_CALL, "one call dropped {}", size - after);
+        assert!(
+            size - after <= ONE_CALL,
+            "one call dropped {}",
+            size - after
+        );
         size = after;
         calls += 1;
         assert!(calls <= 5, "the index does not shrink");
@@ -1426,7 +1433,11 @@ async fn a_long_history_leaves_the_index_in_bounded_steps() {
         store.insert_capped(&login, now, &cap).await.unwrap();
         let after: usize = admin.zcard(&index).await.unwrap();
         // The login adds one entry.
-        assert!(size + 1 - after <= ONE_CALL, "one call dropped {}", size + 1 - after);
+        assert!(
+            size + 1 - after <= ONE_CALL,
+            "one call dropped {}",
+            size + 1 - after
+        );
         size = after;
         calls += 1;
         assert!(calls <= 6, "the index does not shrink");
@@ -1449,7 +1460,13 @@ async fn a_long_history_leaves_the_index_in_bounded_steps() {
             .unwrap(),
         live.len() as u64
     );
-    assert!(store.list_for_subject("carol", now).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_for_subject("carol", now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     cleanup(&mut admin, &prefix).await;
 }
 
@@ -1483,7 +1500,12 @@ async fn a_write_deletes_the_lookup_keys_of_a_record_whose_id_key_is_gone() {
     store.insert(&b).await.unwrap();
     let mut stale = a.clone();
     stale.current = b.current;
-    assert!(!store.replace(&stale, &successor(&stale, |_| {}), T0).await.unwrap());
+    assert!(
+        !store
+            .replace(&stale, &successor(&stale, |_| {}), T0)
+            .await
+            .unwrap()
+    );
     assert_eq!(found(&store, b.current, T0).await, [Slot::Current]);
     cleanup(&mut admin, &prefix).await;
 }

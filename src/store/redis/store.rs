@@ -273,9 +273,7 @@ impl RedisStore {
             revocation.as_bytes(),
         ];
         args.extend(keys.iter().map(|k| k.as_bytes()));
-        let reply: Vec<String> = self
-            .script(operation, &self.scripts.insert, &args)
-            .await?;
+        let reply: Vec<String> = self.script(operation, &self.scripts.insert, &args).await?;
         match reply.split_first() {
             Some((tag, evicted)) if tag == "ok" => evicted
                 .iter()
@@ -589,7 +587,11 @@ impl SessionStore for RedisStore {
             .script(
                 OPERATION,
                 &self.scripts.list,
-                &[subject.as_bytes(), now_micros.as_bytes(), now_secs.as_bytes()],
+                &[
+                    subject.as_bytes(),
+                    now_micros.as_bytes(),
+                    now_secs.as_bytes(),
+                ],
             )
             .await?;
         let Some((more, flat)) = reply.split_first() else {
