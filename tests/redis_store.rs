@@ -1542,3 +1542,84 @@ async fn an_invalid_revocation_actor_is_refused_before_anything() {
     assert!(store.get_active(&a.id, T0).await.unwrap().is_some());
     cleanup(&mut admin, &prefix).await;
 }
+
+/// Calls of `command` since the last `CONFIG RESETSTAT`, from `INFO
+/// commandstats` (commands scripts run count too).
+async fn calls(admin: &mut Admin, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn one_script_call_reads_and_drops_a_bounded_number_of_entries() {
+    // A server of its own, so that its command statistics are this test's.
+    if admin().await.is_none() {
+        return;
+    }
+    let server = private_redis(&[]);
+    let mut admin = redis::Client::open(server.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let store = RedisStore::builder(&server.url)
+        .prefix("ths:")
+        .connect()
+        .await
+        .unwrap();
+    let now = T0 + secs(200);
+    let (index, _) = long_history(&mut admin, &store, "ths:", "alice", 2).await;
+    let cap = tower_hmac_session::store::SubjectCap {
+        max_sessions: 3,
+        except: None,
+        revocation: Revocation::new(RevocationReason::SessionLimit),
+    };
+    let reset = async |admin: &mut Admin| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(admin)
+            .await
+            .unwrap();
+    };
+    // The server loads each script the first time it is sent (NOSCRIPT,
+    // then again): load them beforehand, on another subject.
+    store.list_for_subject("bob", now).await.unwrap();
+    store
+        .insert_capped(&record(Some("bob"), now), now, &cap)
+        .await
+        .unwrap();
+    for step in 0..4 {
+        reset(&mut admin).await;
+        match step % 2 {
+            0 => drop(store.list_for_subject("alice", now).await.unwrap()),
+            _ => drop(
+                store
+                    .insert_capped(&record(Some("alice"), now), now, &cap)
+                    .await
+                    .unwrap(),
+            ),
+        }
+        let (scripts, gets) = (
+            calls(&mut admin, "evalsha").await + calls(&mut admin, "eval").await,
+            calls(&mut admin, "get").await,
+        );
+        let drops = calls(&mut admin, "zremrangebyrank").await;
+        let zrems = calls(&mut admin, "zrem").await;
+        let size: usize = admin.zcard(&index).await.unwrap();
+        eprintln!(
+            "step {step}: {gets} GET, {drops} ZREMRANGEBYRANK, {zrems} ZREM; {size} entries left"
+        );
+        assert_eq!(scripts, 1, "step {step}");
+        assert!(gets <= 200, "step {step}: {gets} GETs");
+        assert!(drops <= 1, "step {step}: {drops} ZREMRANGEBYRANK");
+        assert!(zrems <= 200, "step {step}: {zrems} ZREM");
+    }
+    let size: usize = admin.zcard(&index).await.unwrap();
+    assert_eq!(size, 3, "the index holds the live sessions only");
+}
