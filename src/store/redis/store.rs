@@ -756,6 +756,12 @@ mod tests {
     }
 
     #[test]
+    fn the_subject_bounds_are_the_documented_ones() {
+        // The module docs and tests/redis_store.rs name these numbers.
+        assert_eq!((SUBJECT_READ_LIMIT, SUBJECT_DROP_LIMIT), (200, 1000));
+    }
+
+    #[test]
     fn index_scores_round_up_and_now_rounds_down() {
         let at = |secs: i64, micros: i64| {
             OffsetDateTime::UNIX_EPOCH
