@@ -11,7 +11,7 @@ use std::time::Duration;
 use redis::AsyncCommands as _;
 use time::OffsetDateTime;
 use time::macros::datetime;
-use tower_hmac_session::store::RedisStore;
+use tower_hmac_session::store::{RedisStore, SubjectCap};
 use tower_hmac_session::{
     Candidate, Credential, Data, KeyVersion, LookupKey, PreviousCredential, Revocation,
     RevocationReason, SessionId, SessionRecord, SessionStore,
@@ -334,15 +334,16 @@ async fn measure_server_time_per_operation() {
     }
     phase(&mut admin, "revoke (script)", &["evalsha"], &mut report).await;
 
-    // 10 sessions per subject.
-    let subjects: Vec<SessionRecord> = (0..100)
+    // 100 subjects with 10 sessions each.
+    const SUBJECTS: usize = 100;
+    let subjects: Vec<SessionRecord> = (0..SUBJECTS * 10)
         .map(|i| record(Some(&format!("user{}", i / 10)), T0))
         .collect();
     for r in &subjects {
         store.insert(r).await.unwrap();
     }
     phase(&mut admin, "(setup)", &[], &mut report).await;
-    for i in 0..10 {
+    for i in 0..SUBJECTS {
         store
             .list_for_subject(&format!("user{i}"), T0)
             .await
@@ -355,7 +356,30 @@ async fn measure_server_time_per_operation() {
         &mut report,
     )
     .await;
-    for i in 0..10 {
+    // Logins at the cap (10): each revokes the least recently used one.
+    let cap = SubjectCap {
+        max_sessions: 10,
+        except: None,
+        revocation: Revocation::new(RevocationReason::SessionLimit),
+    };
+    for round in 0..10 {
+        for i in 0..SUBJECTS {
+            let login = record(Some(&format!("user{i}")), T0 + secs(round + 1));
+            let evicted = store
+                .insert_capped(&login, T0 + secs(round + 1), &cap)
+                .await
+                .unwrap();
+            assert_eq!(evicted.len(), 1);
+        }
+    }
+    phase(
+        &mut admin,
+        "insert_capped, cap 10, evicts 1 (script)",
+        &["evalsha"],
+        &mut report,
+    )
+    .await;
+    for i in 0..SUBJECTS {
         store
             .revoke_all_for_subject(&format!("user{i}"), T0, &revocation, None)
             .await
@@ -365,6 +389,34 @@ async fn measure_server_time_per_operation() {
         &mut admin,
         "revoke_all_for_subject, 10 (script)",
         &["evalsha"],
+        &mut report,
+    )
+    .await;
+
+    // One subject with a long history: 3,000 sessions ended idly. The first
+    // calls drop 1,000 dead entries each, the last lists 10.
+    let history: Vec<SessionRecord> = (0..3000)
+        .map(|_| SessionRecord {
+            expires_at: T0 + secs(60),
+            ..record(Some("history"), T0)
+        })
+        .chain((0..10).map(|_| record(Some("history"), T0)))
+        .collect();
+    for r in &history {
+        store.insert(r).await.unwrap();
+    }
+    phase(&mut admin, "(setup)", &[], &mut report).await;
+    for _ in 0..4 {
+        let listed = store
+            .list_for_subject("history", T0 + secs(120))
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 10);
+    }
+    phase(
+        &mut admin,
+        "list_for_subject, 3,000 ended + 10 (4 calls)",
+        &["evalsha", "zremrangebyrank", "get"],
         &mut report,
     )
     .await;

@@ -1,16 +1,17 @@
 //! `RedisStore` against a real server: the conformance suite, the store's
 //! rules operation by operation, two app instances on one Redis, damaged
 //! values, expiry under a clock far from the server's, what a lookup sends,
-//! the connections, ACL credentials and the health check.
+//! the connections, ACL credentials and the health check, the per-subject
+//! cap through the router, and a subject index with a long history.
 //!
 //! `TOWER_HMAC_SESSION_REDIS_URL` (default `redis://127.0.0.1:6379`) names
 //! the server; under `CI=true` an unreachable server fails the run. Each
 //! test works under a key prefix of its own, so tests run in parallel.
 //!
-//! `cargo test --features redis --test redis_store -- --ignored --nocapture`
-//! runs the one ignored test, which prints Redis's own per-command timings
-//! (`INFO commandstats`) for a lookup, a plain `GET` and each write script;
-//! it resets the server's statistics, so run it alone.
+//! Redis's own per-command timings (`INFO commandstats`) for a lookup, a
+//! plain `GET` and each script are a bench: `cargo bench --features redis
+//! --bench redis_server_time` (it resets the server's statistics, so run it
+//! alone).
 #![cfg(all(feature = "redis", feature = "memory"))]
 
 mod common;
@@ -822,17 +823,51 @@ impl std::io::Write for Logs {
     }
 }
 
+/// A `redis-server` child of this test on a free loopback port, with
+/// `args`, killed on drop: for what must not touch the shared server's
+/// configuration.
+struct PrivateRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn private_redis(args: &[&str]) -> PrivateRedis {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (the tests start one of their own)");
+    let server = PrivateRedis {
+        child,
+        url: format!("redis://127.0.0.1:{port}"),
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return server;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the private redis-server did not start listening");
+}
+
 #[tokio::test]
-async fn connecting_warns_when_the_server_may_evict_keys() {
+async fn connecting_refuses_a_server_that_may_evict_keys() {
     let Some(mut admin) = admin().await else {
         return;
-    };
-    let policy = async |admin: &mut Admin, policy: &str| {
-        let _: () = redis::cmd("CONFIG")
-            .arg(&["SET", "maxmemory-policy", policy][..])
-            .query_async(admin)
-            .await
-            .unwrap();
     };
     let logs = Logs::default();
     let sink = logs.clone();
@@ -841,30 +876,85 @@ async fn connecting_warns_when_the_server_may_evict_keys() {
         .with_max_level(tracing::Level::WARN)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    // Without `maxmemory` set nothing is evicted: changing the policy for a
-    // moment is harmless to the tests running beside this one.
-    let before: Vec<String> = redis::cmd("CONFIG")
+    let text = || String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+
+    // A server of its own: the shared one keeps `noeviction` throughout.
+    let evicting = private_redis(&["--maxmemory-policy", "allkeys-lru"]);
+    let refused = RedisStore::builder(&evicting.url)
+        .connections(1)
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::Backend { .. }), "{refused:?}");
+    let message = format!("{}", std::error::Error::source(&refused).unwrap());
+    assert!(message.contains("allkeys-lru"), "{message}");
+    assert!(message.contains("allow_eviction"), "{message}");
+    // The explicit opt-out connects, with a warning.
+    let allowed = RedisStore::builder(&evicting.url)
+        .connections(1)
+        .allow_eviction(true)
+        .connect()
+        .await
+        .unwrap();
+    allowed.ping().await.unwrap();
+    let logs = text();
+    assert_eq!(logs.matches("noeviction").count(), 1, "{logs}");
+    assert!(logs.contains("allkeys-lru"), "{logs}");
+
+    // The shared server's `noeviction`: no warning.
+    let policy: Vec<String> = redis::cmd("CONFIG")
         .arg(&["GET", "maxmemory-policy"][..])
         .query_async(&mut admin)
         .await
         .unwrap();
-    assert_eq!(before[1], "noeviction", "the test server's own policy");
-    policy(&mut admin, "allkeys-lru").await;
-    let connected = RedisStore::builder(url()).connections(1).connect().await;
-    policy(&mut admin, "noeviction").await;
-    connected.unwrap();
-    let _quiet = RedisStore::builder(url())
+    assert_eq!(policy[1], "noeviction", "the test server's own policy");
+    RedisStore::builder(url())
         .connections(1)
         .connect()
         .await
         .unwrap();
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert_eq!(
-        logs.matches("maxmemory-policy noeviction").count(),
-        1,
+    assert_eq!(text(), logs);
+
+    // A user who may not read the configuration (managed Redis): warned,
+    // and connected.
+    let prefix = unique("ths-noconfig") + ":";
+    let user = unique("ths_noconfig");
+    let password = unique("pw");
+    let _: () = redis::cmd("ACL")
+        .arg(
+            &[
+                "SETUSER",
+                &user,
+                "on",
+                &format!(">{password}"),
+                &format!("~{prefix}*"),
+                "+@all",
+                "-config",
+            ][..],
+        )
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let store = RedisStore::builder(url())
+        .prefix(&prefix)
+        .username(&user)
+        .password(&password)
+        .connections(1)
+        .connect()
+        .await;
+    let _: () = redis::cmd("ACL")
+        .arg(&["DELUSER", &user][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    store.unwrap();
+    let logs = text();
+    assert!(
+        logs.contains("could not read the Redis eviction policy"),
         "{logs}"
     );
-    assert!(logs.contains("allkeys-lru"), "{logs}");
+    assert!(!logs.contains(&password), "{logs}");
+    cleanup(&mut admin, &prefix).await;
 }
 
 #[tokio::test]
@@ -949,6 +1039,9 @@ async fn damaged_values_are_reported_as_corruption() {
         "h4= 1",
         "h5=1,bogus",
         "h5=x,logout",
+        // An actor no revocation could have written.
+        "h5=1,admin,",
+        "h5=1,admin,0a",
         // The value under the lookup key does not hold it.
         &h6,
         "h6=ABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABAB",
@@ -1133,4 +1226,400 @@ async fn acl_credentials_and_the_health_check() {
         .await
         .unwrap();
     cleanup(&mut admin, &prefix).await;
+}
+
+/// The header field `index` of the value stored under `s:<id>`.
+async fn header_field(admin: &mut Admin, prefix: &str, id: SessionId, index: usize) -> String {
+    let value: String = admin.get(format!("{prefix}s:{id}")).await.unwrap();
+    value.split('|').nth(index).unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_logins_through_the_router_keep_the_cap() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-cap") + ":";
+    let config = SessionConfig::builder()
+        .max_sessions_per_subject(Some(3))
+        .build()
+        .unwrap();
+    let h = Arc::new(Harness::with_store(
+        store(&prefix).await,
+        config,
+        ring(1, &[1]),
+    ));
+    // A watcher lists alice's sessions while the logins run.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (h, done) = (h.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut most = 0;
+            while !done.load(Ordering::SeqCst) {
+                most = most.max(h.manager.list_for_subject("alice").await.unwrap().len());
+                tokio::task::yield_now().await;
+            }
+            most
+        })
+    };
+    let logins: Vec<_> = (0..20)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move {
+                let res = h.call("POST", "/login?user=alice", None).await;
+                assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+                (
+                    res.body.parse::<SessionId>().unwrap(),
+                    res.new_secret().unwrap(),
+                )
+            })
+        })
+        .collect();
+    let mut issued = Vec::new();
+    for login in logins {
+        issued.push(login.await.unwrap());
+    }
+    done.store(true, Ordering::SeqCst);
+    assert!(
+        watcher.await.unwrap() <= 3,
+        "more than 3 live at some point"
+    );
+
+    let live: Vec<SessionId> = h
+        .manager
+        .list_for_subject("alice")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(live.len(), 3, "{live:?}");
+    for (id, secret) in &issued {
+        let res = h.call("GET", "/me", Some(secret)).await;
+        if live.contains(id) {
+            assert_eq!(res.status, StatusCode::OK);
+        } else {
+            // Evicted: revoked (not deleted), stamped `session_limit`.
+            assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+            let revocation = header_field(&mut admin, &prefix, *id, 5).await;
+            assert!(revocation.ends_with(",session_limit"), "{revocation}");
+        }
+    }
+    // The index holds the live ones only.
+    let mut indexed: Vec<String> = admin
+        .zrange(format!("{prefix}u:alice"), 0, -1)
+        .await
+        .unwrap();
+    indexed.sort();
+    let mut expected: Vec<String> = live.iter().map(SessionId::to_string).collect();
+    expected.sort();
+    assert_eq!(indexed, expected);
+    cleanup(&mut admin, &prefix).await;
+}
+
+/// `n` sessions of `subject` created at `T0` with the given idle and
+/// absolute expiry (seconds from `T0`), inserted.
+async fn sessions(
+    store: &RedisStore,
+    subject: &str,
+    n: usize,
+    idle: i64,
+    absolute: i64,
+) -> Vec<SessionRecord> {
+    let mut records = Vec::with_capacity(n);
+    for _ in 0..n {
+        let r = SessionRecord {
+            expires_at: T0 + secs(idle),
+            absolute_expires_at: T0 + secs(absolute),
+            ..record(Some(subject), T0)
+        };
+        store.insert(&r).await.unwrap();
+        records.push(r);
+    }
+    records
+}
+
+/// 1,000 sessions ended idly, 1,000 absolutely, 1,000 revoked (500 of
+/// them put back into the index, as a revocation that did not reach it
+/// would leave them), and `live` live ones: the subject's index afterwards.
+async fn long_history(
+    admin: &mut Admin,
+    store: &RedisStore,
+    prefix: &str,
+    subject: &str,
+    live: usize,
+) -> (String, Vec<SessionRecord>) {
+    let index = format!("{prefix}u:{subject}");
+    sessions(store, subject, 1000, 60, 86_400).await;
+    sessions(store, subject, 1000, 120, 120).await;
+    let revoked = sessions(store, subject, 1000, 3600, 86_400).await;
+    let live = sessions(store, subject, live, 7200, 86_400).await;
+    let revocation = Revocation::new(RevocationReason::Logout);
+    for r in &revoked {
+        store.revoke(&r.id, None, T0, &revocation).await.unwrap();
+    }
+    // A revocation takes the entry out of the index at once.
+    let size: usize = admin.zcard(&index).await.unwrap();
+    assert_eq!(size, 2000 + live.len());
+    let stale: Vec<(i64, String)> = revoked[..500]
+        .iter()
+        .map(|r| ((T0 + secs(3600)).unix_timestamp(), r.id.to_string()))
+        .collect();
+    let _: () = admin.zadd_multiple(&index, &stale).await.unwrap();
+    (index, live)
+}
+
+/// Largest amount of index entries one script call may remove: the dead
+/// ones it drops by score, plus those it reads.
+const ONE_CALL: usize = 1000 + 200;
+
+#[tokio::test]
+async fn a_long_history_leaves_the_index_in_bounded_steps() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-history") + ":";
+    let store = store(&prefix).await;
+    let now = T0 + secs(200);
+
+    // Lists: each call drops a bounded number of entries and lists the
+    // live sessions every time.
+    let (index, live) = long_history(&mut admin, &store, &prefix, "alice", 2).await;
+    let mut size: usize = admin.zcard(&index).await.unwrap();
+    assert_eq!(size, 2502);
+    let mut expected: Vec<SessionId> = live.iter().map(|r| r.id).collect();
+    expected.sort();
+    let mut calls = 0;
+    while size > live.len() {
+        let mut listed: Vec<SessionId> = store
+            .list_for_subject("alice", now)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        listed.sort();
+        assert_eq!(listed, expected);
+        let after: usize = admin.zcard(&index).await.unwrap();
+        assert!(after < size, "no progress");
+        assert!(
+            size - after <= ONE_CALL,
+            "one call dropped {}",
+            size - after
+        );
+        size = after;
+        calls += 1;
+        assert!(calls <= 5, "the index does not shrink");
+    }
+    eprintln!("list: 2502 index entries down to {size} in {calls} calls");
+    // What is left is the live sessions.
+    let mut indexed: Vec<String> = admin.zrange(&index, 0, -1).await.unwrap();
+    indexed.sort();
+    let ids: Vec<String> = expected.iter().map(SessionId::to_string).collect();
+    assert_eq!(indexed, ids);
+
+    // Logins with a cap of 3: each drops a bounded number too, and the cap
+    // holds throughout.
+    let (index, _) = long_history(&mut admin, &store, &prefix, "bob", 2).await;
+    let mut size: usize = admin.zcard(&index).await.unwrap();
+    let cap = tower_hmac_session::store::SubjectCap {
+        max_sessions: 3,
+        except: None,
+        revocation: Revocation::new(RevocationReason::SessionLimit),
+    };
+    let mut calls = 0;
+    loop {
+        let login = record(Some("bob"), now);
+        store.insert_capped(&login, now, &cap).await.unwrap();
+        let after: usize = admin.zcard(&index).await.unwrap();
+        // The login adds one entry.
+        assert!(
+            size + 1 - after <= ONE_CALL,
+            "one call dropped {}",
+            size + 1 - after
+        );
+        size = after;
+        calls += 1;
+        assert!(calls <= 6, "the index does not shrink");
+        if size <= 3 {
+            break;
+        }
+    }
+    eprintln!("insert_capped: down to {size} index entries in {calls} logins");
+    assert_eq!(store.list_for_subject("bob", now).await.unwrap().len(), 3);
+    assert_eq!(admin.zcard::<_, usize>(&index).await.unwrap(), 3);
+
+    // "Log out everywhere" on a long history: a few script calls (the
+    // stale entries take up what one reads), the live ones revoked.
+    let (_, live) = long_history(&mut admin, &store, &prefix, "carol", 5).await;
+    let revocation = Revocation::new(RevocationReason::LogoutEverywhere);
+    assert_eq!(
+        store
+            .revoke_all_for_subject("carol", now, &revocation, None)
+            .await
+            .unwrap(),
+        live.len() as u64
+    );
+    assert!(
+        store
+            .list_for_subject("carol", now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    cleanup(&mut admin, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_write_deletes_the_lookup_keys_of_a_record_whose_id_key_is_gone() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-orphan") + ":";
+    let store = store(&prefix).await;
+    let a = rotated(&record(Some("alice"), T0), credential(1), T0);
+    store.insert(&a).await.unwrap();
+    // What an eviction (or an operator) leaves: the lookup keys, not the id.
+    let _: () = admin.del(format!("{prefix}s:{}", a.id)).await.unwrap();
+    // A lookup is one MGET of lookup keys: it still resolves.
+    assert_eq!(found(&store, a.current, T0).await, [Slot::Current]);
+    // Revocation by id cannot find it; the next write can, and ends it.
+    let revocation = Revocation::new(RevocationReason::Admin);
+    assert_eq!(
+        store.revoke(&a.id, None, T0, &revocation).await.unwrap(),
+        RevokeOutcome::NotFound
+    );
+    let touched = successor(&a, |n| n.last_seen_at = T0 + secs(60));
+    assert!(!store.replace(&a, &touched, T0 + secs(60)).await.unwrap());
+    for c in [a.current, a.previous.unwrap().credential] {
+        assert!(found(&store, c, T0).await.is_empty());
+    }
+    // Only its own copies: a lookup key told about that holds another
+    // record is left alone.
+    let b = record(Some("alice"), T0);
+    store.insert(&b).await.unwrap();
+    let mut stale = a.clone();
+    stale.current = b.current;
+    assert!(
+        !store
+            .replace(&stale, &successor(&stale, |_| {}), T0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(found(&store, b.current, T0).await, [Slot::Current]);
+    cleanup(&mut admin, &prefix).await;
+}
+
+#[tokio::test]
+async fn an_invalid_revocation_actor_is_refused_before_anything() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-actor") + ":";
+    let store = store(&prefix).await;
+    let a = record(Some("alice"), T0);
+    store.insert(&a).await.unwrap();
+    let long = "x".repeat(257);
+    for actor in ["", "ops\n", long.as_str()] {
+        let bad = Revocation::new(RevocationReason::Admin).by(actor);
+        let error = store.revoke(&a.id, None, T0, &bad).await.unwrap_err();
+        assert!(matches!(error, StoreError::Invalid(_)), "{error:?}");
+        let error = store
+            .revoke_all_for_subject("alice", T0, &bad, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Invalid(_)), "{error:?}");
+        let b = record(Some("alice"), T0);
+        let cap = tower_hmac_session::store::SubjectCap {
+            max_sessions: 1,
+            except: None,
+            revocation: bad,
+        };
+        let error = store.insert_capped(&b, T0, &cap).await.unwrap_err();
+        assert!(matches!(error, StoreError::Invalid(_)), "{error:?}");
+        assert!(store.get_active(&b.id, T0).await.unwrap().is_none());
+    }
+    assert!(store.get_active(&a.id, T0).await.unwrap().is_some());
+    cleanup(&mut admin, &prefix).await;
+}
+
+/// Calls of `command` since the last `CONFIG RESETSTAT`, from `INFO
+/// commandstats` (commands scripts run count too).
+async fn calls(admin: &mut Admin, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn one_script_call_reads_and_drops_a_bounded_number_of_entries() {
+    // A server of its own, so that its command statistics are this test's.
+    if admin().await.is_none() {
+        return;
+    }
+    let server = private_redis(&[]);
+    let mut admin = redis::Client::open(server.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let store = RedisStore::builder(&server.url)
+        .prefix("ths:")
+        .connect()
+        .await
+        .unwrap();
+    let now = T0 + secs(200);
+    let (index, _) = long_history(&mut admin, &store, "ths:", "alice", 2).await;
+    let cap = tower_hmac_session::store::SubjectCap {
+        max_sessions: 3,
+        except: None,
+        revocation: Revocation::new(RevocationReason::SessionLimit),
+    };
+    let reset = async |admin: &mut Admin| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(admin)
+            .await
+            .unwrap();
+    };
+    // The server loads each script the first time it is sent (NOSCRIPT,
+    // then again): load them beforehand, on another subject.
+    store.list_for_subject("bob", now).await.unwrap();
+    store
+        .insert_capped(&record(Some("bob"), now), now, &cap)
+        .await
+        .unwrap();
+    for step in 0..4 {
+        reset(&mut admin).await;
+        match step % 2 {
+            0 => drop(store.list_for_subject("alice", now).await.unwrap()),
+            _ => drop(
+                store
+                    .insert_capped(&record(Some("alice"), now), now, &cap)
+                    .await
+                    .unwrap(),
+            ),
+        }
+        let (scripts, gets) = (
+            calls(&mut admin, "evalsha").await + calls(&mut admin, "eval").await,
+            calls(&mut admin, "get").await,
+        );
+        let drops = calls(&mut admin, "zremrangebyrank").await;
+        let zrems = calls(&mut admin, "zrem").await;
+        let size: usize = admin.zcard(&index).await.unwrap();
+        eprintln!(
+            "step {step}: {gets} GET, {drops} ZREMRANGEBYRANK, {zrems} ZREM; {size} entries left"
+        );
+        assert_eq!(scripts, 1, "step {step}");
+        assert!(gets <= 200, "step {step}: {gets} GETs");
+        assert!(drops <= 1, "step {step}: {drops} ZREMRANGEBYRANK");
+        assert!(zrems <= 200, "step {step}: {zrems} ZREM");
+    }
+    let size: usize = admin.zcard(&index).await.unwrap();
+    assert_eq!(size, 3, "the index holds the live sessions only");
 }

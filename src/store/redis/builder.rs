@@ -27,6 +27,7 @@ pub struct RedisStoreBuilder {
     connect_timeout: Duration,
     connections: usize,
     root_certificate: Option<Vec<u8>>,
+    allow_eviction: bool,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -40,6 +41,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("connections", &self.connections)
             .field("root_certificate", &self.root_certificate.is_some())
+            .field("allow_eviction", &self.allow_eviction)
             .finish_non_exhaustive()
     }
 }
@@ -55,6 +57,7 @@ impl RedisStoreBuilder {
             connect_timeout: Duration::from_secs(2),
             connections: DEFAULT_CONNECTIONS,
             root_certificate: None,
+            allow_eviction: false,
         }
     }
 
@@ -111,13 +114,27 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Connects every connection.
+    /// Connects even to a server whose `maxmemory-policy` is not
+    /// `noeviction` (default `false`: refused). Every key the store writes
+    /// has a time-to-live, so any other policy may evict one of a session's
+    /// keys when memory runs short: an evicted `s:` key leaves the session
+    /// resolving by its cookie while revocation by id, "log out everywhere"
+    /// and the per-subject cap no longer find it (until its next write,
+    /// which deletes what is left). Only for a server you know never reaches
+    /// its `maxmemory`; the store then logs a warning when it connects.
+    pub fn allow_eviction(mut self, allow: bool) -> Self {
+        self.allow_eviction = allow;
+        self
+    }
+
+    /// Connects every connection, then checks the server's
+    /// `maxmemory-policy` (see [`allow_eviction`](Self::allow_eviction)).
     ///
     /// # Errors
     ///
-    /// A malformed URL, `rediss://` without the `redis-tls` feature, or a
-    /// server that cannot be reached or refuses the credentials. Errors never
-    /// include the password.
+    /// A malformed URL, `rediss://` without the `redis-tls` feature, a
+    /// server that cannot be reached or refuses the credentials, or one that
+    /// may evict keys (unless allowed). Errors never include the password.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         let err = |e| StoreError::backend("connect", e);
         let mut info = self.url.as_str().into_connection_info().map_err(err)?;
@@ -167,7 +184,7 @@ impl RedisStoreBuilder {
             connections.push(connection);
         }
         if let Some(connection) = connections.first_mut() {
-            warn_unless_noeviction(connection, self.timeout).await;
+            check_eviction_policy(connection, self.timeout, self.allow_eviction).await?;
         }
         Ok(RedisStore {
             connections: connections.into(),
@@ -179,27 +196,48 @@ impl RedisStoreBuilder {
     }
 }
 
-/// Logs a warning when the server may evict keys (see the module docs). Best
-/// effort: a user without the right to read the configuration (`CONFIG` is
-/// an admin command) is not refused a store for it.
-async fn warn_unless_noeviction(connection: &mut ConnectionManager, timeout: Duration) {
+/// Refuses a server that may evict keys (see the module docs), or only
+/// logs a warning with `allow_eviction`. Best effort when the policy cannot
+/// be read: a user without the right to read the configuration (`CONFIG` is
+/// an admin command, often unavailable on managed Redis) is warned, not
+/// refused a store.
+async fn check_eviction_policy(
+    connection: &mut ConnectionManager,
+    timeout: Duration,
+    allow_eviction: bool,
+) -> Result<(), StoreError> {
     let mut command = redis::cmd("CONFIG");
     command.arg("GET").arg("maxmemory-policy");
     let query = command.query_async::<Vec<String>>(connection);
+    let unknown = |reason: &dyn fmt::Display| {
+        tracing::warn!(
+            %reason,
+            "could not read the Redis eviction policy; make sure the server runs \
+             with `maxmemory-policy noeviction`, or session keys may be evicted"
+        );
+    };
     match tokio::time::timeout(timeout, query).await {
         Ok(Ok(reply)) => match reply.get(1).map(String::as_str) {
             Some("noeviction") => {}
-            Some(policy) => tracing::warn!(
+            Some(policy) if allow_eviction => tracing::warn!(
                 maxmemory_policy = policy,
-                "the Redis server may evict session keys under memory pressure; \
-                 run it with `maxmemory-policy noeviction`"
+                "the Redis server may evict session keys under memory pressure \
+                 (allowed by `allow_eviction`); run it with `maxmemory-policy noeviction`"
             ),
-            None => {}
+            Some(policy) => {
+                return Err(StoreError::backend(
+                    "connect",
+                    format!(
+                        "the Redis server's maxmemory-policy is `{policy}`: it may evict \
+                         session keys, leaving sessions that cannot be revoked; run it with \
+                         `maxmemory-policy noeviction` (or see `RedisStoreBuilder::allow_eviction`)"
+                    ),
+                ));
+            }
+            None => unknown(&"CONFIG GET answered no policy"),
         },
-        Ok(Err(error)) => tracing::debug!(
-            %error,
-            "could not read the Redis eviction policy"
-        ),
-        Err(_) => tracing::debug!("reading the Redis eviction policy timed out"),
+        Ok(Err(error)) => unknown(&error),
+        Err(_) => unknown(&"CONFIG GET timed out"),
     }
+    Ok(())
 }

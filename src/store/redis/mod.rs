@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `P s:<id hex>` | string | the record, as one value |
 //! | `P k:<lookup key hex>` | string | a copy of the same value, for each lookup key the record holds (current, previous, superseded) |
-//! | `P u:<subject>` | sorted set | the subject's ids by `created_at`: lists and "log out everywhere" without a scan |
+//! | `P u:<subject>` | sorted set | the subject's ids, scored by idle expiry: lists, "log out everywhere" and the per-subject cap without a scan |
 //!
 //! A record therefore takes its value's size (a few hundred bytes) once per
 //! key: two to four times. The value is a short header line (id,
@@ -25,6 +25,32 @@
 //! is one `GET`. No script runs on a read. A value under a lookup key it does
 //! not hold, or under an id that is not its own, is corruption.
 //!
+//! # Per-subject index
+//!
+//! A subject's sorted set scores each session by its idle expiry (`expires_at`
+//! in whole seconds, rounded up), which the `replace` script moves when a
+//! session slides; a revocation removes the entry. Every script on a subject
+//! (an insert, [`insert_capped`](crate::SessionStore::insert_capped), a list,
+//! "log out everywhere") first drops at most 1,000 entries whose expiry has
+//! passed (one `ZREMRANGEBYRANK`), then reads at most 200 of the others
+//! (a `GET` each), dropping those it finds gone, revoked or ended. So one call
+//! does a bounded amount of work however long the subject's history, and dead
+//! entries leave the index as they are met.
+//!
+//! A subject never has more live sessions than `max_sessions_per_subject` (10
+//! by default). With a cap of at most 200, every list, "log out everywhere"
+//! and cap sees all of them in one atomic call. Above it (or with no cap):
+//! a list holds the 200 sessions expiring last and logs a warning; "log out
+//! everywhere" revokes 200 per call, each atomic, calling again until none is
+//! left; and a login's cap revokes among the 200 expiring first, counting the
+//! entries it did not read as live sessions.
+//!
+//! An expired session is dropped from the index, not stamped revoked:
+//! [`revoke_all_for_subject`](crate::SessionStore::revoke_all_for_subject)
+//! revokes and counts the unrevoked sessions the index still holds (idle
+//! expiry not passed by whole seconds), so its count can leave out sessions
+//! that ended long ago, which other stores stamp and count.
+//!
 //! # Writes are small scripts
 //!
 //! Every write is one Lua script (sent as `EVALSHA`, loaded on `NOSCRIPT`),
@@ -33,13 +59,15 @@
 //! unexpired at the `now` it is given, and rewrites the value under the id
 //! and every lookup key of the new record, deleting keys only the old one
 //! held. A revocation rewrites every copy, so no lookup key resolves to a
-//! live session afterwards. Scripts read only the header, never walk a hash.
+//! live session afterwards. Scripts read only the header (and, to order a
+//! subject's sessions by use, the first fields of the JSON, which the store
+//! writes in a fixed order), never walk a hash.
 //!
 //! # Expiry follows the application's clock
 //!
 //! Keys expire by themselves at the session's absolute expiry, but the
 //! expiry is set as a *relative* time-to-live, `absolute_expires_at − now`
-//! with `now` the application's clock (for an insert, the new record's
+//! with `now` the application's clock (for a plain insert, the new record's
 //! `last_seen_at`), never as an absolute `PEXPIREAT`: Redis's clock and the
 //! application's may disagree (a test clock years away, a skewed host), and
 //! an absolute expiry in Redis's past would delete a fresh session at once.
@@ -54,9 +82,18 @@
 //! Run the server with `maxmemory-policy noeviction`. Every key the store
 //! writes has a time-to-live, so any other policy may evict them when memory
 //! runs short, one key at a time: an evicted `s:` key leaves the record's
-//! lookup keys resolving while revocation by id no longer finds it. The
-//! store checks the policy when it connects and logs a warning
-//! (`tracing`) if it is another one.
+//! lookup keys resolving while revocation by id, "log out everywhere" and
+//! the per-subject cap no longer find it. So the store reads the policy
+//! when it connects and refuses any other
+//! ([`allow_eviction`](RedisStoreBuilder::allow_eviction) connects anyway,
+//! with a warning). When the policy cannot be read (`CONFIG` is an admin
+//! command, often unavailable on managed Redis), it logs a warning
+//! (`tracing`) and connects.
+//!
+//! A lookup stays one `MGET` of lookup keys, so it cannot see that a
+//! record's `s:` key is gone; the record's next write (a touch, a rotation)
+//! finds it gone, deletes the copies under the lookup keys it was read
+//! with, and from then on they resolve to nothing.
 //!
 //! # Connections
 //!

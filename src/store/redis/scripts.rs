@@ -1,11 +1,16 @@
 //! The Lua scripts behind every write: each is one atomic, conditional
 //! operation on the server, and reads only the header line of the values
-//! it touches (see [`value`](super::value)). Reads use no script.
+//! it touches (see [`value`](super::value)), and for the per-subject cap the
+//! first two JSON fields (`created_at`, `last_seen_at`). Reads use no
+//! script. Scripts on a subject's index read and drop a bounded number of
+//! entries (see the [module docs](super#per-subject-index)).
 //!
 //! `ARGV[1]` is always the key prefix; the keys a script touches are derived
 //! from it, so the store needs a single Redis node (not Redis Cluster).
 
 use redis::Script;
+
+use super::store::{SUBJECT_DROP_LIMIT, SUBJECT_READ_LIMIT};
 
 /// Helpers every script starts with.
 const PRELUDE: &str = r#"
@@ -28,6 +33,9 @@ end
 -- One pattern over the header, capturing where the JSON starts rather than
 -- copying it: a script reads the header only.
 local HEADER = '^ths2|(%x+)|(%d+)|(%-?%d+)|(%-?%d+)|([^|]*)|(%x+)|([^|]*)|([^|]*)|([^|\n]*)\n()'
+local function tohex(s)
+  return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
+end
 local function is_key(k) return #k == 64 and string.match(k, '^%x+$') ~= nil end
 -- A stored value's header: nil for no value, false for one that does not
 -- parse (the caller reports corruption).
@@ -45,6 +53,44 @@ local function parse(v)
   return {id = id, gen = gen, exp = exp, abs = abs, rev = rev, keys = keys,
     subject = subject, v = v, body = body, prev = prev, sup = sup}
 end
+local function active(r, now) return lt(now, r.exp) and lt(now, r.abs) end
+-- `last_seen_at` and `created_at` of a parsed value, from the start of its
+-- JSON, which the store writes in a fixed order: created_at, then
+-- authenticated_at (optional), then last_seen_at. nil if it does not start so.
+local function usage(r)
+  local created, at = string.match(r.v, '^{"created_at":(%-?%d+),()', r.body)
+  if not created then return nil end
+  local seen = string.match(r.v, '^"last_seen_at":(%-?%d+),', at)
+    or string.match(r.v, '^"authenticated_at":%-?%d+,"last_seen_at":(%-?%d+),', at)
+  if not seen then return nil end
+  return seen, created
+end
+-- Drops at most DROP index entries whose score (the idle expiry in whole
+-- seconds, rounded up) is at or before now: their sessions have ended.
+local function drop_dead(u, nowsecs)
+  local n = redis.call('ZCOUNT', u, '-inf', nowsecs)
+  if n > 0 then redis.call('ZREMRANGEBYRANK', u, 0, math.min(n, DROP) - 1) end
+end
+-- The parsed records of at most READ index entries that may be live, those
+-- expiring first, other than `except`: unrevoked and active at `now` (or
+-- only unrevoked, with `any_unrevoked`). Entries met that are gone, revoked
+-- or ended leave the index. `live.seen` is how many entries were read.
+-- Returns nil and an id when a value does not parse, is another record's, or
+-- (with `hex` given) is not the subject's.
+local function read_live(u, nowsecs, now, hex, except, any_unrevoked)
+  local ids = redis.call('ZRANGEBYSCORE', u, '(' .. nowsecs, '+inf', 'LIMIT', 0, READ)
+  local live = {seen = #ids}
+  for _, id in ipairs(ids) do
+    local r = parse(redis.call('GET', skey(id)))
+    if r == nil then redis.call('ZREM', u, id)
+    elseif r == false or r.id ~= id or (hex and r.subject ~= hex) then return nil, id
+    elseif r.rev ~= '-' then redis.call('ZREM', u, id)
+    elseif id == except then
+    elseif any_unrevoked or active(r, now) then live[#live + 1] = r
+    else redis.call('ZREM', u, id) end
+  end
+  return live
+end
 -- Stamps a revocation on the value under the id and every lookup key (the
 -- keys keep their expiry) and drops the id from its subject's index.
 local function revoke_one(r, revocation)
@@ -56,43 +102,98 @@ local function revoke_one(r, revocation)
 end
 "#;
 
-/// ARGV: P, id, ttl (ms), value, subject or '' (none), score (created_at),
-/// lookup keys… 1 inserted, 0 conflict.
+/// ARGV: P, id, ttl (ms), value, subject or '' (none), score (the
+/// index's: `expires_at` in whole seconds, rounded up), now (µs), now (whole
+/// seconds, rounded down), sessions to keep besides the new one or '' (no
+/// cap), except id or '', the revocation field, lookup keys…
+/// `{'ok', evicted ids…}`, `{'conflict'}` (nothing changed), or
+/// `{'corrupt', id}` (nothing revoked or inserted).
 const INSERT: &str = r#"
 local id, ttl, value, subject, score = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local now, nowsecs, keep, except, revocation = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local keys = {skey(id)}
-for i = 7, #ARGV do keys[#keys + 1] = kkey(ARGV[i]) end
-if redis.call('EXISTS', unpack(keys)) > 0 then return 0 end
+for i = 12, #ARGV do keys[#keys + 1] = kkey(ARGV[i]) end
+if redis.call('EXISTS', unpack(keys)) > 0 then return {'conflict'} end
+local out = {'ok'}
+if subject ~= '' then
+  local u = ukey(subject)
+  drop_dead(u, nowsecs)
+  if keep ~= '' then
+    local indexed = redis.call('ZCOUNT', u, '(' .. nowsecs, '+inf')
+    local live, corrupt = read_live(u, nowsecs, now, tohex(subject), except)
+    if corrupt then return {'corrupt', corrupt} end
+    -- Index entries past what one call reads count as live sessions.
+    local unread = math.max(0, indexed - live.seen)
+    local excess = #live + unread - tonumber(keep)
+    if excess > 0 then
+      for _, r in ipairs(live) do
+        local seen, created = usage(r)
+        if not seen then return {'corrupt', r.id} end
+        r.seen, r.created = seen, created
+      end
+      table.sort(live, function(a, b)
+        if a.seen ~= b.seen then return lt(a.seen, b.seen) end
+        if a.created ~= b.created then return lt(a.created, b.created) end
+        return a.id < b.id
+      end)
+      for i = 1, math.min(excess, #live) do
+        revoke_one(live[i], revocation)
+        out[#out + 1] = live[i].id
+      end
+    end
+  end
+end
 for _, k in ipairs(keys) do redis.call('SET', k, value, 'PX', ttl) end
 if subject ~= '' then
   local u = ukey(subject)
   redis.call('ZADD', u, score, id)
   if redis.call('PTTL', u) < tonumber(ttl) then redis.call('PEXPIRE', u, ttl) end
 end
-return 1
+return out
 "#;
 
-/// ARGV: P, id, expected generation, now, ttl (ms), value, the new record's
-/// lookup keys… 1 applied, 0 not, -1 a new key is another record's, -2
-/// the stored value is corrupt.
+/// ARGV: P, id, expected generation, now, ttl (ms), value, the index score
+/// of the new record (see [`INSERT`]), how many lookup keys the new record
+/// holds (n), its n lookup keys, then the lookup keys of the record the
+/// caller read. 1 applied, 0 not, -1 a new key is another record's, -2 the
+/// stored value is corrupt.
+///
+/// With the record gone, the caller's lookup keys that still hold a copy of
+/// it (an evicted `s:` key) are deleted, so they stop resolving.
 const REPLACE: &str = r#"
-local id, expected, now, ttl, value = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local id, expected, now, ttl, value, score = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local n = tonumber(ARGV[8])
 local r = parse(redis.call('GET', skey(id)))
-if r == nil then return 0 end
+if r == nil then
+  for i = 9 + n, #ARGV do
+    local k = kkey(ARGV[i])
+    local orphan = parse(redis.call('GET', k))
+    if orphan and orphan.id == id then redis.call('DEL', k) end
+  end
+  return 0
+end
 if r == false or r.id ~= id then return -2 end
 if r.gen ~= expected or r.rev ~= '-' or not lt(now, r.exp) or not lt(now, r.abs) then return 0 end
 local old, new, fresh = {}, {}, {}
 for _, k in ipairs(r.keys) do old[k] = true end
-for i = 7, #ARGV do
+for i = 9, 8 + n do
   new[ARGV[i]] = true
   if not old[ARGV[i]] then fresh[#fresh + 1] = kkey(ARGV[i]) end
 end
 if #fresh > 0 and redis.call('EXISTS', unpack(fresh)) > 0 then return -1 end
 redis.call('SET', skey(id), value, 'PX', ttl)
-for i = 7, #ARGV do redis.call('SET', kkey(ARGV[i]), value, 'PX', ttl) end
+for i = 9, 8 + n do redis.call('SET', kkey(ARGV[i]), value, 'PX', ttl) end
 local gone = {}
 for _, k in ipairs(r.keys) do if not new[k] then gone[#gone + 1] = kkey(k) end end
 if #gone > 0 then redis.call('DEL', unpack(gone)) end
+-- The index follows the sliding expiry (and takes back an entry a clock
+-- ahead of this one dropped).
+if r.subject ~= '-' then
+  local u = ukey(unhex(r.subject))
+  if redis.call('ZADD', u, score, id) == 1 and redis.call('PTTL', u) < tonumber(ttl) then
+    redis.call('PEXPIRE', u, ttl)
+  end
+end
 return 1
 "#;
 
@@ -109,33 +210,38 @@ revoke_one(r, revocation)
 return 1
 "#;
 
-/// ARGV: P, subject, subject hex, the revocation field, except id or ''.
-/// `{count}`, or `{'corrupt', id}` (and nothing revoked).
+/// ARGV: P, subject, subject hex, the revocation field, except id or '',
+/// now (µs), now (whole seconds, rounded down). `{count, more}` with `more`
+/// '1' when the call read as many entries as one call may (call again), or
+/// `{'corrupt', id}` (and nothing revoked).
 const REVOKE_ALL: &str = r#"
-local subject, hex, revocation, except = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local subject, hex, revocation, except, now, nowsecs = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local u = ukey(subject)
-local live = {}
-for _, id in ipairs(redis.call('ZRANGE', u, 0, -1)) do
-  local r = parse(redis.call('GET', skey(id)))
-  if r == nil then redis.call('ZREM', u, id)
-  elseif r == false or r.id ~= id or r.subject ~= hex then return {'corrupt', id}
-  elseif r.rev ~= '-' then redis.call('ZREM', u, id)
-  elseif id ~= except then live[#live + 1] = r end
-end
+drop_dead(u, nowsecs)
+local live, corrupt = read_live(u, nowsecs, now, hex, except, true)
+if corrupt then return {'corrupt', corrupt} end
 for _, r in ipairs(live) do revoke_one(r, revocation) end
-return {tostring(#live)}
+return {tostring(#live), live.seen == READ and '1' or '0'}
 "#;
 
-/// ARGV: P, subject. The subject's unrevoked records, newest first, as flat
-/// `id, value` pairs; ids whose record is gone or revoked leave the index.
+/// ARGV: P, subject, now (µs), now (whole seconds, rounded down). `more`
+/// ('1' when the call read as many entries as one call may), then the
+/// subject's records active at `now`, as flat `id, value` pairs (a value
+/// that does not parse, or is not the subject's, is returned as it is, for
+/// the caller to report). Dead entries leave the index.
 const LIST: &str = r#"
-local u = ukey(ARGV[2])
-local out = {}
-for _, id in ipairs(redis.call('ZREVRANGE', u, 0, -1)) do
+local u, now, nowsecs = ukey(ARGV[2]), ARGV[3], ARGV[4]
+drop_dead(u, nowsecs)
+local ids = redis.call('ZREVRANGEBYSCORE', u, '+inf', '(' .. nowsecs, 'LIMIT', 0, READ)
+local out = {#ids == READ and '1' or '0'}
+for _, id in ipairs(ids) do
   local v = redis.call('GET', skey(id))
   local r = parse(v)
-  if r == nil or (r and r.id == id and r.rev ~= '-') then redis.call('ZREM', u, id)
-  else out[#out + 1] = id; out[#out + 1] = v end
+  if r == nil or (r and r.id == id and (r.rev ~= '-' or not active(r, now))) then
+    redis.call('ZREM', u, id)
+  else
+    out[#out + 1] = id; out[#out + 1] = v
+  end
 end
 return out
 "#;
@@ -175,7 +281,11 @@ pub(super) struct Scripts {
 
 impl Scripts {
     pub(super) fn new() -> Self {
-        let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        let script = |body: &str| {
+            Script::new(&format!(
+                "local READ, DROP = {SUBJECT_READ_LIMIT}, {SUBJECT_DROP_LIMIT}\n{PRELUDE}{body}"
+            ))
+        };
         Self {
             insert: script(INSERT),
             replace: script(REPLACE),

@@ -20,7 +20,7 @@ use crate::record::{
     ActiveSessionRecord, Revocation, RevokeOutcome, SessionId, SessionMatch, SessionRecord,
     VersionCount,
 };
-use crate::store::{SessionStore, StoreError, check_successor};
+use crate::store::{SessionStore, StoreError, SubjectCap, check_successor};
 
 /// How many keys one step of an admin scan (`count_by_key_version`,
 /// `purge_expired`) reads or deletes: each step is short, so Redis serves
@@ -36,6 +36,19 @@ const PURGE_BATCH: usize = 100;
 /// none. Harmless: whether a record is active is decided from its
 /// timestamps, not from its keys' existence.
 const MIN_TTL_MS: i128 = 5 * 60 * 1000;
+
+/// The most entries of a subject's index one script reads (a `GET` each,
+/// and a revocation or a `ZREM` for some): lists, "log out everywhere" and
+/// the per-subject cap of a login. A subject never has more live sessions
+/// than `max_sessions_per_subject` (10 by default), so with a cap at or below
+/// this every such operation sees all of them in one call; see the
+/// [module docs](super#per-subject-index) for what happens above it.
+pub(super) const SUBJECT_READ_LIMIT: usize = 200;
+
+/// The most dead entries (idle expiry passed) one script drops from a
+/// subject's index, with one `ZREMRANGEBYRANK`: a subject with a long
+/// history is cleaned over several calls, each short.
+pub(super) const SUBJECT_DROP_LIMIT: usize = 1000;
 
 /// A [`SessionStore`] in Redis (feature `redis`): every app instance on the
 /// same Redis and prefix sees every login and revocation on its next
@@ -215,6 +228,65 @@ impl RedisStore {
             .collect::<Result<_, _>>()?;
         Ok((cursor, ids))
     }
+
+    /// The insert script: `record` with its keys living until its absolute
+    /// expiry from `now`, and, with a `cap`, the subject's least recently
+    /// used sessions revoked first. Returns the ids revoked.
+    async fn insert_with(
+        &self,
+        operation: &'static str,
+        record: &SessionRecord,
+        now: OffsetDateTime,
+        cap: Option<&SubjectCap>,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        record.validate().map_err(StoreError::Invalid)?;
+        let id = hex_of(record.id.as_bytes());
+        let ttl = ttl_ms(record.absolute_expires_at, now);
+        let value = encode(record);
+        let subject = record.subject.as_deref().unwrap_or_default();
+        let score = index_score(record.expires_at);
+        let (now_micros, now_secs) = (micros(now), floor_secs(now));
+        let (keep, except, revocation) = match cap {
+            Some(cap) => (
+                cap.max_sessions.saturating_sub(1).to_string(),
+                cap.except
+                    .map(|id| hex_of(id.as_bytes()))
+                    .unwrap_or_default(),
+                revocation_field(to_micros(now), &cap.revocation),
+            ),
+            None => Default::default(),
+        };
+        let keys: Vec<String> = record
+            .credentials()
+            .map(|(_, c)| hex_of(c.lookup_key.as_bytes()))
+            .collect();
+        let mut args: Vec<&[u8]> = vec![
+            id.as_bytes(),
+            ttl.as_bytes(),
+            &value,
+            subject.as_bytes(),
+            score.as_bytes(),
+            now_micros.as_bytes(),
+            now_secs.as_bytes(),
+            keep.as_bytes(),
+            except.as_bytes(),
+            revocation.as_bytes(),
+        ];
+        args.extend(keys.iter().map(|k| k.as_bytes()));
+        let reply: Vec<String> = self.script(operation, &self.scripts.insert, &args).await?;
+        match reply.split_first() {
+            Some((tag, evicted)) if tag == "ok" => evicted
+                .iter()
+                .map(|id| id.parse().map_err(|_| unexpected(operation)))
+                .collect(),
+            Some((tag, [])) if tag == "conflict" => Err(StoreError::Conflict),
+            Some((tag, [id])) if tag == "corrupt" => Err(StoreError::corrupt(
+                id.parse().ok(),
+                "a record in the subject's index is damaged or not the subject's",
+            )),
+            _ => Err(unexpected(operation)),
+        }
+    }
 }
 
 /// Escapes `*`, `?`, `[`, `]` and `\` for a `SCAN … MATCH` pattern.
@@ -242,6 +314,20 @@ fn ttl_ms(absolute_expires_at: OffsetDateTime, now: OffsetDateTime) -> String {
 
 fn micros(t: OffsetDateTime) -> String {
     to_micros(t).to_string()
+}
+
+/// A record's score in its subject's index: its idle expiry in whole
+/// seconds, rounded up. Whole seconds are exact in the double Redis keeps
+/// a score in, for every representable year; rounding up means an entry
+/// whose score is at or before [`floor_secs`]`(now)` has surely ended.
+fn index_score(expires_at: OffsetDateTime) -> String {
+    let micros = i128::from(to_micros(expires_at));
+    (micros.div_euclid(1_000_000) + i128::from(micros.rem_euclid(1_000_000) != 0)).to_string()
+}
+
+/// `now` in whole seconds, rounded down: see [`index_score`].
+fn floor_secs(now: OffsetDateTime) -> String {
+    to_micros(now).div_euclid(1_000_000).to_string()
 }
 
 fn unexpected(operation: &'static str) -> StoreError {
@@ -343,33 +429,21 @@ impl SessionStore for RedisStore {
     }
 
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        record.validate().map_err(StoreError::Invalid)?;
-        let id = hex_of(record.id.as_bytes());
         // A new record's `last_seen_at` is the application's "now".
-        let ttl = ttl_ms(record.absolute_expires_at, record.last_seen_at);
-        let value = encode(record);
-        let subject = record.subject.as_deref().unwrap_or_default();
-        let score = micros(record.created_at);
-        let keys: Vec<String> = record
-            .credentials()
-            .map(|(_, c)| hex_of(c.lookup_key.as_bytes()))
-            .collect();
-        let mut args: Vec<&[u8]> = vec![
-            id.as_bytes(),
-            ttl.as_bytes(),
-            &value,
-            subject.as_bytes(),
-            score.as_bytes(),
-        ];
-        args.extend(keys.iter().map(|k| k.as_bytes()));
-        match self
-            .script::<i64>("insert", &self.scripts.insert, &args)
-            .await?
-        {
-            1 => Ok(()),
-            0 => Err(StoreError::Conflict),
-            _ => Err(unexpected("insert")),
-        }
+        self.insert_with("insert", record, record.last_seen_at, None)
+            .await
+            .map(drop)
+    }
+
+    async fn insert_capped(
+        &self,
+        record: &SessionRecord,
+        now: OffsetDateTime,
+        cap: &SubjectCap,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        cap.revocation.validate().map_err(StoreError::Invalid)?;
+        self.insert_with("insert_capped", record, now, Some(cap))
+            .await
     }
 
     async fn replace(
@@ -384,18 +458,27 @@ impl SessionStore for RedisStore {
         let now_micros = micros(now);
         let ttl = ttl_ms(next.absolute_expires_at, now);
         let value = encode(next);
-        let keys: Vec<String> = next
-            .credentials()
-            .map(|(_, c)| hex_of(c.lookup_key.as_bytes()))
-            .collect();
+        let score = index_score(next.expires_at);
+        let hex_keys = |record: &SessionRecord| -> Vec<String> {
+            record
+                .credentials()
+                .map(|(_, c)| hex_of(c.lookup_key.as_bytes()))
+                .collect()
+        };
+        let (keys, read_keys) = (hex_keys(next), hex_keys(current));
+        let count = keys.len().to_string();
         let mut args: Vec<&[u8]> = vec![
             id.as_bytes(),
             generation.as_bytes(),
             now_micros.as_bytes(),
             ttl.as_bytes(),
             &value,
+            score.as_bytes(),
+            count.as_bytes(),
         ];
         args.extend(keys.iter().map(|k| k.as_bytes()));
+        // With the record gone, its copies under these keys are deleted.
+        args.extend(read_keys.iter().map(|k| k.as_bytes()));
         match self
             .script::<i64>("replace", &self.scripts.replace, &args)
             .await?
@@ -458,22 +541,38 @@ impl SessionStore for RedisStore {
         let hex_subject = hex_of(subject.as_bytes());
         let field = revocation_field(to_micros(now), revocation);
         let except = except.map(|id| hex_of(id.as_bytes())).unwrap_or_default();
-        let args: [&[u8]; 4] = [
+        let (now_micros, now_secs) = (micros(now), floor_secs(now));
+        let args: [&[u8]; 6] = [
             subject.as_bytes(),
             hex_subject.as_bytes(),
             field.as_bytes(),
             except.as_bytes(),
+            now_micros.as_bytes(),
+            now_secs.as_bytes(),
         ];
-        let reply: Vec<String> = self
-            .script(OPERATION, &self.scripts.revoke_all, &args)
-            .await?;
-        match reply.as_slice() {
-            [count] => count.parse().map_err(|_| unexpected(OPERATION)),
-            [tag, id] if tag == "corrupt" => Err(StoreError::corrupt(
-                id.parse().ok(),
-                "a record in the subject's index is damaged or not the subject's",
-            )),
-            _ => Err(unexpected(OPERATION)),
+        // One call when the subject has at most `SUBJECT_READ_LIMIT`
+        // sessions (the cap sees to it); more are revoked a call at a time,
+        // each atomic, until none is left.
+        let mut total = 0;
+        loop {
+            let reply: Vec<String> = self
+                .script(OPERATION, &self.scripts.revoke_all, &args)
+                .await?;
+            match reply.as_slice() {
+                [count, more] if more == "0" || more == "1" => {
+                    total += count.parse::<u64>().map_err(|_| unexpected(OPERATION))?;
+                    if more == "0" {
+                        return Ok(total);
+                    }
+                }
+                [tag, id] if tag == "corrupt" => {
+                    return Err(StoreError::corrupt(
+                        id.parse().ok(),
+                        "a record in the subject's index is damaged or not the subject's",
+                    ));
+                }
+                _ => return Err(unexpected(OPERATION)),
+            }
         }
     }
 
@@ -482,15 +581,34 @@ impl SessionStore for RedisStore {
         subject: &str,
         now: OffsetDateTime,
     ) -> Result<Vec<ActiveSessionRecord>, StoreError> {
-        let flat: Vec<Vec<u8>> = self
+        const OPERATION: &str = "list_for_subject";
+        let (now_micros, now_secs) = (micros(now), floor_secs(now));
+        let reply: Vec<Vec<u8>> = self
             .script(
-                "list_for_subject",
+                OPERATION,
                 &self.scripts.list,
-                &[subject.as_bytes()],
+                &[
+                    subject.as_bytes(),
+                    now_micros.as_bytes(),
+                    now_secs.as_bytes(),
+                ],
             )
             .await?;
+        let Some((more, flat)) = reply.split_first() else {
+            return Err(unexpected(OPERATION));
+        };
         if !flat.len().is_multiple_of(2) {
-            return Err(unexpected("list_for_subject"));
+            return Err(unexpected(OPERATION));
+        }
+        match more.as_slice() {
+            b"0" => {}
+            b"1" => tracing::warn!(
+                limit = SUBJECT_READ_LIMIT,
+                "a subject has more sessions than one Redis script reads; \
+                 the list holds those expiring last (keep max_sessions_per_subject \
+                 at or below the limit)"
+            ),
+            _ => return Err(unexpected(OPERATION)),
         }
         let mut list = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks_exact(2) {
@@ -635,6 +753,29 @@ mod tests {
             time::Time::MIDNIGHT,
         );
         assert_eq!(ttl_ms(far, past), "631107331200000");
+    }
+
+    #[test]
+    fn the_subject_bounds_are_the_documented_ones() {
+        // The module docs and tests/redis_store.rs name these numbers.
+        assert_eq!((SUBJECT_READ_LIMIT, SUBJECT_DROP_LIMIT), (200, 1000));
+    }
+
+    #[test]
+    fn index_scores_round_up_and_now_rounds_down() {
+        let at = |secs: i64, micros: i64| {
+            OffsetDateTime::UNIX_EPOCH
+                + time::Duration::seconds(secs)
+                + time::Duration::microseconds(micros)
+        };
+        assert_eq!(index_score(at(100, 0)), "100");
+        assert_eq!(index_score(at(100, 1)), "101");
+        assert_eq!(index_score(at(-100, -1)), "-100");
+        assert_eq!(floor_secs(at(100, 999_999)), "100");
+        assert_eq!(floor_secs(at(-100, -1)), "-101");
+        // An entry is dropped when its score is at or before `floor_secs`:
+        // then its expiry is at or before now.
+        assert_eq!(index_score(at(100, 0)), floor_secs(at(100, 0)));
     }
 
     #[test]

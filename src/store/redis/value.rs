@@ -59,6 +59,10 @@ struct PreviousJson {
 }
 
 /// What the JSON part holds when written: borrowed from the record.
+///
+/// The field order is part of the layout: the per-subject cap's script reads
+/// `created_at` and `last_seen_at` from the start of the JSON (`created_at`
+/// first, then `authenticated_at` when there is one, then `last_seen_at`).
 #[derive(Serialize)]
 struct BodyOut<'a> {
     created_at: i64,
@@ -457,6 +461,24 @@ mod tests {
                 "01".repeat(32)
             )
         );
+    }
+
+    #[test]
+    fn the_json_starts_with_what_the_cap_script_reads() {
+        for record in [record(), minimal()] {
+            let value = String::from_utf8(encode(&record)).unwrap();
+            let body = value.split_once('\n').unwrap().1;
+            let start = match record.authenticated_at {
+                Some(at) => format!(
+                    "{{\"created_at\":{},\"authenticated_at\":{},\"last_seen_at\":{},",
+                    T,
+                    to_micros(at),
+                    T + 2
+                ),
+                None => format!("{{\"created_at\":{T},\"last_seen_at\":{},", T + 2),
+            };
+            assert!(body.starts_with(&start), "{body}");
+        }
     }
 
     #[test]
