@@ -190,7 +190,8 @@ impl Session {
     }
 
     /// The live session, if the request has one, with the data as this
-    /// request changed it.
+    /// request changed it. A session before login that this request's
+    /// `insert` started counts (it is stored when the response leaves).
     pub fn active(&self) -> Option<ActiveSessionRecord> {
         let state = self.lock();
         let current = state.current.as_ref()?;
@@ -366,13 +367,24 @@ impl Session {
         tracing::info!(session.id = %record.id, "session created by login");
         if let Some(old) = old {
             let revocation = Revocation::new(RevocationReason::ReplacedByLogin);
-            manager
+            let revoked = manager
                 .call(
                     "revoke",
                     manager.store().revoke(&old, None, now, &revocation),
                 )
-                .await?;
-            tracing::info!(session.id = %old, "session replaced by a new login");
+                .await;
+            match revoked {
+                Ok(_) => tracing::info!(session.id = %old, "session replaced by a new login"),
+                // The login stands: the new session is stored and its secret
+                // is fresh, so the old cookie cannot reach it. Failing here
+                // would leave an orphan counted against the cap, and a retry
+                // would evict another device.
+                Err(error) => tracing::error!(
+                    session.id = %old,
+                    error = %crate::manager::ErrorChain(&error),
+                    "the session a login replaced could not be revoked; it ends at its expiry"
+                ),
+            }
         }
         let active = record.to_active(record.current.key_version);
         let mut state = self.lock();
@@ -680,6 +692,11 @@ impl Session {
         change(&mut patch);
         let mut merged = base.cloned().unwrap_or_default();
         patch.apply(&mut merged);
+        if merged == data {
+            // Nothing changes (a removed key that was not there, a value set
+            // to what it is): nothing to write.
+            return Ok(old);
+        }
         validate_data(&merged).map_err(SessionError::InvalidData)?;
         if state.current.is_none() {
             let (record, secret) = self.manager().new_pre_login_record(self.now());

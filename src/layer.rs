@@ -220,7 +220,12 @@ where
                     }
                     StoreErrorPolicy::ContinueAnonymous => {
                         tracing::error!(error = %ErrorChain(&error), "session store failed: serving the request as anonymous");
-                        State::default()
+                        // The cookie could not be checked: it may be a live
+                        // session's, so no new session may replace it.
+                        State {
+                            resolved_any: true,
+                            ..State::default()
+                        }
                     }
                 },
             };

@@ -268,7 +268,11 @@ pub(crate) fn renew(
     next.current = fresh;
     next.previous = None;
     next.superseded = None;
-    next.access_expires_at = access_expiry(config, now, next.absolute_expires_at);
+    // A session before login is never rotated: its access expiry stays its
+    // absolute one.
+    if next.subject.is_some() {
+        next.access_expires_at = access_expiry(config, now, next.absolute_expires_at);
+    }
     touch(next, now);
 }
 

@@ -155,9 +155,10 @@ impl LoginOptions {
     }
 }
 
-/// What the layer noted of a request for a login's device metadata: cheap
-/// to take (a header clone is a reference count), turned into text only
-/// when a login needs it.
+/// What the layer noted of a request for a login's device metadata: the
+/// `User-Agent` (a header clone, a reference count; turned into text only
+/// when a login needs it) and the client's address (parsed from the trusted
+/// proxy header only when one is configured).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RequestInfo {
     pub(crate) user_agent: Option<HeaderValue>,
@@ -207,10 +208,15 @@ fn from_proxy_header(
     header: &http::HeaderName,
     hops: usize,
 ) -> Option<IpAddr> {
-    let entries: Vec<&str> = headers
+    // A line that is not text makes the whole header untrustworthy: no
+    // address rather than a wrong one.
+    let lines: Vec<&str> = headers
         .get_all(header)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.to_str().ok())
+        .collect::<Option<_>>()?;
+    let entries: Vec<&str> = lines
+        .iter()
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();

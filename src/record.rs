@@ -527,8 +527,9 @@ impl DataPatch {
 }
 
 /// A live session, as handlers and session lists see it. Holds no secret and
-/// no lookup key, so it can be sent to the client as it is
-/// (`Json(session.devices().await?)`); timestamps serialize as RFC 3339.
+/// no lookup key, and its serialized form leaves out the session's data, so
+/// it can be sent to the client as it is (`Json(session.devices().await?)`);
+/// timestamps serialize as RFC 3339.
 ///
 /// ```
 /// use tower_hmac_session::{Data, KeyRing, MemoryStore, SessionConfig, SessionManager};
@@ -569,7 +570,10 @@ pub struct ActiveSessionRecord {
     pub user_agent: Option<String>,
     /// The client's address at login.
     pub client_ip: Option<IpAddr>,
-    /// The session's data.
+    /// The session's data. Server-side state (OAuth state, CSRF tokens, …):
+    /// never serialized, so a device list sent to a browser cannot leak
+    /// another session's data.
+    #[serde(skip)]
     pub data: Data,
     /// The key version of the credential that matched (for lists: of the
     /// current credential).
