@@ -751,6 +751,9 @@ macro_rules! sql_store_impl {
                 now: time::OffsetDateTime,
                 revocation: &$crate::record::Revocation,
             ) -> Result<$crate::record::RevokeOutcome, $crate::store::StoreError> {
+                revocation
+                    .validate()
+                    .map_err($crate::store::StoreError::Invalid)?;
                 self.revoke_sql(id, subject, now, revocation).await
             }
 
@@ -761,6 +764,9 @@ macro_rules! sql_store_impl {
                 revocation: &$crate::record::Revocation,
                 except: Option<&$crate::record::SessionId>,
             ) -> Result<u64, $crate::store::StoreError> {
+                revocation
+                    .validate()
+                    .map_err($crate::store::StoreError::Invalid)?;
                 let done = sqlx::query(&self.queries.revoke_all)
                     .bind(subject)
                     .bind($ts(now))
