@@ -116,31 +116,58 @@ impl PostgresStore {
     /// in one transaction under an advisory lock. Idempotent, and safe to
     /// call from several instances at once.
     ///
+    /// Only what is missing is created (PostgreSQL checks the `CREATE`
+    /// privilege even for `CREATE … IF NOT EXISTS`): on a database already
+    /// migrated, the role needs no `CREATE` privilege, only `USAGE` on the
+    /// schema and `SELECT`, `INSERT`, `UPDATE` and `DELETE` on its tables.
+    ///
     /// # Errors
     ///
     /// The database failed; nothing was applied then.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let err = |e| StoreError::backend("migrate", e);
         let mut tx = self.pool.begin().await.map_err(err)?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(format!("tower-hmac-session migrate {}", self.schema))
+        let migrations = &self.queries.migrations_table;
+        // The lock, then what exists: the schema and the migrations table.
+        let (schema_exists, table_exists): (bool, bool) = sqlx::query_as(
+            "SELECT pg_advisory_xact_lock(hashtext($1)) IS NOT NULL \
+             AND to_regnamespace($2) IS NOT NULL, to_regclass($3) IS NOT NULL",
+        )
+        .bind(format!("tower-hmac-session migrate {}", self.schema))
+        .bind(format!("\"{}\"", self.schema))
+        .bind(migrations)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+        if !schema_exists {
+            sqlx::raw_sql(&format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\"",
+                schema = self.schema
+            ))
             .execute(&mut *tx)
             .await
             .map_err(err)?;
-        let migrations = &self.queries.migrations_table;
-        sqlx::raw_sql(&format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{schema}\";\n\
-             CREATE TABLE IF NOT EXISTS {migrations} \
-             (version BIGINT NOT NULL PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-            schema = self.schema
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
-        let done: Vec<i64> = sqlx::query_scalar(&format!("SELECT version FROM {migrations}"))
-            .fetch_all(&mut *tx)
+        }
+        let done: Vec<i64> = if table_exists {
+            sqlx::query_scalar(&format!("SELECT version FROM {migrations}"))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?
+        } else {
+            sqlx::raw_sql(&format!(
+                "CREATE TABLE IF NOT EXISTS {migrations} \
+                 (version BIGINT NOT NULL PRIMARY KEY, \
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            ))
+            .execute(&mut *tx)
             .await
             .map_err(err)?;
+            Vec::new()
+        };
+        if self.queries.migrations.iter().all(|(v, _)| done.contains(v)) {
+            // Up to date: nothing written, so nothing to commit.
+            return tx.rollback().await.map_err(err);
+        }
         for (version, sql) in &self.queries.migrations {
             if done.contains(version) {
                 continue;
