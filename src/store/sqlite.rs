@@ -29,8 +29,16 @@ type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 ///
 /// Sessions live in the table `tower_hmac_session_records`. Timestamps are
 /// stored as integer microseconds since the Unix epoch; every write is one
-/// conditional statement. The schema is created and migrated by
+/// conditional statement, except a capped login, which is one `BEGIN
+/// IMMEDIATE` transaction. The schema is created and migrated by
 /// [`open`](Self::open) / [`connect`](Self::connect) (idempotent).
+///
+/// Durability: the database runs in WAL mode with `synchronous = FULL`, so
+/// every committed write, a logout or a revocation included, is on disk
+/// before the call returns and survives a power failure or an OS crash (a
+/// revoked session never comes back). That costs an fsync per write; with
+/// your own pool ([`new`](Self::new)) the choice is yours, but `NORMAL`
+/// can lose the last writes, revocations included, on power loss.
 ///
 /// ```no_run
 /// use tower_hmac_session::{KeyRing, SessionConfig, SessionManager, store::SqliteStore};
@@ -59,6 +67,7 @@ impl SqliteStore {
             SqliteConnectOptions::new()
                 .filename(path)
                 .create_if_missing(true),
+            SqlitePoolOptions::new(),
         )
         .await
     }
@@ -66,21 +75,37 @@ impl SqliteStore {
     /// Opens a database by URL (`sqlite://sessions.db?mode=rwc`,
     /// `sqlite::memory:`) and migrates it.
     ///
+    /// An in-memory database (`sqlite::memory:`, `mode=memory`) lives as
+    /// long as one connection to it is open: the pool keeps one open for the
+    /// store's lifetime (no idle timeout, no maximum lifetime), so its
+    /// sessions last until the pool is closed or dropped.
+    ///
     /// # Errors
     ///
     /// A malformed URL, or the database cannot be opened or migrated.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options =
             SqliteConnectOptions::from_str(url).map_err(|e| StoreError::backend("connect", e))?;
-        Self::with_options(options).await
+        let mut pool = SqlitePoolOptions::new();
+        if is_in_memory(url) {
+            pool = pool
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        Self::with_options(options, pool).await
     }
 
-    async fn with_options(options: SqliteConnectOptions) -> Result<Self, StoreError> {
+    async fn with_options(
+        options: SqliteConnectOptions,
+        pool: SqlitePoolOptions,
+    ) -> Result<Self, StoreError> {
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // A committed revocation must survive a power failure.
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
+        let pool = pool
             .max_connections(8)
             // A ping per acquire would double the round trips of the read path.
             .test_before_acquire(false)
@@ -115,48 +140,42 @@ impl SqliteStore {
     /// The database failed; nothing was applied then.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let err = |e| StoreError::backend("migrate", e);
-        let mut conn = self.pool.acquire().await.map_err(err)?;
-        sqlx::raw_sql("BEGIN IMMEDIATE")
-            .execute(&mut *conn)
+        // A transaction object, not a raw `BEGIN`: dropped unfinished (a
+        // cancelled future), it rolls back rather than leaving a pooled
+        // connection holding the write lock.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err)?;
         let migrations = &self.queries.migrations_table;
-        let applied = async {
-            sqlx::raw_sql(&format!(
-                "CREATE TABLE IF NOT EXISTS {migrations} \
-                 (version INTEGER NOT NULL PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT"
-            ))
-            .execute(&mut *conn)
-            .await?;
-            let done: Vec<i64> = sqlx::query_scalar(&format!("SELECT version FROM {migrations}"))
-                .fetch_all(&mut *conn)
-                .await?;
-            for (version, sql) in &self.queries.migrations {
-                if done.contains(version) {
-                    continue;
-                }
-                sqlx::raw_sql(sql).execute(&mut *conn).await?;
-                sqlx::query(&format!(
-                    "INSERT INTO {migrations} (version, applied_at) VALUES (?1, ?2)"
-                ))
-                .bind(version)
-                .bind(to_micros(OffsetDateTime::now_utc()))
-                .execute(&mut *conn)
-                .await?;
-                tracing::info!(version, "session store schema migrated (sqlite)");
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE IF NOT EXISTS {migrations} \
+             (version INTEGER NOT NULL PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT"
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        let done: Vec<i64> = sqlx::query_scalar(&format!("SELECT version FROM {migrations}"))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
+        for (version, sql) in &self.queries.migrations {
+            if done.contains(version) {
+                continue;
             }
-            Ok::<_, sqlx::Error>(())
+            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(err)?;
+            sqlx::query(&format!(
+                "INSERT INTO {migrations} (version, applied_at) VALUES (?1, ?2)"
+            ))
+            .bind(version)
+            .bind(to_micros(OffsetDateTime::now_utc()))
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+            tracing::info!(version, "session store schema migrated (sqlite)");
         }
-        .await;
-        let end = if applied.is_ok() {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
-        };
-        let ended = sqlx::raw_sql(end).execute(&mut *conn).await;
-        applied.map_err(err)?;
-        ended.map_err(err)?;
-        Ok(())
+        tx.commit().await.map_err(err)
     }
 
     fn bind<'q>(query: SqliteQuery<'q>, value: Value<'q>) -> SqliteQuery<'q> {
@@ -256,6 +275,14 @@ impl SqliteStore {
             RevokeOutcome::NotFound
         })
     }
+}
+
+/// Whether a SQLite URL names an in-memory database (`sqlite::memory:`,
+/// `sqlite://:memory:`, `mode=memory`).
+fn is_in_memory(url: &str) -> bool {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    path == ":memory:" || query.split('&').any(|pair| pair == "mode=memory")
 }
 
 impl DialectRow for SqliteRow {
