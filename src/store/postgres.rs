@@ -12,10 +12,12 @@ use sqlx::postgres::{
 };
 use time::OffsetDateTime;
 
-use super::raw::{RawRecord, to_micros};
-use super::sql::{Dialect, DialectRow, Queries, Value, mutable_values, sql_store_impl, sqlx_error};
+use super::raw::{RawRecord, session_id, to_micros};
+use super::sql::{
+    Dialect, DialectRow, Queries, Value, insert_values, mutable_values, sql_store_impl, sqlx_error,
+};
 use crate::record::{Revocation, RevokeOutcome, SessionId, SessionRecord};
-use crate::store::StoreError;
+use crate::store::{StoreError, SubjectCap};
 
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
@@ -28,10 +30,13 @@ type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 /// two holders even across slots and concurrent transactions) lives in a
 /// schema of your choice (default `public`). [`connect`](Self::connect)
 /// creates and migrates it; migrations take a transaction-scoped advisory
-/// lock, so instances starting together migrate once. The read path is one
+/// lock, so instances starting together migrate once; a role without the
+/// `CREATE` privilege can use a schema migrated before. The read path is one
 /// statement, planned once per connection and reused; every write is one
 /// conditional statement (the compare-and-swap is its `WHERE` clause, which
-/// Postgres re-checks after taking the row lock).
+/// Postgres re-checks after taking the row lock), except a capped login: a
+/// transaction holding an advisory lock on the subject, so concurrent logins
+/// of one subject never exceed the cap.
 ///
 /// ```no_run
 /// use tower_hmac_session::{KeyRing, SessionConfig, SessionManager, store::PostgresStore};
@@ -164,7 +169,12 @@ impl PostgresStore {
             .map_err(err)?;
             Vec::new()
         };
-        if self.queries.migrations.iter().all(|(v, _)| done.contains(v)) {
+        if self
+            .queries
+            .migrations
+            .iter()
+            .all(|(v, _)| done.contains(v))
+        {
             // Up to date: nothing written, so nothing to commit.
             return tx.rollback().await.map_err(err);
         }
@@ -217,6 +227,68 @@ impl PostgresStore {
             .await
             .map_err(|e| sqlx_error("replace", e))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_capped_sql(
+        &self,
+        subject: &str,
+        raw: &RawRecord,
+        now: OffsetDateTime,
+        cap: &SubjectCap,
+        keep: i64,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let err = |e| sqlx_error("insert_capped", e);
+        // Three round trips. The first begins a read-committed transaction
+        // and takes the subject's advisory lock, so its logins run one at a
+        // time; the second, a statement whose snapshot is taken after the
+        // lock (and so sees every login committed before), revokes the
+        // least recently used and inserts; the third commits. A single
+        // statement cannot do it: its snapshot would predate the lock. On a
+        // conflict the statement fails and the transaction rolls back, with
+        // nothing revoked; a dropped future rolls back too.
+        let begin = format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({})",
+            self.subject_lock(subject)
+        );
+        let mut tx = self.pool.begin_with(begin).await.map_err(err)?;
+        let mut query = sqlx::query(&self.queries.insert_capped);
+        for value in insert_values(raw) {
+            query = Self::bind(query, value);
+        }
+        let rows = query
+            .bind(timestamp(now))
+            .bind(cap.revocation.reason.as_str())
+            .bind(cap.revocation.actor.as_deref())
+            .bind(cap.except.as_ref().map(|id| &id.as_bytes()[..]))
+            .bind(keep)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        rows.iter()
+            .map(|row| {
+                let id: Vec<u8> = row
+                    .try_get(0)
+                    .map_err(|_| StoreError::corrupt(None, "`id` does not decode"))?;
+                session_id(&id)
+            })
+            .collect()
+    }
+
+    /// The advisory lock key of `subject`'s logins in this schema: 64 bits
+    /// of SHA-256, the same in every instance. A collision only makes two
+    /// subjects' logins wait for each other.
+    fn subject_lock(&self, subject: &str) -> i64 {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::new()
+            .chain_update(b"ths/v1/subject-cap\0")
+            .chain_update(self.schema.as_bytes())
+            .chain_update(b"\0")
+            .chain_update(subject.as_bytes())
+            .finalize();
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&digest[..8]);
+        i64::from_be_bytes(bytes)
     }
 
     async fn revoke_sql(

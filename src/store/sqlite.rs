@@ -12,13 +12,13 @@ use sqlx::sqlite::{
 };
 use time::OffsetDateTime;
 
+use super::raw::session_id;
 use super::raw::{RawRecord, to_micros};
 use super::sql::{
-    Dialect, DialectRow, Queries, Value, mutable_values, new_lookup_keys, sql_store_impl,
-    sqlx_error,
+    Dialect, DialectRow, Queries, Value, lookup_keys, mutable_values, sql_store_impl, sqlx_error,
 };
 use crate::record::{Revocation, RevokeOutcome, SessionId, SessionRecord};
-use crate::store::StoreError;
+use crate::store::{StoreError, SubjectCap};
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 
@@ -67,7 +67,7 @@ impl SqliteStore {
             SqliteConnectOptions::new()
                 .filename(path)
                 .create_if_missing(true),
-            SqlitePoolOptions::new(),
+            SqlitePoolOptions::new().max_connections(8),
         )
         .await
     }
@@ -76,9 +76,10 @@ impl SqliteStore {
     /// `sqlite::memory:`) and migrates it.
     ///
     /// An in-memory database (`sqlite::memory:`, `mode=memory`) lives as
-    /// long as one connection to it is open: the pool keeps one open for the
-    /// store's lifetime (no idle timeout, no maximum lifetime), so its
-    /// sessions last until the pool is closed or dropped.
+    /// long as a connection to it is open: the store's pool then holds
+    /// exactly one connection, opened at once and never closed for idling or
+    /// age, so its sessions last until the pool is closed or dropped (and
+    /// requests take turns on it).
     ///
     /// # Errors
     ///
@@ -86,9 +87,12 @@ impl SqliteStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options =
             SqliteConnectOptions::from_str(url).map_err(|e| StoreError::backend("connect", e))?;
-        let mut pool = SqlitePoolOptions::new();
+        let mut pool = SqlitePoolOptions::new().max_connections(8);
         if is_in_memory(url) {
+            // One connection, opened at once and never closed: every
+            // in-memory spelling is then one database, for the pool's life.
             pool = pool
+                .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None);
@@ -106,7 +110,6 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
         let pool = pool
-            .max_connections(8)
             // A ping per acquire would double the round trips of the read path.
             .test_before_acquire(false)
             .connect_with(options)
@@ -143,11 +146,7 @@ impl SqliteStore {
         // A transaction object, not a raw `BEGIN`: dropped unfinished (a
         // cancelled future), it rolls back rather than leaving a pooled
         // connection holding the write lock.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err)?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
         let migrations = &self.queries.migrations_table;
         sqlx::raw_sql(&format!(
             "CREATE TABLE IF NOT EXISTS {migrations} \
@@ -195,7 +194,9 @@ impl SqliteStore {
         next: &RawRecord,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let new_keys = new_lookup_keys(current, next);
+        // Every key of `next`, not only those `current` lacks: `current` is
+        // the caller's view, and the check must not trust it.
+        let new_keys = lookup_keys(next);
         let mut query = sqlx::query(&self.queries.replace)
             .bind(&current.id.as_bytes()[..])
             .bind(expected)
@@ -213,11 +214,7 @@ impl SqliteStore {
         if done.rows_affected() == 1 {
             return Ok(true);
         }
-        if new_keys.iter().all(Option::is_none) {
-            return Ok(false);
-        }
-        // Not applied, and the replacement brings new lookup keys: tell a
-        // key another record holds (the statement refused it) from a failed
+        // Not applied: tell a key another record holds (the statement refused it) from a failed
         // compare-and-swap, which takes precedence. Writes are serialized
         // and keys are random, so this follow-up read can only be wrong
         // about which of the two refusals it was, never about whether the
@@ -238,6 +235,58 @@ impl SqliteStore {
         } else {
             Ok(false)
         }
+    }
+
+    async fn insert_capped_sql(
+        &self,
+        subject: &str,
+        raw: &RawRecord,
+        now: OffsetDateTime,
+        cap: &SubjectCap,
+        keep: i64,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let err = |e| sqlx_error("insert_capped", e);
+        // The write lock from the start, so no other login of the subject
+        // counts between our count and our insert. Dropped unfinished, or
+        // left on an error, the transaction rolls back: nothing revoked.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        let rows = sqlx::query(&self.queries.evict)
+            .bind(subject)
+            .bind(to_micros(now))
+            .bind(cap.revocation.reason.as_str())
+            .bind(cap.revocation.actor.as_deref())
+            .bind(cap.except.as_ref().map(|id| &id.as_bytes()[..]))
+            .bind(keep)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
+        let mut evicted = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: Vec<u8> = row
+                .try_get("id")
+                .map_err(|_| StoreError::corrupt(None, "`id` does not decode"))?;
+            let id = session_id(&id)?;
+            let last_seen_at: i64 = row
+                .try_get("last_seen_at")
+                .map_err(|_| StoreError::corrupt(Some(id), "`last_seen_at` does not decode"))?;
+            let created_at: i64 = row
+                .try_get("created_at")
+                .map_err(|_| StoreError::corrupt(Some(id), "`created_at` does not decode"))?;
+            evicted.push((last_seen_at, created_at, id));
+        }
+        let mut query = sqlx::query(&self.queries.insert);
+        for value in super::sql::insert_values(raw) {
+            query = Self::bind(query, value);
+        }
+        let done = query.execute(&mut *tx).await.map_err(err)?;
+        if done.rows_affected() != 1 {
+            // A lookup key of the record is already held.
+            tx.rollback().await.map_err(err)?;
+            return Err(StoreError::Conflict);
+        }
+        tx.commit().await.map_err(err)?;
+        evicted.sort();
+        Ok(evicted.into_iter().map(|(_, _, id)| id).collect())
     }
 
     async fn revoke_sql(
@@ -339,11 +388,27 @@ mod tests {
             ("exists", &q.exists),
             ("revoke_all", &q.revoke_all),
             ("list", &q.list),
+            ("evict", &q.evict),
+            ("purge", &q.purge),
         ] {
             let plan = plan(&store, sql).await;
             assert!(
                 !plan.contains("SCAN tower_hmac_session_records"),
                 "{name} scans the table:\n{plan}"
+            );
+        }
+        // The capped insert's ranking reads the subject's range of the
+        // subject index; the purge, two ranges (expiry, then revocation).
+        let evict = plan(&store, &q.evict).await;
+        assert!(
+            evict.contains("USING INDEX tower_hmac_session_records_subject (subject=?)"),
+            "{evict}"
+        );
+        let purge = plan(&store, &q.purge).await;
+        for index in ["expires_at (expires_at<?)", "revoked_at"] {
+            assert!(
+                purge.contains(&format!("INDEX tower_hmac_session_records_{index}")),
+                "{purge}"
             );
         }
         let lookup = plan(&store, &q.find_active(2)).await;
