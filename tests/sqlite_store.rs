@@ -279,7 +279,7 @@ async fn a_replace_checks_every_key_whatever_current_claims() {
         valid_until: None,
     };
     let mut claimed = mine.clone();
-    claimed.previous = Some(previous.clone());
+    claimed.previous = Some(previous);
     let mut next = tower_hmac_session::SessionRecord {
         generation: mine.generation + 1,
         ..mine.clone()

@@ -972,7 +972,9 @@ mod tests {
     #[test]
     fn sqlite_statements_use_numbered_parameters() {
         let q = Queries::new(Dialect::Sqlite, None);
-        for sql in [&q.insert, &q.replace, &q.revoke, &q.count, &q.list] {
+        for sql in [
+            &q.insert, &q.replace, &q.revoke, &q.count, &q.list, &q.evict, &q.purge,
+        ] {
             assert!(!sql.contains('$'), "{sql}");
         }
         let lookup = q.find_active(2);
@@ -1007,6 +1009,14 @@ mod tests {
         assert!(lookup.contains("data::text AS data"));
         assert!(!lookup.contains(" OR "), "{lookup}");
         assert!(q.revoke.starts_with("WITH updated AS"));
+        assert!(
+            q.insert_capped.contains("$25::jsonb"),
+            "{}",
+            q.insert_capped
+        );
+        assert!(q.insert_capped.contains("n > $30"), "{}", q.insert_capped);
+        assert!(!q.purge.contains("absolute_expires_at"), "{}", q.purge);
+        assert!(q.purge.contains("LIMIT $2"), "{}", q.purge);
         assert!(q.migrations[0].1.contains("superseded_lookup_key BYTEA,"));
     }
 }
