@@ -731,7 +731,12 @@ async fn a_role_without_create_privilege_uses_a_migrated_schema() {
         .unwrap();
     let store = PostgresStore::in_schema(app_pool.clone(), &schema).unwrap();
     store.migrate().await.unwrap();
-    store.migrate().await.unwrap();
+    // Spawned, too: the migration's future is `Send`.
+    let again = store.clone();
+    tokio::spawn(async move { again.migrate().await })
+        .await
+        .unwrap()
+        .unwrap();
     let config = SessionConfig::builder()
         .max_sessions_per_subject(Some(1))
         .build()
@@ -843,4 +848,11 @@ async fn an_invalid_revocation_actor_is_refused() {
     assert!(matches!(all, Err(StoreError::Invalid(_))), "{all:?}");
     assert!(store.get_active(&r.id, common::T0).await.unwrap().is_some());
     drop_schema(&pool, &schema).await;
+}
+
+/// Compiled, never run (it would migrate `public`): `connect`'s future is
+/// `Send` for a `'static` spawn.
+#[allow(dead_code)]
+fn connect_is_spawnable(url: String) -> tokio::task::JoinHandle<Result<PostgresStore, StoreError>> {
+    tokio::spawn(async move { PostgresStore::connect(&url).await })
 }

@@ -440,3 +440,23 @@ async fn concurrent_logins_of_one_user_stay_within_the_cap() {
     .unwrap();
     assert_eq!(reasons, [(None, 3), (Some("session_limit".to_owned()), 9)]);
 }
+
+/// The constructors and the migration can be spawned (their futures are
+/// `Send`).
+#[tokio::test]
+async fn the_store_futures_are_send() {
+    let db = TempDb::new();
+    let store = tokio::spawn(SqliteStore::open(db.0.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    let again = store.clone();
+    tokio::spawn(async move { again.migrate().await })
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::spawn(async { SqliteStore::connect("sqlite::memory:").await.map(drop) })
+        .await
+        .unwrap()
+        .unwrap();
+}

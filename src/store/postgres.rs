@@ -145,11 +145,16 @@ impl PostgresStore {
         .await
         .map_err(err)?;
         if !schema_exists {
-            sqlx::raw_sql(&format!(
-                "CREATE SCHEMA IF NOT EXISTS \"{schema}\"",
-                schema = self.schema
-            ))
-            .execute(&mut *tx)
+            // `Executor::execute` on the connection rather than
+            // `raw_sql(…).execute(conn)`, whose future is not `Send` for a
+            // `'static` spawn (nor then would `migrate`'s be).
+            sqlx::Executor::execute(
+                &mut *tx,
+                sqlx::raw_sql(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS \"{schema}\"",
+                    schema = self.schema
+                )),
+            )
             .await
             .map_err(err)?;
         }
@@ -159,12 +164,14 @@ impl PostgresStore {
                 .await
                 .map_err(err)?
         } else {
-            sqlx::raw_sql(&format!(
-                "CREATE TABLE IF NOT EXISTS {migrations} \
+            sqlx::Executor::execute(
+                &mut *tx,
+                sqlx::raw_sql(&format!(
+                    "CREATE TABLE IF NOT EXISTS {migrations} \
                  (version BIGINT NOT NULL PRIMARY KEY, \
                  applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            ))
-            .execute(&mut *tx)
+                )),
+            )
             .await
             .map_err(err)?;
             Vec::new()
@@ -182,9 +189,11 @@ impl PostgresStore {
             if done.contains(version) {
                 continue;
             }
-            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(err)?;
+            sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(sql))
+                .await
+                .map_err(err)?;
             sqlx::query(&format!("INSERT INTO {migrations} (version) VALUES ($1)"))
-                .bind(version)
+                .bind(*version)
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;

@@ -148,10 +148,14 @@ impl SqliteStore {
         // connection holding the write lock.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
         let migrations = &self.queries.migrations_table;
-        sqlx::raw_sql(&format!(
+        // `query`, not `raw_sql(…).execute(conn)`, whose future is not
+        // `Send` for a `'static` spawn (nor then would `migrate`'s be).
+        // SQLite runs every statement of the text.
+        sqlx::query(&format!(
             "CREATE TABLE IF NOT EXISTS {migrations} \
              (version INTEGER NOT NULL PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT"
         ))
+        .persistent(false)
         .execute(&mut *tx)
         .await
         .map_err(err)?;
@@ -163,11 +167,15 @@ impl SqliteStore {
             if done.contains(version) {
                 continue;
             }
-            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(err)?;
+            sqlx::query(sql)
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
             sqlx::query(&format!(
                 "INSERT INTO {migrations} (version, applied_at) VALUES (?1, ?2)"
             ))
-            .bind(version)
+            .bind(*version)
             .bind(to_micros(OffsetDateTime::now_utc()))
             .execute(&mut *tx)
             .await
