@@ -133,17 +133,21 @@ impl PostgresStore {
         let err = |e| StoreError::backend("migrate", e);
         let mut tx = self.pool.begin().await.map_err(err)?;
         let migrations = &self.queries.migrations_table;
-        // The lock, then what exists: the schema and the migrations table.
-        let (schema_exists, table_exists): (bool, bool) = sqlx::query_as(
-            "SELECT pg_advisory_xact_lock(hashtext($1)) IS NOT NULL \
-             AND to_regnamespace($2) IS NOT NULL, to_regclass($3) IS NOT NULL",
-        )
-        .bind(format!("tower-hmac-session migrate {}", self.schema))
-        .bind(format!("\"{}\"", self.schema))
-        .bind(migrations)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(err)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("tower-hmac-session migrate {}", self.schema))
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        // Then, in a statement of its own (so after the lock, seeing what a
+        // concurrent migration committed), what exists: the schema and the
+        // migrations table.
+        let (schema_exists, table_exists): (bool, bool) =
+            sqlx::query_as("SELECT to_regnamespace($1) IS NOT NULL, to_regclass($2) IS NOT NULL")
+                .bind(format!("\"{}\"", self.schema))
+                .bind(migrations)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?;
         if !schema_exists {
             // `Executor::execute` on the connection rather than
             // `raw_sql(…).execute(conn)`, whose future is not `Send` for a

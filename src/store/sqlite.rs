@@ -222,11 +222,11 @@ impl SqliteStore {
         if done.rows_affected() == 1 {
             return Ok(true);
         }
-        // Not applied: tell a key another record holds (the statement refused it) from a failed
-        // compare-and-swap, which takes precedence. Writes are serialized
-        // and keys are random, so this follow-up read can only be wrong
-        // about which of the two refusals it was, never about whether the
-        // write applied.
+        // Not applied: tell a key another record holds (the statement
+        // refused it) from a failed compare-and-swap, which takes
+        // precedence. Writes are serialized and keys are random, so this
+        // follow-up read can only be wrong about which of the two refusals
+        // it was, never about whether the write applied.
         let mut clash = sqlx::query_scalar(&self.queries.clash)
             .bind(&current.id.as_bytes()[..])
             .bind(expected)
