@@ -544,6 +544,26 @@ async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
         assert!(store.replace(&current, &next, common::T0).await.unwrap());
         current = next;
     }
+    // A capped login of a subject with 20 sessions, and purges (of what it
+    // revoked, then of nothing): index ranges, never a scan of the table.
+    let cap = tower_hmac_session::SubjectCap {
+        max_sessions: 3,
+        except: None,
+        revocation: tower_hmac_session::RevocationReason::SessionLimit.into(),
+    };
+    let capped = SessionRecord {
+        subject: Some("user7".into()),
+        ..planner_record()
+    };
+    let evicted = store
+        .insert_capped(&capped, common::T0, &cap)
+        .await
+        .unwrap();
+    assert_eq!(evicted.len(), 18);
+    assert_eq!(store.purge_expired(common::T0).await.unwrap(), 18);
+    for _ in 0..5 {
+        assert_eq!(store.purge_expired(common::T0).await.unwrap(), 0);
+    }
 
     let mut conn = pool.acquire().await.unwrap();
     let after = scans(&mut conn, &schema).await;
@@ -553,6 +573,10 @@ async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
         if !table.ends_with("migrations") {
             assert!(idx_after > idx_before, "no index scan of {table}");
         }
+    }
+    for (prefix, name) in [("WITH evicted", "ths_capped"), ("DELETE FROM", "ths_purge")] {
+        let (_, _, plan) = generic_plan(&mut conn, prefix, name).await;
+        assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
     }
     for (prefix, name) in [
         ("SELECT 0 AS slot", "ths_lookup"),
@@ -606,4 +630,229 @@ async fn a_stale_replace_is_not_applied_even_when_its_new_key_is_taken() {
     let result = store.replace(&touched, &fresh, common::T0).await;
     assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
     drop_schema(&pool, &schema).await;
+}
+
+/// 20 concurrent logins of one user through the router, with a cap of 3:
+/// never more than 3 live sessions, and each of the others revoked as
+/// `session_limit`, not deleted and not left live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_of_one_user_stay_within_the_cap() {
+    let config = SessionConfig::builder()
+        .max_sessions_per_subject(Some(3))
+        .build()
+        .unwrap();
+    let Some((h, pool, schema)) = one_instance(config).await else {
+        return;
+    };
+    let logins: Vec<_> = (0..20)
+        .map(|_| {
+            let router = h.router.clone();
+            tokio::spawn(async move {
+                let res = router
+                    .oneshot(common::request("POST", "/login?user=alice", None))
+                    .await
+                    .unwrap();
+                TestResponse::from(res).await
+            })
+        })
+        .collect();
+    let mut secrets = Vec::new();
+    for login in logins {
+        let res = login.await.unwrap();
+        assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+        secrets.push(res.new_secret().expect("a login sets the cookie"));
+    }
+    let live = h.manager.list_for_subject("alice").await.unwrap();
+    assert_eq!(live.len(), 3, "{live:?}");
+    let reasons: Vec<(Option<String>, i64)> = sqlx::query_as(&format!(
+        "SELECT revoked_reason, count(*) FROM \"{schema}\".{TABLE} WHERE subject = 'alice' \
+         GROUP BY revoked_reason ORDER BY revoked_reason NULLS FIRST"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        reasons,
+        [(None, 3), (Some("session_limit".to_owned()), 17)],
+        "live and evicted sessions"
+    );
+    // The live ones answer; the evicted ones are anonymous.
+    let mut served = 0;
+    for secret in &secrets {
+        let res = h.call("GET", "/maybe", Some(secret)).await;
+        assert_eq!(res.status, StatusCode::OK);
+        if res.body == "alice" {
+            served += 1;
+        }
+    }
+    assert_eq!(served, 3);
+    drop_schema(&pool, &schema).await;
+}
+
+/// A role with no `CREATE` privilege anywhere connects to a schema migrated
+/// before (PostgreSQL checks the privilege even for `IF NOT EXISTS`), and
+/// its sessions work.
+#[tokio::test]
+async fn a_role_without_create_privilege_uses_a_migrated_schema() {
+    let Some(admin) = pool("ths-privilege-admin").await else {
+        return;
+    };
+    let schema = unique("ths_privilege");
+    store_in(&admin, &schema).await;
+    let role = unique("ths_app");
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE \"{role}\" LOGIN; \
+         GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\"; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{schema}\" \
+         TO \"{role}\";"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let (on_schema, on_database): (bool, bool) = sqlx::query_as(
+        "SELECT has_schema_privilege($1, $2, 'CREATE'), \
+         has_database_privilege($1, current_database(), 'CREATE')",
+    )
+    .bind(&role)
+    .bind(&schema)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert!(!on_schema && !on_database, "the role can create");
+
+    let options = PgConnectOptions::from_str(&url())
+        .unwrap()
+        .username(&role)
+        .application_name("ths-privilege");
+    let app_pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let store = PostgresStore::in_schema(app_pool.clone(), &schema).unwrap();
+    store.migrate().await.unwrap();
+    // Spawned, too: the migration's future is `Send`.
+    let again = store.clone();
+    tokio::spawn(async move { again.migrate().await })
+        .await
+        .unwrap()
+        .unwrap();
+    let config = SessionConfig::builder()
+        .max_sessions_per_subject(Some(1))
+        .build()
+        .unwrap();
+    let h = Harness::with_store(store, config, ring(1, &[1]));
+    let first = h.login("alice").await;
+    let second = h.login("alice").await;
+    assert_eq!(h.call("GET", "/me", Some(&second)).await.body, "alice");
+    assert_eq!(
+        h.call("GET", "/me", Some(&first)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.call("POST", "/logout", Some(&second)).await.status,
+        StatusCode::OK
+    );
+    app_pool.close().await;
+
+    // A schema the role may not create is refused, not half made.
+    let options = PgConnectOptions::from_str(&url()).unwrap().username(&role);
+    let app_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let missing = unique("ths_privilege_missing");
+    let refused = PostgresStore::in_schema(app_pool.clone(), &missing)
+        .unwrap()
+        .migrate()
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Backend { .. })),
+        "{refused:?}"
+    );
+    app_pool.close().await;
+
+    drop_schema(&admin, &schema).await;
+    sqlx::raw_sql(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\""))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+/// Purging more than one batch (1000) deletes every expired and every
+/// revoked record, and nothing live.
+#[tokio::test]
+async fn purge_removes_more_than_one_batch() {
+    let Some(pool) = pool("ths-purge").await else {
+        return;
+    };
+    let schema = unique("ths_purge");
+    let store = store_in(&pool, &schema).await;
+    let table = format!("\"{schema}\".{TABLE}");
+    // 1500 expired at T0 + 1 hour, 1200 revoked but not expired, 2 live.
+    let t0 = common::T0
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let inserted = sqlx::query(&format!(
+        "INSERT INTO {table} (id, generation, subject, created_at, authenticated_at, \
+         last_seen_at, expires_at, absolute_expires_at, idle_timeout_secs, persistent, \
+         access_expires_at, current_lookup_key, current_key_version, revoked_at, \
+         revoked_reason, data) \
+         SELECT substring(sha256(('id' || i)::bytea) FROM 1 FOR 16), 0, 'user' || (i % 50), \
+         t, t, t, t + interval '1 hour', t + interval '1 day', 3600, false, t, \
+         sha256(('c' || i)::bytea), 1, \
+         CASE WHEN i > 1500 THEN t END, CASE WHEN i > 1500 THEN 'admin' END, '{{}}' \
+         FROM generate_series(1, 2700) AS i, (SELECT '{t0}'::timestamptz AS t) AS t0"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(inserted.rows_affected(), 2700);
+    let live = [planner_record(), planner_record()].map(|mut r| {
+        r.expires_at = common::T0 + time::Duration::hours(3);
+        r
+    });
+    for r in &live {
+        store.insert(r).await.unwrap();
+    }
+    let later = common::T0 + time::Duration::hours(2);
+    assert_eq!(store.purge_expired(later).await.unwrap(), 2700);
+    let left: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 2);
+    assert_eq!(store.purge_expired(later).await.unwrap(), 0);
+    drop_schema(&pool, &schema).await;
+}
+
+/// A revocation whose actor breaks the rules is refused before it is
+/// written.
+#[tokio::test]
+async fn an_invalid_revocation_actor_is_refused() {
+    let Some(pool) = pool("ths-actor").await else {
+        return;
+    };
+    let schema = unique("ths_actor");
+    let store = store_in(&pool, &schema).await;
+    let r = planner_record();
+    store.insert(&r).await.unwrap();
+    let bad = tower_hmac_session::Revocation::new(tower_hmac_session::RevocationReason::Admin)
+        .by("ops\n");
+    let one = store.revoke(&r.id, None, common::T0, &bad).await;
+    assert!(matches!(one, Err(StoreError::Invalid(_))), "{one:?}");
+    let all = store
+        .revoke_all_for_subject("planner", common::T0, &bad, None)
+        .await;
+    assert!(matches!(all, Err(StoreError::Invalid(_))), "{all:?}");
+    assert!(store.get_active(&r.id, common::T0).await.unwrap().is_some());
+    drop_schema(&pool, &schema).await;
+}
+
+/// Compiled, never run (it would migrate `public`): `connect`'s future is
+/// `Send` for a `'static` spawn.
+#[allow(dead_code)]
+fn connect_is_spawnable(url: String) -> tokio::task::JoinHandle<Result<PostgresStore, StoreError>> {
+    tokio::spawn(async move { PostgresStore::connect(&url).await })
 }

@@ -12,10 +12,12 @@ use sqlx::postgres::{
 };
 use time::OffsetDateTime;
 
-use super::raw::{RawRecord, to_micros};
-use super::sql::{Dialect, DialectRow, Queries, Value, mutable_values, sql_store_impl, sqlx_error};
+use super::raw::{RawRecord, session_id, to_micros};
+use super::sql::{
+    Dialect, DialectRow, Queries, Value, insert_values, mutable_values, sql_store_impl, sqlx_error,
+};
 use crate::record::{Revocation, RevokeOutcome, SessionId, SessionRecord};
-use crate::store::StoreError;
+use crate::store::{StoreError, SubjectCap};
 
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
@@ -28,10 +30,13 @@ type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 /// two holders even across slots and concurrent transactions) lives in a
 /// schema of your choice (default `public`). [`connect`](Self::connect)
 /// creates and migrates it; migrations take a transaction-scoped advisory
-/// lock, so instances starting together migrate once. The read path is one
+/// lock, so instances starting together migrate once; a role without the
+/// `CREATE` privilege can use a schema migrated before. The read path is one
 /// statement, planned once per connection and reused; every write is one
 /// conditional statement (the compare-and-swap is its `WHERE` clause, which
-/// Postgres re-checks after taking the row lock).
+/// Postgres re-checks after taking the row lock), except a capped login: a
+/// transaction holding an advisory lock on the subject, so concurrent logins
+/// of one subject never exceed the cap.
 ///
 /// ```no_run
 /// use tower_hmac_session::{KeyRing, SessionConfig, SessionManager, store::PostgresStore};
@@ -116,38 +121,83 @@ impl PostgresStore {
     /// in one transaction under an advisory lock. Idempotent, and safe to
     /// call from several instances at once.
     ///
+    /// Only what is missing is created (PostgreSQL checks the `CREATE`
+    /// privilege even for `CREATE … IF NOT EXISTS`): on a database already
+    /// migrated, the role needs no `CREATE` privilege, only `USAGE` on the
+    /// schema and `SELECT`, `INSERT`, `UPDATE` and `DELETE` on its tables.
+    ///
     /// # Errors
     ///
     /// The database failed; nothing was applied then.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let err = |e| StoreError::backend("migrate", e);
         let mut tx = self.pool.begin().await.map_err(err)?;
+        let migrations = &self.queries.migrations_table;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
             .bind(format!("tower-hmac-session migrate {}", self.schema))
             .execute(&mut *tx)
             .await
             .map_err(err)?;
-        let migrations = &self.queries.migrations_table;
-        sqlx::raw_sql(&format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{schema}\";\n\
-             CREATE TABLE IF NOT EXISTS {migrations} \
-             (version BIGINT NOT NULL PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-            schema = self.schema
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
-        let done: Vec<i64> = sqlx::query_scalar(&format!("SELECT version FROM {migrations}"))
-            .fetch_all(&mut *tx)
+        // Then, in a statement of its own (so after the lock, seeing what a
+        // concurrent migration committed), what exists: the schema and the
+        // migrations table.
+        let (schema_exists, table_exists): (bool, bool) =
+            sqlx::query_as("SELECT to_regnamespace($1) IS NOT NULL, to_regclass($2) IS NOT NULL")
+                .bind(format!("\"{}\"", self.schema))
+                .bind(migrations)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?;
+        if !schema_exists {
+            // `Executor::execute` on the connection rather than
+            // `raw_sql(…).execute(conn)`, whose future is not `Send` for a
+            // `'static` spawn (nor then would `migrate`'s be).
+            sqlx::Executor::execute(
+                &mut *tx,
+                sqlx::raw_sql(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS \"{schema}\"",
+                    schema = self.schema
+                )),
+            )
             .await
             .map_err(err)?;
+        }
+        let done: Vec<i64> = if table_exists {
+            sqlx::query_scalar(&format!("SELECT version FROM {migrations}"))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?
+        } else {
+            sqlx::Executor::execute(
+                &mut *tx,
+                sqlx::raw_sql(&format!(
+                    "CREATE TABLE IF NOT EXISTS {migrations} \
+                 (version BIGINT NOT NULL PRIMARY KEY, \
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                )),
+            )
+            .await
+            .map_err(err)?;
+            Vec::new()
+        };
+        if self
+            .queries
+            .migrations
+            .iter()
+            .all(|(v, _)| done.contains(v))
+        {
+            // Up to date: nothing written, so nothing to commit.
+            return tx.rollback().await.map_err(err);
+        }
         for (version, sql) in &self.queries.migrations {
             if done.contains(version) {
                 continue;
             }
-            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(err)?;
+            sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(sql))
+                .await
+                .map_err(err)?;
             sqlx::query(&format!("INSERT INTO {migrations} (version) VALUES ($1)"))
-                .bind(version)
+                .bind(*version)
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
@@ -190,6 +240,68 @@ impl PostgresStore {
             .await
             .map_err(|e| sqlx_error("replace", e))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_capped_sql(
+        &self,
+        subject: &str,
+        raw: &RawRecord,
+        now: OffsetDateTime,
+        cap: &SubjectCap,
+        keep: i64,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let err = |e| sqlx_error("insert_capped", e);
+        // Three round trips. The first begins a read-committed transaction
+        // and takes the subject's advisory lock, so its logins run one at a
+        // time; the second, a statement whose snapshot is taken after the
+        // lock (and so sees every login committed before), revokes the
+        // least recently used and inserts; the third commits. A single
+        // statement cannot do it: its snapshot would predate the lock. On a
+        // conflict the statement fails and the transaction rolls back, with
+        // nothing revoked; a dropped future rolls back too.
+        let begin = format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({})",
+            self.subject_lock(subject)
+        );
+        let mut tx = self.pool.begin_with(begin).await.map_err(err)?;
+        let mut query = sqlx::query(&self.queries.insert_capped);
+        for value in insert_values(raw) {
+            query = Self::bind(query, value);
+        }
+        let rows = query
+            .bind(timestamp(now))
+            .bind(cap.revocation.reason.as_str())
+            .bind(cap.revocation.actor.as_deref())
+            .bind(cap.except.as_ref().map(|id| &id.as_bytes()[..]))
+            .bind(keep)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        rows.iter()
+            .map(|row| {
+                let id: Vec<u8> = row
+                    .try_get(0)
+                    .map_err(|_| StoreError::corrupt(None, "`id` does not decode"))?;
+                session_id(&id)
+            })
+            .collect()
+    }
+
+    /// The advisory lock key of `subject`'s logins in this schema: 64 bits
+    /// of SHA-256, the same in every instance. A collision only makes two
+    /// subjects' logins wait for each other.
+    fn subject_lock(&self, subject: &str) -> i64 {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::new()
+            .chain_update(b"ths/v1/subject-cap\0")
+            .chain_update(self.schema.as_bytes())
+            .chain_update(b"\0")
+            .chain_update(subject.as_bytes())
+            .finalize();
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&digest[..8]);
+        i64::from_be_bytes(bytes)
     }
 
     async fn revoke_sql(

@@ -140,15 +140,19 @@ impl RawRecord {
         };
         let revoked = match (self.revoked_at, self.revoked_reason, self.revoked_actor) {
             (None, None, None) => None,
-            (Some(revoked_at), Some(reason), actor) => Some(Revoked {
-                at: at(id, revoked_at, "revoked_at")?,
-                revocation: Revocation {
+            (Some(revoked_at), Some(reason), actor) => {
+                let revocation = Revocation {
                     reason: reason
                         .parse()
                         .map_err(|_| corrupt("unknown revocation reason"))?,
                     actor,
-                },
-            }),
+                };
+                revocation.validate().map_err(corrupt)?;
+                Some(Revoked {
+                    at: at(id, revoked_at, "revoked_at")?,
+                    revocation,
+                })
+            }
             _ => return Err(corrupt("the revocation is partly missing")),
         };
         let generation =
@@ -555,6 +559,27 @@ mod tests {
                 "one key in two slots",
                 RawRecord {
                     superseded_lookup_key: Some(vec![2; 32]),
+                    ..full()
+                },
+            ),
+            (
+                "empty actor",
+                RawRecord {
+                    revoked_actor: Some(String::new()),
+                    ..full()
+                },
+            ),
+            (
+                "control in actor",
+                RawRecord {
+                    revoked_actor: Some("ops\u{1b}[2J".into()),
+                    ..full()
+                },
+            ),
+            (
+                "long actor",
+                RawRecord {
+                    revoked_actor: Some("a".repeat(257)),
                     ..full()
                 },
             ),

@@ -4,9 +4,14 @@
 //! dialect, and the parts of the [`SessionStore`](crate::SessionStore)
 //! implementation that are the same on both.
 //!
-//! Every write is a single conditional statement, so it is atomic on both
-//! databases and a lost race changes nothing: `UPDATE … WHERE id = $1 AND
-//! generation = $2 AND revoked_at IS NULL …` is the compare-and-swap.
+//! Every write but the capped insert is a single conditional statement, so
+//! it is atomic on both databases and a lost race changes nothing: `UPDATE
+//! … WHERE id = $1 AND generation = $2 AND revoked_at IS NULL …` is the
+//! compare-and-swap. The capped insert counts the subject's sessions, which
+//! a concurrent login could add to after the statement's snapshot, so it is
+//! a transaction that first serializes the subject's logins (SQLite: `BEGIN
+//! IMMEDIATE`, the database's write lock; PostgreSQL: an advisory lock on
+//! the subject), then revokes and inserts.
 //!
 //! No lookup key may be held twice, in any slot of any record. Each
 //! lookup-key column has a unique index; across columns, SQLite's writes
@@ -180,23 +185,23 @@ pub(crate) fn mutable_values(raw: &RawRecord) -> impl Iterator<Item = Value<'_>>
         .map(|(_, v)| v)
 }
 
-/// The lookup keys `next` holds that `current` does not: those a replace
-/// must check against other records (SQLite). `None` where there is none,
-/// so there are always three to bind.
+/// Every lookup key `next` holds (`None` for an empty slot, so there are
+/// always three to bind): a replace checks each of them against the other
+/// records (SQLite), whatever the caller says `current` holds, so a stale or
+/// mistaken `current` can never let a key get a second holder.
 #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-pub(crate) fn new_lookup_keys<'a>(
-    current: &crate::record::SessionRecord,
-    next: &'a RawRecord,
-) -> [Option<&'a [u8]>; 3] {
-    let held: Vec<crate::keys::LookupKey> =
-        current.credentials().map(|(_, c)| c.lookup_key).collect();
+pub(crate) fn lookup_keys(next: &RawRecord) -> [Option<&[u8]>; 3] {
     [
         Some(next.current_lookup_key.as_slice()),
         next.previous_lookup_key.as_deref(),
         next.superseded_lookup_key.as_deref(),
     ]
-    .map(|key| key.filter(|k| !held.iter().any(|h| h.as_bytes() == *k)))
 }
+
+/// How many records one purge statement deletes at most: SQLite's write
+/// lock and a PostgreSQL transaction stay short however much there is to
+/// purge.
+pub(crate) const PURGE_BATCH: i64 = 1000;
 
 /// The sessions table.
 const TABLE: &str = "tower_hmac_session_records";
@@ -221,14 +226,14 @@ pub(crate) struct Queries {
     /// PostgreSQL: the lookup-keys table's primary key refuses it.
     pub(crate) insert: String,
     /// `$1` id, `$2` expected generation, `$3` now; SQLite: `$4` … `$6` the
-    /// new lookup keys (or null) and `$7` … the mutable columns in
+    /// replacement's lookup keys (or null) and `$7` … the mutable columns in
     /// [`COLUMNS`] order (the update does not apply on a clash: then ask
     /// [`Self::clash`]); PostgreSQL: `$4` … the mutable columns (a clash is
     /// a unique violation).
     pub(crate) replace: String,
     /// SQLite, after a replace that did not apply, with its first six
     /// parameters: whether the compare-and-swap's condition holds and
-    /// another record holds one of the new keys (a conflict), rather than
+    /// another record holds one of the replacement's keys (a conflict), rather than
     /// the condition failing (not applied, whatever the keys).
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) clash: String,
@@ -245,8 +250,38 @@ pub(crate) struct Queries {
     pub(crate) list: String,
     /// `$1` now, `$2` seen since: `(key_version, recent, dormant)` rows.
     pub(crate) count: String,
-    /// `$1` now.
+    /// `$1` now, `$2` batch size: deletes at most that many records that
+    /// are expired or revoked. Idle expiry alone decides "expired":
+    /// [`SessionRecord::validate`](crate::SessionRecord::validate) keeps
+    /// `expires_at` at or before `absolute_expires_at`.
     pub(crate) purge: String,
+    /// SQLite, inside the capped insert's transaction: `$1` subject, `$2`
+    /// now, `$3` reason, `$4` actor, `$5` except (or null), `$6` how many
+    /// live sessions to keep. Revokes the others, least recently used
+    /// first, returning `(id, last_seen_at, created_at)`.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) evict: String,
+    /// PostgreSQL, inside a transaction holding the subject's advisory
+    /// lock: `$1` … `$25` the columns as for [`Self::insert`], `$26` now,
+    /// `$27` reason, `$28` actor, `$29` except (or null), `$30` how many
+    /// live sessions to keep. Revokes the others and inserts, in one
+    /// statement; returns the revoked ids, least recently used first.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) insert_capped: String,
+}
+
+/// The ids of `subject`'s sessions active at `now`, other than `except`,
+/// beyond the `keep` most recently used (`last_seen_at`, then
+/// `created_at`, then id, descending): those a capped insert revokes. One
+/// range of the subject index.
+fn evict_ids(table: &str, subject: &str, now: &str, except: &str, keep: &str) -> String {
+    format!(
+        "SELECT id FROM (SELECT id, row_number() OVER \
+         (ORDER BY last_seen_at DESC, created_at DESC, id DESC) AS n \
+         FROM {table} WHERE subject = {subject} AND {active} \
+         AND ({except} IS NULL OR id <> {except})) AS ranked WHERE n > {keep}",
+        active = active(now)
+    )
 }
 
 /// `revoked_at IS NULL AND expires_at > {now} AND absolute_expires_at > {now}`.
@@ -390,9 +425,42 @@ impl Queries {
                  ) AS versions GROUP BY key_version ORDER BY key_version",
                 active = active("$1")
             )),
+            // Two index range scans, disjoint so that the batch's size is
+            // the number deleted: expired, then revoked but not expired.
+            // (SQLite's `+` keeps it from ranging over the live records'
+            // expiry rather than the revoked ones.)
             purge: render(format!(
-                "DELETE FROM {table} WHERE expires_at <= $1 OR absolute_expires_at <= $1 \
-                 OR revoked_at IS NOT NULL"
+                "DELETE FROM {table} WHERE id IN (\
+                 SELECT id FROM {table} WHERE expires_at <= $1 \
+                 UNION ALL \
+                 SELECT id FROM {table} WHERE revoked_at IS NOT NULL AND {not_indexed}expires_at > $1 \
+                 LIMIT $2)",
+                not_indexed = match dialect {
+                    Dialect::Sqlite => "+",
+                    Dialect::Postgres => "",
+                },
+            )),
+            evict: render(format!(
+                "UPDATE {table} SET {revoke_set} WHERE id IN ({ranked}) AND revoked_at IS NULL \
+                 RETURNING id, last_seen_at, created_at",
+                ranked = evict_ids(table, "$1", "$2", "$5", "$6"),
+            )),
+            insert_capped: render(format!(
+                "WITH evicted AS (\
+                 UPDATE {table} SET revoked_at = $26, revoked_reason = $27, revoked_actor = $28 \
+                 WHERE id IN ({ranked}) AND revoked_at IS NULL \
+                 RETURNING id, last_seen_at, created_at), \
+                 inserted AS (INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING 1) \
+                 SELECT evicted.id FROM evicted, inserted \
+                 ORDER BY evicted.last_seen_at, evicted.created_at, evicted.id",
+                ranked = evict_ids(table, "$3", "$26", "$29", "$30"),
+                columns = COLUMNS.map(|c| c.name).join(", "),
+                values = COLUMNS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| param(i + 1, c.kind))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             )),
         };
         queries.find_active = (1..=PREPARED_LOOKUPS)
@@ -647,8 +715,8 @@ pub(crate) fn slot_of_row(slot: i32) -> Result<crate::record::Slot, StoreError> 
 
 /// Implements [`SessionStore`](crate::SessionStore) for a SQL store with
 /// fields `pool` and `queries`. The store provides, as inherent functions:
-/// `bind(query, Value) -> query`, `replace_sql` and `revoke_sql` (which
-/// differ per dialect); `$ts` encodes a timestamp for the driver.
+/// `bind(query, Value) -> query`, `insert_capped_sql`, `replace_sql` and
+/// `revoke_sql` (which differ per dialect); `$ts` encodes a timestamp for the driver.
 macro_rules! sql_store_impl {
     ($store:ty, ts = $ts:path) => {
         #[async_trait::async_trait]
@@ -730,6 +798,27 @@ macro_rules! sql_store_impl {
                 }
             }
 
+            async fn insert_capped(
+                &self,
+                record: &$crate::record::SessionRecord,
+                now: time::OffsetDateTime,
+                cap: &$crate::store::SubjectCap,
+            ) -> Result<Vec<$crate::record::SessionId>, $crate::store::StoreError> {
+                record
+                    .validate()
+                    .map_err($crate::store::StoreError::Invalid)?;
+                cap.revocation
+                    .validate()
+                    .map_err($crate::store::StoreError::Invalid)?;
+                let Some(subject) = record.subject.as_deref() else {
+                    return self.insert(record).await.map(|()| Vec::new());
+                };
+                let raw = $crate::store::raw::RawRecord::encode(record)?;
+                // How many of the others stay: the new one takes a place.
+                let keep = i64::from(cap.max_sessions.saturating_sub(1));
+                self.insert_capped_sql(subject, &raw, now, cap, keep).await
+            }
+
             async fn replace(
                 &self,
                 current: &$crate::record::SessionRecord,
@@ -751,6 +840,9 @@ macro_rules! sql_store_impl {
                 now: time::OffsetDateTime,
                 revocation: &$crate::record::Revocation,
             ) -> Result<$crate::record::RevokeOutcome, $crate::store::StoreError> {
+                revocation
+                    .validate()
+                    .map_err($crate::store::StoreError::Invalid)?;
                 self.revoke_sql(id, subject, now, revocation).await
             }
 
@@ -761,6 +853,9 @@ macro_rules! sql_store_impl {
                 revocation: &$crate::record::Revocation,
                 except: Option<&$crate::record::SessionId>,
             ) -> Result<u64, $crate::store::StoreError> {
+                revocation
+                    .validate()
+                    .map_err($crate::store::StoreError::Invalid)?;
                 let done = sqlx::query(&self.queries.revoke_all)
                     .bind(subject)
                     .bind($ts(now))
@@ -827,12 +922,23 @@ macro_rules! sql_store_impl {
                 &self,
                 now: time::OffsetDateTime,
             ) -> Result<u64, $crate::store::StoreError> {
-                let done = sqlx::query(&self.queries.purge)
-                    .bind($ts(now))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| $crate::store::sql::sqlx_error("purge_expired", e))?;
-                Ok(done.rows_affected())
+                // In batches, each its own statement (and transaction), so
+                // no lock is held for long: until one deletes less than a
+                // full batch.
+                let batch = $crate::store::sql::PURGE_BATCH;
+                let mut purged = 0;
+                loop {
+                    let done = sqlx::query(&self.queries.purge)
+                        .bind($ts(now))
+                        .bind(batch)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| $crate::store::sql::sqlx_error("purge_expired", e))?;
+                    purged += done.rows_affected();
+                    if done.rows_affected() < batch as u64 {
+                        return Ok(purged);
+                    }
+                }
             }
         }
     };
@@ -866,7 +972,9 @@ mod tests {
     #[test]
     fn sqlite_statements_use_numbered_parameters() {
         let q = Queries::new(Dialect::Sqlite, None);
-        for sql in [&q.insert, &q.replace, &q.revoke, &q.count, &q.list] {
+        for sql in [
+            &q.insert, &q.replace, &q.revoke, &q.count, &q.list, &q.evict, &q.purge,
+        ] {
             assert!(!sql.contains('$'), "{sql}");
         }
         let lookup = q.find_active(2);
@@ -901,6 +1009,14 @@ mod tests {
         assert!(lookup.contains("data::text AS data"));
         assert!(!lookup.contains(" OR "), "{lookup}");
         assert!(q.revoke.starts_with("WITH updated AS"));
+        assert!(
+            q.insert_capped.contains("$25::jsonb"),
+            "{}",
+            q.insert_capped
+        );
+        assert!(q.insert_capped.contains("n > $30"), "{}", q.insert_capped);
+        assert!(!q.purge.contains("absolute_expires_at"), "{}", q.purge);
+        assert!(q.purge.contains("LIMIT $2"), "{}", q.purge);
         assert!(q.migrations[0].1.contains("superseded_lookup_key BYTEA,"));
     }
 }

@@ -12,13 +12,13 @@ use sqlx::sqlite::{
 };
 use time::OffsetDateTime;
 
+use super::raw::session_id;
 use super::raw::{RawRecord, to_micros};
 use super::sql::{
-    Dialect, DialectRow, Queries, Value, mutable_values, new_lookup_keys, sql_store_impl,
-    sqlx_error,
+    Dialect, DialectRow, Queries, Value, lookup_keys, mutable_values, sql_store_impl, sqlx_error,
 };
 use crate::record::{Revocation, RevokeOutcome, SessionId, SessionRecord};
-use crate::store::StoreError;
+use crate::store::{StoreError, SubjectCap};
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 
@@ -29,8 +29,16 @@ type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 ///
 /// Sessions live in the table `tower_hmac_session_records`. Timestamps are
 /// stored as integer microseconds since the Unix epoch; every write is one
-/// conditional statement. The schema is created and migrated by
+/// conditional statement, except a capped login, which is one `BEGIN
+/// IMMEDIATE` transaction. The schema is created and migrated by
 /// [`open`](Self::open) / [`connect`](Self::connect) (idempotent).
+///
+/// Durability: the database runs in WAL mode with `synchronous = FULL`, so
+/// every committed write, a logout or a revocation included, is on disk
+/// before the call returns and survives a power failure or an OS crash (a
+/// revoked session never comes back). That costs an fsync per write; with
+/// your own pool ([`new`](Self::new)) the choice is yours, but `NORMAL`
+/// can lose the last writes, revocations included, on power loss.
 ///
 /// ```no_run
 /// use tower_hmac_session::{KeyRing, SessionConfig, SessionManager, store::SqliteStore};
@@ -59,6 +67,7 @@ impl SqliteStore {
             SqliteConnectOptions::new()
                 .filename(path)
                 .create_if_missing(true),
+            SqlitePoolOptions::new().max_connections(8),
         )
         .await
     }
@@ -66,22 +75,41 @@ impl SqliteStore {
     /// Opens a database by URL (`sqlite://sessions.db?mode=rwc`,
     /// `sqlite::memory:`) and migrates it.
     ///
+    /// An in-memory database (`sqlite::memory:`, `mode=memory`) lives as
+    /// long as a connection to it is open: the store's pool then holds
+    /// exactly one connection, opened at once and never closed for idling or
+    /// age, so its sessions last until the pool is closed or dropped (and
+    /// requests take turns on it).
+    ///
     /// # Errors
     ///
     /// A malformed URL, or the database cannot be opened or migrated.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options =
             SqliteConnectOptions::from_str(url).map_err(|e| StoreError::backend("connect", e))?;
-        Self::with_options(options).await
+        let mut pool = SqlitePoolOptions::new().max_connections(8);
+        if is_in_memory(url) {
+            // One connection, opened at once and never closed: every
+            // in-memory spelling is then one database, for the pool's life.
+            pool = pool
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        Self::with_options(options, pool).await
     }
 
-    async fn with_options(options: SqliteConnectOptions) -> Result<Self, StoreError> {
+    async fn with_options(
+        options: SqliteConnectOptions,
+        pool: SqlitePoolOptions,
+    ) -> Result<Self, StoreError> {
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // A committed revocation must survive a power failure.
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+        let pool = pool
             // A ping per acquire would double the round trips of the read path.
             .test_before_acquire(false)
             .connect_with(options)
@@ -115,48 +143,46 @@ impl SqliteStore {
     /// The database failed; nothing was applied then.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let err = |e| StoreError::backend("migrate", e);
-        let mut conn = self.pool.acquire().await.map_err(err)?;
-        sqlx::raw_sql("BEGIN IMMEDIATE")
-            .execute(&mut *conn)
+        // A transaction object, not a raw `BEGIN`: dropped unfinished (a
+        // cancelled future), it rolls back rather than leaving a pooled
+        // connection holding the write lock.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        let migrations = &self.queries.migrations_table;
+        // `query`, not `raw_sql(…).execute(conn)`, whose future is not
+        // `Send` for a `'static` spawn (nor then would `migrate`'s be).
+        // SQLite runs every statement of the text.
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {migrations} \
+             (version INTEGER NOT NULL PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT"
+        ))
+        .persistent(false)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        let done: Vec<i64> = sqlx::query_scalar(&format!("SELECT version FROM {migrations}"))
+            .fetch_all(&mut *tx)
             .await
             .map_err(err)?;
-        let migrations = &self.queries.migrations_table;
-        let applied = async {
-            sqlx::raw_sql(&format!(
-                "CREATE TABLE IF NOT EXISTS {migrations} \
-                 (version INTEGER NOT NULL PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT"
-            ))
-            .execute(&mut *conn)
-            .await?;
-            let done: Vec<i64> = sqlx::query_scalar(&format!("SELECT version FROM {migrations}"))
-                .fetch_all(&mut *conn)
-                .await?;
-            for (version, sql) in &self.queries.migrations {
-                if done.contains(version) {
-                    continue;
-                }
-                sqlx::raw_sql(sql).execute(&mut *conn).await?;
-                sqlx::query(&format!(
-                    "INSERT INTO {migrations} (version, applied_at) VALUES (?1, ?2)"
-                ))
-                .bind(version)
-                .bind(to_micros(OffsetDateTime::now_utc()))
-                .execute(&mut *conn)
-                .await?;
-                tracing::info!(version, "session store schema migrated (sqlite)");
+        for (version, sql) in &self.queries.migrations {
+            if done.contains(version) {
+                continue;
             }
-            Ok::<_, sqlx::Error>(())
+            sqlx::query(sql)
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            sqlx::query(&format!(
+                "INSERT INTO {migrations} (version, applied_at) VALUES (?1, ?2)"
+            ))
+            .bind(*version)
+            .bind(to_micros(OffsetDateTime::now_utc()))
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+            tracing::info!(version, "session store schema migrated (sqlite)");
         }
-        .await;
-        let end = if applied.is_ok() {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
-        };
-        let ended = sqlx::raw_sql(end).execute(&mut *conn).await;
-        applied.map_err(err)?;
-        ended.map_err(err)?;
-        Ok(())
+        tx.commit().await.map_err(err)
     }
 
     fn bind<'q>(query: SqliteQuery<'q>, value: Value<'q>) -> SqliteQuery<'q> {
@@ -176,7 +202,9 @@ impl SqliteStore {
         next: &RawRecord,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let new_keys = new_lookup_keys(current, next);
+        // Every key of `next`, not only those `current` lacks: `current` is
+        // the caller's view, and the check must not trust it.
+        let new_keys = lookup_keys(next);
         let mut query = sqlx::query(&self.queries.replace)
             .bind(&current.id.as_bytes()[..])
             .bind(expected)
@@ -194,15 +222,11 @@ impl SqliteStore {
         if done.rows_affected() == 1 {
             return Ok(true);
         }
-        if new_keys.iter().all(Option::is_none) {
-            return Ok(false);
-        }
-        // Not applied, and the replacement brings new lookup keys: tell a
-        // key another record holds (the statement refused it) from a failed
-        // compare-and-swap, which takes precedence. Writes are serialized
-        // and keys are random, so this follow-up read can only be wrong
-        // about which of the two refusals it was, never about whether the
-        // write applied.
+        // Not applied: tell a key another record holds (the statement
+        // refused it) from a failed compare-and-swap, which takes
+        // precedence. Writes are serialized and keys are random, so this
+        // follow-up read can only be wrong about which of the two refusals
+        // it was, never about whether the write applied.
         let mut clash = sqlx::query_scalar(&self.queries.clash)
             .bind(&current.id.as_bytes()[..])
             .bind(expected)
@@ -219,6 +243,58 @@ impl SqliteStore {
         } else {
             Ok(false)
         }
+    }
+
+    async fn insert_capped_sql(
+        &self,
+        subject: &str,
+        raw: &RawRecord,
+        now: OffsetDateTime,
+        cap: &SubjectCap,
+        keep: i64,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let err = |e| sqlx_error("insert_capped", e);
+        // The write lock from the start, so no other login of the subject
+        // counts between our count and our insert. Dropped unfinished, or
+        // left on an error, the transaction rolls back: nothing revoked.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        let rows = sqlx::query(&self.queries.evict)
+            .bind(subject)
+            .bind(to_micros(now))
+            .bind(cap.revocation.reason.as_str())
+            .bind(cap.revocation.actor.as_deref())
+            .bind(cap.except.as_ref().map(|id| &id.as_bytes()[..]))
+            .bind(keep)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
+        let mut evicted = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: Vec<u8> = row
+                .try_get("id")
+                .map_err(|_| StoreError::corrupt(None, "`id` does not decode"))?;
+            let id = session_id(&id)?;
+            let last_seen_at: i64 = row
+                .try_get("last_seen_at")
+                .map_err(|_| StoreError::corrupt(Some(id), "`last_seen_at` does not decode"))?;
+            let created_at: i64 = row
+                .try_get("created_at")
+                .map_err(|_| StoreError::corrupt(Some(id), "`created_at` does not decode"))?;
+            evicted.push((last_seen_at, created_at, id));
+        }
+        let mut query = sqlx::query(&self.queries.insert);
+        for value in super::sql::insert_values(raw) {
+            query = Self::bind(query, value);
+        }
+        let done = query.execute(&mut *tx).await.map_err(err)?;
+        if done.rows_affected() != 1 {
+            // A lookup key of the record is already held.
+            tx.rollback().await.map_err(err)?;
+            return Err(StoreError::Conflict);
+        }
+        tx.commit().await.map_err(err)?;
+        evicted.sort();
+        Ok(evicted.into_iter().map(|(_, _, id)| id).collect())
     }
 
     async fn revoke_sql(
@@ -256,6 +332,14 @@ impl SqliteStore {
             RevokeOutcome::NotFound
         })
     }
+}
+
+/// Whether a SQLite URL names an in-memory database (`sqlite::memory:`,
+/// `sqlite://:memory:`, `mode=memory`).
+fn is_in_memory(url: &str) -> bool {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    path == ":memory:" || query.split('&').any(|pair| pair == "mode=memory")
 }
 
 impl DialectRow for SqliteRow {
@@ -312,11 +396,27 @@ mod tests {
             ("exists", &q.exists),
             ("revoke_all", &q.revoke_all),
             ("list", &q.list),
+            ("evict", &q.evict),
+            ("purge", &q.purge),
         ] {
             let plan = plan(&store, sql).await;
             assert!(
                 !plan.contains("SCAN tower_hmac_session_records"),
                 "{name} scans the table:\n{plan}"
+            );
+        }
+        // The capped insert's ranking reads the subject's range of the
+        // subject index; the purge, two ranges (expiry, then revocation).
+        let evict = plan(&store, &q.evict).await;
+        assert!(
+            evict.contains("USING INDEX tower_hmac_session_records_subject (subject=?)"),
+            "{evict}"
+        );
+        let purge = plan(&store, &q.purge).await;
+        for index in ["expires_at (expires_at<?)", "revoked_at"] {
+            assert!(
+                purge.contains(&format!("INDEX tower_hmac_session_records_{index}")),
+                "{purge}"
             );
         }
         let lookup = plan(&store, &q.find_active(2)).await;
