@@ -396,3 +396,176 @@ async fn the_session_cap_evicts_the_least_recently_used_under_concurrent_logins(
             .all(|r| r.revocation.reason == RevocationReason::SessionLimit)
     );
 }
+
+fn edge_app(h: &Harness) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/start-then-login",
+            post(|session: Session| async move {
+                session.insert("csrf", "t0k3n")?;
+                session.login("alice").await?;
+                Ok::<_, SessionError>(format!("{:?}", session.get::<String>("csrf")?))
+            }),
+        )
+        .route(
+            "/start-then-logout",
+            post(|session: Session| async move {
+                session.insert("csrf", "t0k3n")?;
+                session.renew().await?;
+                session.logout().await.map(|r| r.to_string())
+            }),
+        )
+        .route(
+            "/start",
+            post(|session: Session| async move { session.insert("csrf", "t0k3n").map(|()| "ok") }),
+        )
+        .route(
+            "/flash",
+            get(|session: Session| async move {
+                let flash: Option<String> = session.remove("flash")?;
+                Ok::<_, SessionError>(format!("{flash:?}"))
+            }),
+        )
+        .route(
+            "/revoke-own",
+            post(|session: Session| async move {
+                let id = session.id().unwrap();
+                session.revoke_device(&id).await.map(|o| format!("{o:?}"))
+            }),
+        )
+        .layer(SessionLayer::new(h.manager.clone()))
+}
+
+async fn edge(h: &Harness, req: http::Request<axum::body::Body>) -> common::TestResponse {
+    common::TestResponse::from(edge_app(h).oneshot(req).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn a_login_in_the_request_that_started_a_pre_login_session_carries_its_data() {
+    let h = Harness::new();
+    let res = edge(&h, request("POST", "/start-then-login", None)).await;
+    assert_eq!(res.body, "Some(\"t0k3n\")");
+    let secret = res.new_secret().unwrap();
+    assert_eq!(
+        h.records().len(),
+        1,
+        "the pre-login session was never stored"
+    );
+    assert_eq!(h.records()[0].data["csrf"], "t0k3n");
+    assert_eq!(h.call("GET", "/me", Some(&secret)).await.body, "alice");
+}
+
+#[tokio::test]
+async fn renew_and_logout_of_a_session_not_yet_stored_store_nothing() {
+    let h = Harness::new();
+    let res = edge(&h, request("POST", "/start-then-logout", None)).await;
+    assert_eq!(res.body, "false");
+    assert!(res.raw_set_cookies.is_empty());
+    assert_eq!(h.store.counts.total(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_pre_login_insert_sends_no_cookie() {
+    let h = Harness::new();
+    h.store
+        .fail_writes
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let res = edge(&h, request("POST", "/start", None)).await;
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.raw_set_cookies.is_empty());
+}
+
+#[tokio::test]
+async fn a_store_outage_never_turns_a_cookie_into_a_new_session() {
+    let config = SessionConfig::builder()
+        .store_error_policy(tower_hmac_session::StoreErrorPolicy::ContinueAnonymous)
+        .build()
+        .unwrap();
+    let h = Harness::with(config, ring(1, &[1]));
+    let secret = h.login("alice").await;
+    h.store
+        .fail_reads
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let res = edge(&h, request("POST", "/start", Some(&secret))).await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        res.raw_set_cookies.is_empty(),
+        "the logged-in cookie must survive"
+    );
+    h.store
+        .fail_reads
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(h.call("GET", "/me", Some(&secret)).await.body, "alice");
+}
+
+#[tokio::test]
+async fn pre_login_sessions_expire_on_their_own_short_clock_and_never_rotate() {
+    let h = Harness::new();
+    let secret = edge(&h, request("POST", "/start", None))
+        .await
+        .new_secret()
+        .unwrap();
+    for _ in 0..3 {
+        h.advance(20 * 60); // past the access ttl each time: no rotation
+        let res = edge(&h, request("GET", "/flash", Some(&secret))).await;
+        assert_eq!(res.body, "None");
+        assert!(res.raw_set_cookies.is_empty());
+    }
+    assert_eq!(Counts::get(&h.store.counts.rotate_applied), 0);
+    h.advance(31 * 60);
+    assert_eq!(
+        h.manager
+            .store()
+            .get_active(&h.records()[0].id, h.manager.now())
+            .await
+            .unwrap(),
+        None,
+        "idle for 31 minutes: ended"
+    );
+}
+
+#[tokio::test]
+async fn reading_a_flash_that_is_not_there_writes_nothing() {
+    let h = Harness::new();
+    let secret = h.login("alice").await;
+    h.store.reset_counts();
+    let res = edge(&h, request("GET", "/flash", Some(&secret))).await;
+    assert_eq!(res.body, "None");
+    assert_eq!(h.store.counts.writes(), 0);
+    // Without a session, nothing is started either.
+    let res = edge(&h, request("GET", "/flash", None)).await;
+    assert!(res.raw_set_cookies.is_empty());
+    assert_eq!(h.store.counts.writes(), 0);
+}
+
+#[tokio::test]
+async fn revoking_ones_own_device_clears_its_cookie() {
+    let h = Harness::new();
+    let secret = h.login("alice").await;
+    let res = edge(&h, request("POST", "/revoke-own", Some(&secret))).await;
+    assert_eq!(res.body, format!("{:?}", RevokeOutcome::Revoked));
+    assert!(res.clears_cookie());
+    assert_eq!(
+        h.call("GET", "/me", Some(&secret)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn logging_in_again_at_the_cap_replaces_without_evicting_another_device() {
+    let config = SessionConfig::builder()
+        .max_sessions_per_subject(Some(2))
+        .build()
+        .unwrap();
+    let h = Harness::with(config, ring(1, &[1]));
+    let laptop = h.login("alice").await;
+    h.advance(10);
+    let phone = h.login("alice").await;
+    h.advance(10);
+    // The phone logs in again: it replaces itself; the laptop stays.
+    let res = h.call("POST", "/login?user=alice", Some(&phone)).await;
+    let phone_again = res.new_secret().unwrap();
+    assert_eq!(h.call("GET", "/me", Some(&laptop)).await.body, "alice");
+    assert_eq!(h.call("GET", "/me", Some(&phone_again)).await.body, "alice");
+    assert_eq!(h.manager.list_for_subject("alice").await.unwrap().len(), 2);
+}
