@@ -569,3 +569,25 @@ async fn logging_in_again_at_the_cap_replaces_without_evicting_another_device() 
     assert_eq!(h.call("GET", "/me", Some(&phone_again)).await.body, "alice");
     assert_eq!(h.manager.list_for_subject("alice").await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn the_client_address_can_come_from_the_connection() {
+    #[derive(Clone)]
+    struct Peer(std::net::SocketAddr);
+    let config = SessionConfig::builder()
+        .client_ip_from(|extensions| extensions.get::<Peer>().map(|p| p.0.ip()))
+        .build()
+        .unwrap();
+    let h = Harness::with(config, ring(1, &[1]));
+    let mut req = request("POST", "/login?user=alice", None);
+    req.extensions_mut()
+        .insert(Peer("198.51.100.4:50000".parse().unwrap()));
+    // A client-written forwarding header is ignored without a trusted proxy.
+    req.headers_mut()
+        .insert("x-forwarded-for", http::HeaderValue::from_static("6.6.6.6"));
+    assert_eq!(h.send(req).await.status, StatusCode::OK);
+    assert_eq!(
+        h.records()[0].client_ip,
+        Some("198.51.100.4".parse().unwrap())
+    );
+}

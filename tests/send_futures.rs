@@ -108,3 +108,13 @@ fn session_futures_are_send(session: Session, id: tower_hmac_session::SessionId)
     send(session.logout_everywhere());
     send(session.devices());
 }
+
+/// `PostgresStore::in_schema` takes a `PgPool`: re-exported, so no sqlx
+/// dependency of the application's own is needed (compile-time check).
+#[cfg(feature = "postgres")]
+#[allow(dead_code)]
+fn a_pool_can_be_built_with_the_reexported_sqlx(
+    pool: tower_hmac_session::store::sqlx::PgPool,
+) -> Result<tower_hmac_session::store::PostgresStore, tower_hmac_session::StoreError> {
+    tower_hmac_session::store::PostgresStore::in_schema(pool, "auth")
+}
