@@ -15,6 +15,8 @@
 #![cfg(all(feature = "redis", feature = "memory"))]
 
 mod common;
+#[path = "common/records.rs"]
+mod records;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,15 +25,15 @@ use std::time::Duration;
 
 use common::{Harness, T0, ring, unique};
 use http::StatusCode;
+use records::{candidate, credential, record, rotated, secs, successor};
 use redis::AsyncCommands as _;
 use time::OffsetDateTime;
 use time::macros::datetime;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tower_hmac_session::store::RedisStore;
 use tower_hmac_session::{
-    Candidate, Credential, Data, KeyVersion, LookupKey, PreviousCredential, Revocation,
-    RevocationReason, RevokeOutcome, SessionConfig, SessionId, SessionRecord, SessionStore, Slot,
-    StoreError, VersionCount,
+    Credential, KeyVersion, Revocation, RevocationReason, RevokeOutcome, SessionConfig, SessionId,
+    SessionRecord, SessionStore, Slot, StoreError, VersionCount,
 };
 
 type Admin = redis::aio::MultiplexedConnection;
@@ -81,80 +83,6 @@ async fn cleanup(admin: &mut Admin, prefix: &str) {
     if !keys.is_empty() {
         let _: () = admin.del(keys).await.unwrap();
     }
-}
-
-fn random_key() -> LookupKey {
-    let (a, b) = (SessionId::generate(), SessionId::generate());
-    let mut bytes = [0u8; 32];
-    bytes[..16].copy_from_slice(a.as_bytes());
-    bytes[16..].copy_from_slice(b.as_bytes());
-    LookupKey::from_bytes(bytes)
-}
-
-fn credential(version: u32) -> Credential {
-    Credential {
-        lookup_key: random_key(),
-        key_version: KeyVersion(version),
-    }
-}
-
-fn secs(n: i64) -> time::Duration {
-    time::Duration::seconds(n)
-}
-
-/// A fresh record created at `now`: idle 1 h, absolute 1 day, key version 1.
-fn record(subject: Option<&str>, now: OffsetDateTime) -> SessionRecord {
-    let mut data = Data::new();
-    data.insert("theme".into(), "dark".into());
-    SessionRecord {
-        id: SessionId::generate(),
-        generation: 0,
-        subject: subject.map(str::to_owned),
-        created_at: now,
-        authenticated_at: subject.map(|_| now),
-        last_seen_at: now,
-        expires_at: now + secs(3600),
-        absolute_expires_at: now + secs(86_400),
-        idle_timeout: Duration::from_secs(3600),
-        persistent: true,
-        access_expires_at: now + secs(900),
-        current: credential(1),
-        previous: None,
-        superseded: None,
-        revoked: None,
-        user_agent: Some("test agent".into()),
-        client_ip: Some("192.0.2.7".parse().unwrap()),
-        data,
-    }
-}
-
-fn candidate(credential: Credential, value_index: u8) -> Candidate {
-    Candidate {
-        key_version: credential.key_version,
-        lookup_key: credential.lookup_key,
-        value_index,
-    }
-}
-
-/// `record` one generation on, with `change` applied.
-fn successor(record: &SessionRecord, change: impl FnOnce(&mut SessionRecord)) -> SessionRecord {
-    let mut next = record.clone();
-    next.generation += 1;
-    change(&mut next);
-    next
-}
-
-/// Moves the current credential to the previous slot (unconfirmed) and
-/// makes `new` current.
-fn rotated(record: &SessionRecord, new: Credential, now: OffsetDateTime) -> SessionRecord {
-    successor(record, |next| {
-        next.previous = Some(PreviousCredential {
-            credential: record.current,
-            rotated_at: now,
-            valid_until: None,
-        });
-        next.current = new;
-    })
 }
 
 async fn found(store: &RedisStore, credential: Credential, now: OffsetDateTime) -> Vec<Slot> {
