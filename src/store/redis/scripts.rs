@@ -152,18 +152,51 @@ end
 return out
 "#;
 
-/// ARGV: P, id, expected generation, now, ttl (ms), value, the index score
-/// of the new record (see [`INSERT`]), how many lookup keys the new record
-/// holds (n), its n lookup keys, then the lookup keys of the record the
-/// caller read. 1 applied, 0 not, -1 a new key is another record's, -2 the
-/// stored value is corrupt.
+/// ARGV: P, id, the header of the record the caller read (see
+/// [`header`](super::value::header)), ttl (ms), value, the index score
+/// of the new record or '' (unchanged: the entry stays), the subject or ''
+/// (none), how many lookup keys the new record holds (n), its n lookup keys,
+/// then the lookup keys of the record the caller read. 1 applied, 0 not, -1
+/// a new key is another record's, -2 the stored value is corrupt.
+///
+/// The compare-and-swap is on the whole header line: it holds the
+/// generation (every write bumps it), the expiries, the revocation and the
+/// lookup keys. When the stored header is byte for byte the one the caller
+/// read, the caller's own checks of that record (active at the write's
+/// time, its keys) are the store's, and the script only writes: one `GET` and a `SET` per
+/// copy. Anything else takes the slow path, which parses the stored header
+/// to tell a lost race (0) from corruption (-2).
 ///
 /// With the record gone, the caller's lookup keys that still hold a copy of
 /// it (an evicted `s:` key) are deleted, so they stop resolving.
 const REPLACE: &str = r#"
-local id, expected, now, ttl, value, score = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local id, expected, ttl, value, score, subject = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local n = tonumber(ARGV[8])
-local r = parse(redis.call('GET', skey(id)))
+local stored = redis.call('GET', skey(id))
+if stored and string.sub(stored, 1, #expected) == expected then
+  local old, new, fresh = {}, {}, {}
+  for i = 9 + n, #ARGV do old[ARGV[i]] = true end
+  for i = 9, 8 + n do
+    new[ARGV[i]] = true
+    if not old[ARGV[i]] then fresh[#fresh + 1] = kkey(ARGV[i]) end
+  end
+  if #fresh > 0 and redis.call('EXISTS', unpack(fresh)) > 0 then return -1 end
+  redis.call('SET', skey(id), value, 'PX', ttl)
+  for i = 9, 8 + n do redis.call('SET', kkey(ARGV[i]), value, 'PX', ttl) end
+  local gone = {}
+  for i = 9 + n, #ARGV do if not new[ARGV[i]] then gone[#gone + 1] = kkey(ARGV[i]) end end
+  if #gone > 0 then redis.call('DEL', unpack(gone)) end
+  -- The index follows the sliding expiry (and takes back an entry a clock
+  -- ahead of this one dropped).
+  if subject ~= '' and score ~= '' then
+    local u = ukey(subject)
+    if redis.call('ZADD', u, score, id) == 1 and redis.call('PTTL', u) < tonumber(ttl) then
+      redis.call('PEXPIRE', u, ttl)
+    end
+  end
+  return 1
+end
+local r = parse(stored)
 if r == nil then
   for i = 9 + n, #ARGV do
     local k = kkey(ARGV[i])
@@ -173,28 +206,7 @@ if r == nil then
   return 0
 end
 if r == false or r.id ~= id then return -2 end
-if r.gen ~= expected or r.rev ~= '-' or not lt(now, r.exp) or not lt(now, r.abs) then return 0 end
-local old, new, fresh = {}, {}, {}
-for _, k in ipairs(r.keys) do old[k] = true end
-for i = 9, 8 + n do
-  new[ARGV[i]] = true
-  if not old[ARGV[i]] then fresh[#fresh + 1] = kkey(ARGV[i]) end
-end
-if #fresh > 0 and redis.call('EXISTS', unpack(fresh)) > 0 then return -1 end
-redis.call('SET', skey(id), value, 'PX', ttl)
-for i = 9, 8 + n do redis.call('SET', kkey(ARGV[i]), value, 'PX', ttl) end
-local gone = {}
-for _, k in ipairs(r.keys) do if not new[k] then gone[#gone + 1] = kkey(k) end end
-if #gone > 0 then redis.call('DEL', unpack(gone)) end
--- The index follows the sliding expiry (and takes back an entry a clock
--- ahead of this one dropped).
-if r.subject ~= '-' then
-  local u = ukey(unhex(r.subject))
-  if redis.call('ZADD', u, score, id) == 1 and redis.call('PTTL', u) < tonumber(ttl) then
-    redis.call('PEXPIRE', u, ttl)
-  end
-end
-return 1
+return 0
 "#;
 
 /// ARGV: P, id, '1' to check the subject (else '0'), subject hex, the

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::builder::RedisStoreBuilder;
 use super::scripts::Scripts;
-use super::value::{decode, encode, hex_of, revocation_field, to_micros};
+use super::value::{decode, encode, header, hex_of, revocation_field, to_micros};
 use crate::keys::{Candidate, KeyVersion, LookupKey};
 use crate::record::{
     ActiveSessionRecord, Revocation, RevokeOutcome, SessionId, SessionMatch, SessionRecord,
@@ -453,12 +453,27 @@ impl SessionStore for RedisStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         check_successor(current, next)?;
+        // The script compares headers only: the conditions the header holds
+        // (not revoked, active at `now`) are checked here, in the stored
+        // precision (whole microseconds), as the slow path would.
+        let now_micros = to_micros(now);
+        if current.revoked.is_some()
+            || now_micros >= to_micros(current.expires_at)
+            || now_micros >= to_micros(current.absolute_expires_at)
+        {
+            return Ok(false);
+        }
         let id = hex_of(current.id.as_bytes());
-        let generation = current.generation.to_string();
-        let now_micros = micros(now);
+        let expected = header(current);
         let ttl = ttl_ms(next.absolute_expires_at, now);
         let value = encode(next);
-        let score = index_score(next.expires_at);
+        // An unchanged score leaves the subject's index alone: one command
+        // less on every data write between touches.
+        let score = match index_score(next.expires_at) {
+            score if score == index_score(current.expires_at) => String::new(),
+            score => score,
+        };
+        let subject = next.subject.as_deref().unwrap_or_default();
         let hex_keys = |record: &SessionRecord| -> Vec<String> {
             record
                 .credentials()
@@ -469,15 +484,16 @@ impl SessionStore for RedisStore {
         let count = keys.len().to_string();
         let mut args: Vec<&[u8]> = vec![
             id.as_bytes(),
-            generation.as_bytes(),
-            now_micros.as_bytes(),
+            &expected,
             ttl.as_bytes(),
             &value,
             score.as_bytes(),
+            subject.as_bytes(),
             count.as_bytes(),
         ];
         args.extend(keys.iter().map(|k| k.as_bytes()));
-        // With the record gone, its copies under these keys are deleted.
+        // The keys the caller read: the stored ones when the headers match,
+        // and with the record gone, its copies under these are deleted.
         args.extend(read_keys.iter().map(|k| k.as_bytes()));
         match self
             .script::<i64>("replace", &self.scripts.replace, &args)

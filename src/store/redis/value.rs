@@ -109,8 +109,10 @@ struct BodyIn {
     data: Data,
 }
 
-/// The stored value of `record`.
-pub(super) fn encode(record: &SessionRecord) -> Vec<u8> {
+/// The header line of `record`'s stored value, newline included. Canonical:
+/// the same record always has the same header, so a write script can
+/// compare a stored header with the one its caller read, byte for byte.
+pub(super) fn header(record: &SessionRecord) -> Vec<u8> {
     let slot =
         |key: Option<&LookupKey>| key.map_or_else(|| "-".to_owned(), |k| hex_of(k.as_bytes()));
     let revocation = match &record.revoked {
@@ -136,6 +138,12 @@ pub(super) fn encode(record: &SessionRecord) -> Vec<u8> {
     .join("|")
     .into_bytes();
     value.push(b'\n');
+    value
+}
+
+/// The stored value of `record`: its [`header`], then its JSON.
+pub(super) fn encode(record: &SessionRecord) -> Vec<u8> {
+    let mut value = header(record);
     let body = BodyOut {
         created_at: to_micros(record.created_at),
         authenticated_at: record.authenticated_at.map(to_micros),
