@@ -88,7 +88,7 @@ pub(crate) async fn page(
     };
 
     let mut events = String::new();
-    for (kind, event) in app.events.interesting(30) {
+    for (kind, event) in app.events.interesting(12) {
         let badge = match kind {
             Kind::Reuse => "<span class=\"badge err\">reuse detected</span>",
             Kind::Ended => "<span class=\"badge warn\">session ended</span>",
@@ -183,8 +183,8 @@ pub(crate) async fn retire(
         Ok(()) => (
             "ok",
             format!(
-                "Key v{} retired. That ended {} {} still under it ({} dormant, {} recently used \
-                 but not yet back).",
+                "Key v{} retired. That ended {} {} still under it, sessions before login \
+                 included ({} dormant, {} recently used but not back since the rotation).",
                 form.version,
                 count.total(),
                 if count.total() == 1 {

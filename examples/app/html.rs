@@ -207,7 +207,7 @@ nav .who{color:#9ca3af;font-size:13px;margin-left:8px;order:9}
 .devbar{background:var(--warn-bg);border-bottom:1px solid #fedf89;color:var(--warn);font-size:13px}
 .devbar .wrap{padding-top:8px;padding-bottom:8px}
 .devbar code{background:#fef0c7}
-main{padding-top:28px;padding-bottom:24px}
+main.wrap{padding-top:28px;padding-bottom:24px}
 footer{color:var(--muted);font-size:13px;padding-bottom:32px}
 h1{font-size:26px;margin:0 0 4px;letter-spacing:-.3px}
 h2{font-size:17px;margin:0 0 12px}

@@ -208,8 +208,8 @@ pub(crate) async fn home(
          <dt>Cookie</dt><dd>{cookie}</dd>\
          <dt>Idle expiry</dt><dd>{idle} <span class=sub>(slides with use)</span></dd>\
          <dt>Hard expiry</dt><dd>{absolute}</dd>\
-         <dt>Key version</dt><dd>v{version}</dd>\
-         <dt>Session id</dt><dd><code>{id}</code></dd></dl></div>\
+         <dt>Key version</dt><dd id=key-version>{version}</dd>\
+         <dt>Session id</dt><dd><code id=session-id>{id}</code></dd></dl></div>\
          <div class=card><h2>Try it</h2><ul>\
          <li><a href=\"/devices\">Your devices</a>: sign in from another browser, then sign it \
          out from here.</li>\
