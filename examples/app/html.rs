@@ -133,9 +133,14 @@ pub(crate) fn relative(at: OffsetDateTime, now: OffsetDateTime) -> String {
                 "just now".into()
             };
         }
-        60..=3599 => format!("{} min", s / 60),
-        3600..=86_399 => format!("{} h", s / 3600),
-        _ => format!("{} days", s / 86_400),
+        // Rounded to the nearest unit: an idle timeout of 7 days just
+        // renewed reads "in 7 days", not "in 6 days".
+        60..=3599 => format!("{} min", (s + 30) / 60),
+        3600..=86_399 => format!("{} h", (s + 1800) / 3600),
+        _ => match (s + 43_200) / 86_400 {
+            1 => "1 day".to_owned(),
+            days => format!("{days} days"),
+        },
     };
     if ahead {
         format!("in {amount}")

@@ -241,6 +241,7 @@ pub(crate) async fn home(
 
 pub(crate) fn duration_text(d: std::time::Duration) -> String {
     match d.as_secs() {
+        1 => "1 second".to_owned(),
         s if s < 120 => format!("{s} seconds"),
         s if s < 7200 => format!("{} minutes", s / 60),
         s => format!("{} hours", s / 3600),
