@@ -103,6 +103,8 @@ pub struct FaultyStore {
     faults: Mutex<BTreeMap<Op, Fault>>,
     calls: [AtomicU64; 9],
     injected: AtomicU64,
+    /// The most candidates one `find_active` carried.
+    max_candidates: AtomicU64,
 }
 
 impl std::fmt::Debug for FaultyStore {
@@ -124,6 +126,7 @@ impl FaultyStore {
             faults: Mutex::new(BTreeMap::new()),
             calls: Default::default(),
             injected: AtomicU64::new(0),
+            max_candidates: AtomicU64::new(0),
         }
     }
 
@@ -157,6 +160,11 @@ impl FaultyStore {
 
     pub fn calls(&self, op: Op) -> u64 {
         self.calls[op as usize].load(Ordering::SeqCst)
+    }
+
+    /// The most candidates (lookup keys) one `find_active` carried.
+    pub fn max_candidates(&self) -> u64 {
+        self.max_candidates.load(Ordering::SeqCst)
     }
 
     /// How many calls met a fault other than [`Fault::None`].
@@ -212,6 +220,8 @@ impl SessionStore for FaultyStore {
         candidates: &[Candidate],
         now: OffsetDateTime,
     ) -> Result<Vec<SessionMatch>, StoreError> {
+        self.max_candidates
+            .fetch_max(candidates.len() as u64, Ordering::SeqCst);
         let work = self.inner.find_active(candidates, now);
         if self.fault(Op::FindActive) == Fault::Corrupt {
             // Name the record the lookup would have found, as a real
