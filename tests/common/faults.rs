@@ -441,23 +441,27 @@ impl Snapshot {
 pub struct Ledger {
     secrets: Mutex<Vec<[u8; 32]>>,
     rings: Mutex<Vec<KeyRing>>,
-    keys: Mutex<Vec<Vec<u8>>>,
+    /// Key bytes by version: a version keeps its key across rings.
+    keys: Mutex<BTreeMap<u32, Vec<u8>>>,
 }
 
 impl Ledger {
-    /// A key ring of fresh random keys (so a match in a log is no accident),
-    /// registered with the ledger.
+    /// A key ring of random keys (so a match in a log is no accident),
+    /// registered with the ledger; a version the ledger made before keeps
+    /// its key, as in a real key rotation.
     pub fn ring(&self, current: u32, versions: &[u32]) -> KeyRing {
+        let mut keys = self.keys.lock().unwrap();
         let ring = versions
             .iter()
             .fold(KeyRing::builder(), |b, &v| {
-                let key = [
-                    *SessionSecret::generate().expose_bytes(),
-                    *SessionSecret::generate().expose_bytes(),
-                ]
-                .concat();
-                self.keys.lock().unwrap().push(key.clone());
-                b.key(v, key)
+                let key = keys.entry(v).or_insert_with(|| {
+                    [
+                        *SessionSecret::generate().expose_bytes(),
+                        *SessionSecret::generate().expose_bytes(),
+                    ]
+                    .concat()
+                });
+                b.key(v, key.clone())
             })
             .current(current)
             .build()
@@ -502,10 +506,11 @@ impl Ledger {
                 }
             }
         }
-        for (i, key) in self.keys.lock().unwrap().iter().enumerate() {
-            out.extend(forms(&format!("HMAC key {i}"), key));
+        for (v, key) in self.keys.lock().unwrap().iter() {
+            out.extend(forms(&format!("HMAC key v{v}"), key));
             // Half a key is as bad as all of it.
-            out.extend(forms(&format!("first half of HMAC key {i}"), &key[..16]));
+            out.extend(forms(&format!("first half of HMAC key v{v}"), &key[..32]));
+            out.extend(forms(&format!("second half of HMAC key v{v}"), &key[32..]));
         }
         out
     }
@@ -564,5 +569,48 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0 % n
+    }
+}
+
+/// Captured `tracing` output of every thread of this test binary (a
+/// global subscriber, TRACE level, every target): unlike [`super::LogCapture`],
+/// it also sees drivers' worker threads and multi-threaded runtimes. One
+/// per process: every test in the binary writes to the same buffer.
+pub fn global_log() -> GlobalLog {
+    static BUFFER: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    let buffer = BUFFER.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = GlobalWriter(buffer.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary");
+        buffer
+    });
+    GlobalLog(buffer.clone())
+}
+
+#[derive(Clone)]
+struct GlobalWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for GlobalWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub struct GlobalLog(Arc<Mutex<Vec<u8>>>);
+
+impl GlobalLog {
+    /// Everything captured so far, by every test of the binary.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
     }
 }
