@@ -544,7 +544,7 @@ pub fn forms(label: &str, bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
         ("base64 padded", STANDARD.encode(bytes).into_bytes()),
         ("Debug", debug.clone().into_bytes()),
         // Debug without its brackets: a prefix of a longer array.
-        ("Debug inner", debug[1..debug.len() - 1].as_bytes().to_vec()),
+        ("Debug inner", debug.as_bytes()[1..debug.len() - 1].to_vec()),
     ]
     .into_iter()
     .map(|(form, needle)| (format!("{label} ({form})"), needle))
