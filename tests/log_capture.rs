@@ -288,6 +288,8 @@ async fn no_secret_reaches_the_log_over_sqlite_with_its_driver_logging() {
         "the driver's own events are captured"
     );
     assert_clean(&logs, &flow_ids, &ledger);
+    drop(h);
+    store.pool().close().await;
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
