@@ -3,6 +3,8 @@
 //! handlers under `SessionLayer`, on a `MockClock`.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod faults;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
