@@ -75,8 +75,9 @@ where
         })
     });
     eprintln!(
-        "model on {backend}: {cases} cases of up to {max_ops} ops in {:.1?}",
-        started.elapsed()
+        "model on {backend}: {cases} cases of up to {max_ops} ops in {:.1?}; rules applied (shrinking included): {:?}",
+        started.elapsed(),
+        spec::take_stats(),
     );
     if let Err(error) = result {
         panic!("model on {backend}: {error}");

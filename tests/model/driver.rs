@@ -75,14 +75,14 @@ fn router(h: &Harness) -> Router {
             if q.pair {
                 barrier.wait().await;
             }
+            // The request runs this long.
+            clock.advance(Duration::from_secs(q.slow));
             if let Some(key) = &q.set {
                 session.insert(key, q.value.clone().unwrap_or_default())?;
             }
             if let Some(key) = &q.remove {
                 session.remove::<serde_json::Value>(key)?;
             }
-            // The request runs this long.
-            clock.advance(Duration::from_secs(q.slow));
             Ok::<_, SessionError>(match session.active() {
                 Some(a) => serde_json::json!({
                     "id": a.id.to_string(),
@@ -167,6 +167,23 @@ pub async fn run(h: &Harness, ops: &[Op]) -> Result<(), String> {
     // A ring per key version there ever was, to derive the lookup keys the
     // store must hold (a ring holds at most 8).
     let all_keys: Vec<KeyRing> = (1..=MAX_VERSION).map(|v| common::ring(v, &[v])).collect();
+    // Every run starts with two clients logged in (as different subjects),
+    // so that most runs reach rotation.
+    let prelude = [
+        Op::Login {
+            client: 0,
+            user: 0,
+            lost: false,
+        },
+        Op::Login {
+            client: 1,
+            user: 1,
+            lost: false,
+        },
+    ];
+    for op in &prelude {
+        step_op(h, &mut m, op).await?;
+    }
     for (step, op) in ops.iter().enumerate() {
         let before = m.clone();
         let result = match step_op(h, &mut m, op).await {
@@ -195,7 +212,7 @@ async fn step_op(h: &Harness, m: &mut Model, op: &Op) -> Result<(), String> {
             let seen = send(h, "POST", &model_uri(&call, slow, false), &values).await;
             let resolved = m.resolve(&values);
             check_reuse(h, m, &resolved, &seen).await?;
-            let handled = m.handle(resolved, call.data);
+            let handled = m.handle(resolved, !values.is_empty(), call.data);
             m.now += i64::from(slow);
             m.finish(handled, &seen)?;
             check_served(&seen, &dead, faithful.map(|i| (i, &*m)))?;
@@ -331,8 +348,8 @@ async fn pair(h: &Harness, m: &mut Model, a: Call, b: Call) -> Result<(), String
             let y = t.resolve(&vb);
             (t.resolve(&va), y)
         };
-        let ha = t.handle(resolved_a, a.data);
-        let hb = t.handle(resolved_b, b.data);
+        let ha = t.handle(resolved_a, !va.is_empty(), a.data);
+        let hb = t.handle(resolved_b, !vb.is_empty(), b.data);
         let result = if a_writes_first {
             t.finish(ha, &sa).and_then(|()| t.finish(hb, &sb))
         } else {
@@ -340,6 +357,7 @@ async fn pair(h: &Harness, m: &mut Model, a: Call, b: Call) -> Result<(), String
         };
         match result {
             Ok(()) => {
+                spec::note(if a_writes_first { "pair, a wrote first" } else { "pair, b wrote first" });
                 *m = t;
                 check_served(&sa, &dead, fa.map(|i| (i, &*m)))?;
                 check_served(&sb, &dead, fb.map(|i| (i, &*m)))?;
@@ -372,7 +390,7 @@ fn seen_is(seen: &Observed, status: u16, body: &str, cookie: &SetCookie) -> Resu
 /// A handler that fails with 401 before touching the session: the way out
 /// still maintains a served session (a session before login, here).
 fn refused(m: &mut Model, resolved: Resolved, seen: &Observed) -> Result<(), String> {
-    let mut handled = m.handle(resolved, Data::Read);
+    let mut handled = m.handle(resolved, true, Data::Read);
     handled.status = 401;
     handled.body = spec::Expected::Text("not signed in".into());
     m.finish(handled, seen)
@@ -442,9 +460,11 @@ fn revoke_device(
         _ => return refused(m, resolved, seen),
     };
     let t = &m.sessions[target];
-    let revoked = t.active(m.now) && t.subject == subject;
+    // Like `revoke_all_for_subject`, every store revokes (and reports
+    // `Revoked` for) a session that expired but was never revoked.
+    let revoked = t.ended.is_none() && t.subject == subject;
     if revoked {
-        m.end(target, End::RevokedByUser);
+        m.sessions[target].ended = Some(End::RevokedByUser);
     }
     if revoked && target == index {
         return seen_is(seen, 200, "Revoked", &SetCookie::Clear);
@@ -453,7 +473,7 @@ fn revoke_device(
         return Err(format!("expected revoked: {revoked}, got {seen:?}"));
     }
     // The caller's own session is maintained on the way out as usual.
-    let mut handled = m.handle(resolved, Data::Read);
+    let mut handled = m.handle(resolved, true, Data::Read);
     handled.body = spec::Expected::Text(seen.body.clone());
     m.finish(handled, seen)
 }
@@ -503,6 +523,7 @@ fn check_served(
         }
     }
     if let Some((index, m)) = faithful {
+        spec::note("faithful client checked");
         let s = &m.sessions[index];
         // A request that outlives its session's expiry is refused its write.
         let expired_meanwhile = s.ended.is_none() && !s.active(m.now);

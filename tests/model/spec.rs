@@ -8,7 +8,24 @@
 //! response with what the model expects, and takes each fresh secret from
 //! it: a new secret is random, so the model only knows *that* one is due.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+
+thread_local! {
+    /// How often each rule applied in this thread's runs (a run's driver
+    /// runs on its test's thread): shows what the random sequences reach.
+    static STATS: RefCell<BTreeMap<&'static str, u64>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// Counts one use of a rule.
+pub fn note(what: &'static str) {
+    STATS.with(|s| *s.borrow_mut().entry(what).or_default() += 1);
+}
+
+/// The counts so far, and a reset.
+pub fn take_stats() -> BTreeMap<&'static str, u64> {
+    STATS.with(|s| std::mem::take(&mut *s.borrow_mut()))
+}
 
 /// The config every run uses (see `driver::config`).
 pub const IDLE: i64 = 3_600;
@@ -226,6 +243,10 @@ pub struct Handled {
     pub resolved: Resolved,
     /// When the request arrived.
     pub arrived: i64,
+    /// Whether it carried a cookie value: without one the layer reads the
+    /// clock only when something needs the time (here: the handler's
+    /// `insert`, after the request's `slow` seconds).
+    pub with_cookie: bool,
     /// The data patch (empty: `None`).
     pub patch: Change,
     /// The handler's answer.
@@ -333,6 +354,15 @@ impl Model {
             secret: fresh.clone().expect("a rotation has a fresh secret"),
             version: self.current_version,
         };
+        note(match decision {
+            Decision::Serve | Decision::Reuse => "serve",
+            Decision::Confirm { rekey: false } => "confirm",
+            Decision::Confirm { rekey: true } => "confirm+rekey",
+            Decision::Rotate => "rotate",
+            Decision::ReRotate => "re-rotate",
+            Decision::Rekey { .. } => "rekey",
+            Decision::Touch => "touch",
+        });
         match decision {
             Decision::Serve | Decision::Reuse => return,
             Decision::Confirm { rekey } => {
@@ -411,6 +441,7 @@ impl Model {
             return Resolved::Nothing;
         };
         if matches.iter().any(|m| m.0 != index) {
+            note("two sessions");
             return Resolved::Unusable;
         }
         let s = &self.sessions[index];
@@ -418,6 +449,7 @@ impl Model {
             .iter()
             .any(|&(_, slot, v)| self.decide(s, slot, v, self.now, self.now) == Decision::Reuse);
         if reuse {
+            note("reuse");
             self.sessions[index].ended = Some(End::Reuse);
             return Resolved::Reuse(index);
         }
@@ -431,7 +463,7 @@ impl Model {
     }
 
     /// Step 2 for `/model`: the handler reads, and sets or removes a key.
-    pub fn handle(&self, resolved: Resolved, data: crate::ops::Data) -> Handled {
+    pub fn handle(&self, resolved: Resolved, with_cookie: bool, data: crate::ops::Data) -> Handled {
         use crate::ops::Data;
         let found = match &resolved {
             Resolved::Served { found, .. } => Some(found),
@@ -442,6 +474,7 @@ impl Model {
             maintain: found.is_some(),
             resolved: resolved.clone(),
             arrived: self.now,
+            with_cookie,
             patch: None,
             status: 200,
             body: Expected::Anonymous,
@@ -536,6 +569,7 @@ impl Model {
                     }
                     Some((k, v)) => {
                         if !found.active(now) {
+                            note("write after expiry refused");
                             status = 401;
                             body = Expected::Text("session ended".into());
                         } else if unchanged(self) {
@@ -562,6 +596,7 @@ impl Model {
                         } else if self.sessions[index].active(now) {
                             // Lost the race: the patch alone, on the record
                             // as stored now.
+                            note("lost race, patch retried");
                             let s = &mut self.sessions[index];
                             patch_data(&mut s.data, k, v);
                             s.generation += 1;
@@ -577,20 +612,22 @@ impl Model {
                 let Expected::Report { data, .. } = &h.body else {
                     unreachable!("a started session is reported")
                 };
+                let at = if h.with_cookie { h.arrived } else { now };
                 let id = seen
                     .served_id()
                     .ok_or_else(|| format!("a started session must be reported: {seen:?}"))?;
                 let secret = seen.new_secret(None)?;
+                note("session before login");
                 created = Some(Sess {
                     id: id.clone(),
                     subject: None,
                     persistent: false,
                     idle: PRE_LOGIN_IDLE,
-                    created: h.arrived,
-                    last_seen: h.arrived,
-                    expires: (h.arrived + PRE_LOGIN_IDLE).min(h.arrived + PRE_LOGIN_ABSOLUTE),
-                    absolute: h.arrived + PRE_LOGIN_ABSOLUTE,
-                    access_expires: h.arrived + PRE_LOGIN_ABSOLUTE,
+                    created: at,
+                    last_seen: at,
+                    expires: (at + PRE_LOGIN_IDLE).min(at + PRE_LOGIN_ABSOLUTE),
+                    absolute: at + PRE_LOGIN_ABSOLUTE,
+                    access_expires: at + PRE_LOGIN_ABSOLUTE,
                     current: Cred {
                         secret,
                         version: self.current_version,
