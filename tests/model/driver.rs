@@ -328,9 +328,10 @@ async fn pair(h: &Harness, m: &mut Model, a: Call, b: Call) -> Result<(), String
     let (ca, cb) = (usize::from(a.client), usize::from(b.client));
     let (va, vb) = (m.presented(ca, a.cookie), m.presented(cb, b.cookie));
     let dead = dead_ids(m);
-    let (fa, fb) = (faithful(m, ca, &va), faithful(m, cb, &vb));
+    // Either request may be the one that presents an old secret.
     m.taint(ca, &va);
     m.taint(cb, &vb);
+    let (fa, fb) = (faithful(m, ca, &va), faithful(m, cb, &vb));
     let (ua, ub) = (model_uri(&a, 0, true), model_uri(&b, 0, true));
     let (ra, rb) = tokio::join!(
         h.router.clone().oneshot(request("POST", &ua, &va)),
