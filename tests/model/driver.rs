@@ -182,11 +182,11 @@ pub async fn run(h: &Harness, ops: &[Op]) -> Result<(), String> {
         },
     ];
     for op in &prelude {
-        step_op(h, &mut m, op).await?;
+        step_op(h, &mut m, op, &all_keys).await?;
     }
     for (step, op) in ops.iter().enumerate() {
         let before = m.clone();
-        let result = match step_op(h, &mut m, op).await {
+        let result = match step_op(h, &mut m, op, &all_keys).await {
             Ok(()) => check_store(h, &m, &all_keys).await,
             Err(e) => Err(e),
         };
@@ -200,7 +200,7 @@ pub async fn run(h: &Harness, ops: &[Op]) -> Result<(), String> {
     Ok(())
 }
 
-async fn step_op(h: &Harness, m: &mut Model, op: &Op) -> Result<(), String> {
+async fn step_op(h: &Harness, m: &mut Model, op: &Op, all_keys: &[KeyRing]) -> Result<(), String> {
     let user = |u: u8| format!("user{u}");
     match *op {
         Op::Request { call, lost, slow } => {
@@ -220,7 +220,7 @@ async fn step_op(h: &Harness, m: &mut Model, op: &Op) -> Result<(), String> {
                 m.follow(client, &seen.cookie);
             }
         }
-        Op::Pair(a, b) => pair(h, m, a, b).await?,
+        Op::Pair(a, b) => pair(h, m, a, b, all_keys).await?,
         Op::Login { client, user: u, lost } => {
             let c = usize::from(client);
             let values = m.presented(c, Cookie::Jar);
@@ -282,8 +282,8 @@ async fn step_op(h: &Harness, m: &mut Model, op: &Op) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("revoke_all_for_subject: {e}"))?;
             let expected = m.end_subject(&user(u), None, End::Admin);
-            if count != expected {
-                return Err(format!("revoked {count} sessions, expected {expected}"));
+            if !expected.contains(&count) {
+                return Err(format!("revoked {count} sessions, expected {expected:?}"));
             }
         }
         Op::Share { from, to } => {
@@ -323,8 +323,15 @@ async fn step_op(h: &Harness, m: &mut Model, op: &Op) -> Result<(), String> {
 /// Two `/model` requests resolved together (both look the session up before
 /// either handler goes on), then finished in whatever order the runtime
 /// and the store give. The model tries each order of the two lookups and
-/// of the two writes and keeps the first that explains both responses.
-async fn pair(h: &Harness, m: &mut Model, a: Call, b: Call) -> Result<(), String> {
+/// of the two writes and keeps the first that explains both responses and
+/// what the store holds after them.
+async fn pair(
+    h: &Harness,
+    m: &mut Model,
+    a: Call,
+    b: Call,
+    all_keys: &[KeyRing],
+) -> Result<(), String> {
     let (ca, cb) = (usize::from(a.client), usize::from(b.client));
     let (va, vb) = (m.presented(ca, a.cookie), m.presented(cb, b.cookie));
     let dead = dead_ids(m);
@@ -355,6 +362,12 @@ async fn pair(h: &Harness, m: &mut Model, a: Call, b: Call) -> Result<(), String
             t.finish(ha, &sa).and_then(|()| t.finish(hb, &sb))
         } else {
             t.finish(hb, &sb).and_then(|()| t.finish(ha, &sa))
+        };
+        // Both orders may answer alike and leave different data (a remove
+        // and a set of one key): the store says which happened.
+        let result = match result {
+            Ok(()) => check_store(h, &t, all_keys).await,
+            Err(e) => Err(e),
         };
         match result {
             Ok(()) => {
@@ -414,7 +427,11 @@ fn subject_op(m: &mut Model, op: &Op, resolved: Resolved, seen: &Observed) -> Re
         (_, None) => refused(m, resolved, seen),
         (Op::LogoutEverywhere { .. }, Some(subject)) => {
             let count = m.end_subject(&subject, None, End::LogoutEverywhere);
-            seen_is(seen, 200, &count.to_string(), &SetCookie::Clear)
+            let body = seen.body.parse().map_err(|_| format!("a count: {seen:?}"))?;
+            if !count.contains(&body) {
+                return Err(format!("expected {count:?} revoked: {seen:?}"));
+            }
+            seen_is(seen, 200, &seen.body, &SetCookie::Clear)
         }
         (_, Some(subject)) => {
             let secret = match &seen.cookie {
@@ -423,7 +440,11 @@ fn subject_op(m: &mut Model, op: &Op, resolved: Resolved, seen: &Observed) -> Re
             };
             m.renew(index, secret);
             let count = m.end_subject(&subject, Some(index), End::LogoutOthers);
-            new_secret(seen, 200, &count.to_string(), max_age).map(drop)
+            let body = seen.body.parse().map_err(|_| format!("a count: {seen:?}"))?;
+            if !count.contains(&body) {
+                return Err(format!("expected {count:?} revoked: {seen:?}"));
+            }
+            new_secret(seen, 200, &seen.body, max_age).map(drop)
         }
     }
 }
@@ -461,16 +482,17 @@ fn revoke_device(
         _ => return refused(m, resolved, seen),
     };
     let t = &m.sessions[target];
-    // Like `revoke_all_for_subject`, every store revokes (and reports
-    // `Revoked` for) a session that expired but was never revoked.
-    let revoked = t.ended.is_none() && t.subject == subject;
-    if revoked {
+    // A session that expired but was never revoked may be reported either
+    // way: memory and SQL stores say `Revoked`, Redis does not.
+    let revoked = t.active(m.now) && t.subject == subject;
+    let either = !revoked && t.ended.is_none() && t.subject == subject;
+    if revoked || either {
         m.sessions[target].ended = Some(End::RevokedByUser);
     }
     if revoked && target == index {
         return seen_is(seen, 200, "Revoked", &SetCookie::Clear);
     }
-    if revoked != (seen.body == "Revoked") {
+    if !either && revoked != (seen.body == "Revoked") {
         return Err(format!("expected revoked: {revoked}, got {seen:?}"));
     }
     // The caller's own session is maintained on the way out as usual.

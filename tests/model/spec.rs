@@ -734,18 +734,26 @@ impl Model {
         }
     }
 
-    /// Ends every session of `subject` but `except`; how many. Every store
-    /// counts the ones not yet revoked, expired or not (the trait does not
-    /// say; see the report on issue #10).
-    pub fn end_subject(&mut self, subject: &str, except: Option<usize>, why: End) -> u64 {
-        let mut count = 0;
+    /// Ends every session of `subject` but `except`; how many the store may
+    /// report: the live ones, and perhaps those that expired without being
+    /// revoked (memory and SQL stores count them, Redis does not; the trait
+    /// does not say).
+    pub fn end_subject(
+        &mut self,
+        subject: &str,
+        except: Option<usize>,
+        why: End,
+    ) -> std::ops::RangeInclusive<u64> {
+        let now = self.now;
+        let (mut live, mut unrevoked) = (0, 0);
         for (i, s) in self.sessions.iter_mut().enumerate() {
             if Some(i) != except && s.subject.as_deref() == Some(subject) && s.ended.is_none() {
+                live += u64::from(s.active(now));
+                unrevoked += 1;
                 s.ended = Some(why);
-                count += 1;
             }
         }
-        count
+        live..=unrevoked
     }
 
     /// A client follows the `Set-Cookie` it received.
