@@ -13,8 +13,8 @@ use http::{Request, header};
 use tokio::sync::Barrier;
 use tower::ServiceExt as _;
 use tower_hmac_session::{
-    KeyRing, KeyVersion, MockClock, Session, SessionConfig, SessionError, SessionId,
-    SessionLayer, SessionRecord, SessionSecret, SessionStore,
+    KeyRing, KeyVersion, MockClock, Session, SessionConfig, SessionError, SessionId, SessionLayer,
+    SessionRecord, SessionSecret, SessionStore,
 };
 
 use crate::common::{self, COOKIE, Harness, T0, TestResponse};
@@ -26,7 +26,7 @@ const MAX_VERSION: u32 = 32;
 
 /// The config of every run: short lifetimes, so that random clock steps
 /// cross every boundary; no per-subject cap.
-pub fn config() -> SessionConfig {
+pub(crate) fn config() -> SessionConfig {
     let secs = |s: i64| Duration::from_secs(s.unsigned_abs());
     SessionConfig::builder()
         .idle_timeout(secs(spec::IDLE))
@@ -106,7 +106,7 @@ fn router(h: &Harness) -> Router {
         .layer(SessionLayer::new(h.manager.clone()))
 }
 
-pub fn harness_on(store: Arc<common::TestStore>) -> Harness {
+pub(crate) fn harness_on(store: Arc<common::TestStore>) -> Harness {
     let mut h = Harness::on(store, config(), common::ring(1, &[1]));
     h.router = router(&h);
     h
@@ -155,14 +155,20 @@ fn model_uri(call: &Call, slow: u32, pair: bool) -> String {
 
 /// Sends one request and returns what the model compares.
 async fn send(h: &Harness, method: &str, uri: &str, values: &[String]) -> Observed {
-    let res = TestResponse::from(h.router.clone().oneshot(request(method, uri, values)).await.unwrap())
-        .await;
+    let res = TestResponse::from(
+        h.router
+            .clone()
+            .oneshot(request(method, uri, values))
+            .await
+            .unwrap(),
+    )
+    .await;
     observe(&res)
 }
 
 /// One run: every op against the app and the model, the invariants after
 /// each. The error names the step, the op and what differed.
-pub async fn run(h: &Harness, ops: &[Op]) -> Result<(), String> {
+pub(crate) async fn run(h: &Harness, ops: &[Op]) -> Result<(), String> {
     let mut m = Model::new(usize::from(crate::ops::CLIENTS));
     // A ring per key version there ever was, to derive the lookup keys the
     // store must hold (a ring holds at most 8).
@@ -221,7 +227,11 @@ async fn step_op(h: &Harness, m: &mut Model, op: &Op, all_keys: &[KeyRing]) -> R
             }
         }
         Op::Pair(a, b) => pair(h, m, a, b, all_keys).await?,
-        Op::Login { client, user: u, lost } => {
+        Op::Login {
+            client,
+            user: u,
+            lost,
+        } => {
             let c = usize::from(client);
             let values = m.presented(c, Cookie::Jar);
             let seen = send(h, "POST", &format!("/login?user={}", user(u)), &values).await;
@@ -347,7 +357,9 @@ async fn pair(
     let sa = observe(&TestResponse::from(ra.unwrap()).await);
     let sb = observe(&TestResponse::from(rb.unwrap()).await);
     let mut errors = Vec::new();
-    for (a_looks_first, a_writes_first) in [(true, false), (true, true), (false, true), (false, false)] {
+    for (a_looks_first, a_writes_first) in
+        [(true, false), (true, true), (false, true), (false, false)]
+    {
         let mut t = m.clone();
         let (resolved_a, resolved_b) = if a_looks_first {
             let x = t.resolve(&va);
@@ -371,7 +383,11 @@ async fn pair(
         };
         match result {
             Ok(()) => {
-                spec::note(if a_writes_first { "pair, a wrote first" } else { "pair, b wrote first" });
+                spec::note(if a_writes_first {
+                    "pair, a wrote first"
+                } else {
+                    "pair, b wrote first"
+                });
                 *m = t;
                 check_served(&sa, &dead, fa.map(|i| (i, &*m)))?;
                 check_served(&sb, &dead, fb.map(|i| (i, &*m)))?;
@@ -412,9 +428,12 @@ fn refused(m: &mut Model, resolved: Resolved, seen: &Observed) -> Result<(), Str
 
 fn subject_op(m: &mut Model, op: &Op, resolved: Resolved, seen: &Observed) -> Result<(), String> {
     let (index, subject, persistent, absolute) = match &resolved {
-        Resolved::Served { index, found, .. } => {
-            (*index, found.subject.clone(), found.persistent, found.absolute)
-        }
+        Resolved::Served { index, found, .. } => (
+            *index,
+            found.subject.clone(),
+            found.persistent,
+            found.absolute,
+        ),
         _ => return refused(m, resolved, seen),
     };
     let max_age = persistent.then_some(absolute - m.now);
@@ -427,7 +446,10 @@ fn subject_op(m: &mut Model, op: &Op, resolved: Resolved, seen: &Observed) -> Re
         (_, None) => refused(m, resolved, seen),
         (Op::LogoutEverywhere { .. }, Some(subject)) => {
             let count = m.end_subject(&subject, None, End::LogoutEverywhere);
-            let body = seen.body.parse().map_err(|_| format!("a count: {seen:?}"))?;
+            let body = seen
+                .body
+                .parse()
+                .map_err(|_| format!("a count: {seen:?}"))?;
             if !count.contains(&body) {
                 return Err(format!("expected {count:?} revoked: {seen:?}"));
             }
@@ -440,7 +462,10 @@ fn subject_op(m: &mut Model, op: &Op, resolved: Resolved, seen: &Observed) -> Re
             };
             m.renew(index, secret);
             let count = m.end_subject(&subject, Some(index), End::LogoutOthers);
-            let body = seen.body.parse().map_err(|_| format!("a count: {seen:?}"))?;
+            let body = seen
+                .body
+                .parse()
+                .map_err(|_| format!("a count: {seen:?}"))?;
             if !count.contains(&body) {
                 return Err(format!("expected {count:?} revoked: {seen:?}"));
             }
@@ -524,11 +549,15 @@ fn faithful(m: &Model, client: usize, values: &[String]) -> Option<usize> {
     let s = &m.sessions[index];
     let documented_end = matches!(s.ended, Some(e) if e != End::Reuse);
     let expired = m.now >= s.expires || m.now >= s.absolute;
-    let version = [Some(&s.current), s.previous.as_ref().map(|p| &p.cred), s.superseded.as_ref()]
-        .into_iter()
-        .flatten()
-        .find(|c| &c.secret == jar)
-        .map(|c| c.version)?;
+    let version = [
+        Some(&s.current),
+        s.previous.as_ref().map(|p| &p.cred),
+        s.superseded.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|c| &c.secret == jar)
+    .map(|c| c.version)?;
     let retired = !m.versions.contains(&version);
     (!s.tainted && !documented_end && !expired && !retired).then_some(index)
 }
@@ -540,10 +569,12 @@ fn check_served(
     dead: &[String],
     faithful: Option<(usize, &Model)>,
 ) -> Result<(), String> {
-    if let Some(id) = seen.served_id() {
-        if dead.contains(&id) {
-            return Err(format!("INVARIANT: a revoked or expired session served: {seen:?}"));
-        }
+    if let Some(id) = seen.served_id()
+        && dead.contains(&id)
+    {
+        return Err(format!(
+            "INVARIANT: a revoked or expired session served: {seen:?}"
+        ));
     }
     if let Some((index, m)) = faithful {
         spec::note("faithful client checked");
@@ -578,7 +609,8 @@ async fn check_reuse(
     let s = &m.sessions[index.to_owned()];
     let id: SessionId = s.id.parse().unwrap();
     let stored = h.store.inner.get_active(&id, h.manager.now()).await;
-    if seen.cookie != SetCookie::Clear || seen.served_id().is_some() || !matches!(stored, Ok(None)) {
+    if seen.cookie != SetCookie::Clear || seen.served_id().is_some() || !matches!(stored, Ok(None))
+    {
         return Err(format!(
             "INVARIANT: reuse must end session {}: {seen:?}, stored {stored:?}",
             s.id
@@ -611,7 +643,12 @@ async fn check_store(h: &Harness, m: &Model, all_keys: &[KeyRing]) -> Result<(),
                     s.id, s.ended, s.expires, s.absolute
                 ));
             }
-            (true, None) => return Err(format!("session {} is live in the model, not in the store", s.id)),
+            (true, None) => {
+                return Err(format!(
+                    "session {} is live in the model, not in the store",
+                    s.id
+                ));
+            }
             (true, Some(r)) => compare(s, &r, all_keys)?,
         }
     }
@@ -654,16 +691,23 @@ fn compare(s: &spec::Sess, r: &SessionRecord, all_keys: &[KeyRing]) -> Result<()
         ("created_at", r.created_at == at(s.created)),
         ("last_seen_at", r.last_seen_at == at(s.last_seen)),
         ("expires_at", r.expires_at == at(s.expires)),
-        ("access_expires_at", r.access_expires_at == at(s.access_expires)),
+        (
+            "access_expires_at",
+            r.access_expires_at == at(s.access_expires),
+        ),
         ("current", r.current == lookup(&s.current)),
         (
             "previous",
-            r.previous.map(|p| (p.credential, p.rotated_at, p.valid_until))
-                == s.previous.as_ref().map(|p| {
-                    (lookup(&p.cred), at(p.rotated_at), p.valid_until.map(at))
-                }),
+            r.previous
+                .map(|p| (p.credential, p.rotated_at, p.valid_until))
+                == s.previous
+                    .as_ref()
+                    .map(|p| (lookup(&p.cred), at(p.rotated_at), p.valid_until.map(at))),
         ),
-        ("superseded", r.superseded == s.superseded.as_ref().map(lookup)),
+        (
+            "superseded",
+            r.superseded == s.superseded.as_ref().map(lookup),
+        ),
         ("data", r.data == data),
     ];
     let wrong: Vec<&str> = fields.iter().filter(|f| !f.1).map(|f| f.0).collect();
@@ -677,6 +721,6 @@ fn compare(s: &spec::Sess, r: &SessionRecord, all_keys: &[KeyRing]) -> Result<()
 }
 
 /// A store for `SessionStore` backends, wrapped for the harness.
-pub fn wrap(store: impl SessionStore) -> Arc<common::TestStore> {
+pub(crate) fn wrap(store: impl SessionStore) -> Arc<common::TestStore> {
     Arc::new(common::TestStore::wrap(store))
 }

@@ -3,12 +3,12 @@
 use proptest::prelude::*;
 
 /// How many clients (browsers) a run has, and how many subjects log in.
-pub const CLIENTS: u8 = 3;
-pub const SUBJECTS: u8 = 2;
+pub(crate) const CLIENTS: u8 = 3;
+pub(crate) const SUBJECTS: u8 = 2;
 
 /// Which cookie values a request carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cookie {
+pub(crate) enum Cookie {
     /// The client's cookie jar, as its last `Set-Cookie` left it.
     Jar,
     /// No cookie at all.
@@ -21,7 +21,7 @@ pub enum Cookie {
 
 /// What the `/model` handler does with the session's data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Data {
+pub(crate) enum Data {
     Read,
     Set(u8, u8),
     Remove(u8),
@@ -29,31 +29,55 @@ pub enum Data {
 
 /// One request to `/model`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Call {
-    pub client: u8,
-    pub cookie: Cookie,
-    pub data: Data,
+pub(crate) struct Call {
+    pub(crate) client: u8,
+    pub(crate) cookie: Cookie,
+    pub(crate) data: Data,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     /// A request; `lost`: its response never reaches the client; `slow`:
     /// the handler runs this many seconds.
-    Request { call: Call, lost: bool, slow: u32 },
+    Request {
+        call: Call,
+        lost: bool,
+        slow: u32,
+    },
     /// Two requests resolved together, then finished in either order.
     Pair(Call, Call),
     /// `POST /login` with the client's jar.
-    Login { client: u8, user: u8, lost: bool },
-    Logout { client: u8 },
-    LogoutEverywhere { client: u8 },
-    LogoutOthers { client: u8 },
-    Renew { client: u8 },
+    Login {
+        client: u8,
+        user: u8,
+        lost: bool,
+    },
+    Logout {
+        client: u8,
+    },
+    LogoutEverywhere {
+        client: u8,
+    },
+    LogoutOthers {
+        client: u8,
+    },
+    Renew {
+        client: u8,
+    },
     /// `Session::revoke_device` of the `target`-th session the model knows.
-    RevokeDevice { client: u8, target: u8 },
+    RevokeDevice {
+        client: u8,
+        target: u8,
+    },
     /// `SessionManager::revoke_all_for_subject` (an admin).
-    RevokeAll { user: u8 },
+    RevokeAll {
+        user: u8,
+    },
     /// Client `to` gets a copy of client `from`'s cookie.
-    Share { from: u8, to: u8 },
+    Share {
+        from: u8,
+        to: u8,
+    },
     /// Add a key version and make it current.
     AddKey,
     /// Remove the oldest version that is not current.
@@ -108,7 +132,7 @@ fn step() -> impl Strategy<Value = u32> {
     ]
 }
 
-pub fn op() -> impl Strategy<Value = Op> {
+pub(crate) fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         16 => (call(), prop::bool::weighted(0.15), prop_oneof![6 => Just(0u32), 1 => step()])
             .prop_map(|(call, lost, slow)| Op::Request { call, lost, slow }),
@@ -128,6 +152,6 @@ pub fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-pub fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
+pub(crate) fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op(), (max / 4).max(1)..=max)
 }

@@ -18,41 +18,41 @@ thread_local! {
 }
 
 /// Counts one use of a rule.
-pub fn note(what: &'static str) {
+pub(crate) fn note(what: &'static str) {
     STATS.with(|s| *s.borrow_mut().entry(what).or_default() += 1);
 }
 
 /// The counts so far, and a reset.
-pub fn take_stats() -> BTreeMap<&'static str, u64> {
+pub(crate) fn take_stats() -> BTreeMap<&'static str, u64> {
     STATS.with(|s| std::mem::take(&mut *s.borrow_mut()))
 }
 
 /// The config every run uses (see `driver::config`).
-pub const IDLE: i64 = 3_600;
-pub const ABSOLUTE: i64 = 14_400;
-pub const ACCESS_TTL: i64 = 900;
-pub const GRACE: i64 = 60;
-pub const TOUCH: i64 = 300;
-pub const PRE_LOGIN_IDLE: i64 = 1_800;
-pub const PRE_LOGIN_ABSOLUTE: i64 = 7_200;
+pub(crate) const IDLE: i64 = 3_600;
+pub(crate) const ABSOLUTE: i64 = 14_400;
+pub(crate) const ACCESS_TTL: i64 = 900;
+pub(crate) const GRACE: i64 = 60;
+pub(crate) const TOUCH: i64 = 300;
+pub(crate) const PRE_LOGIN_IDLE: i64 = 1_800;
+pub(crate) const PRE_LOGIN_ABSOLUTE: i64 = 7_200;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cred {
-    pub secret: String,
-    pub version: u32,
+pub(crate) struct Cred {
+    pub(crate) secret: String,
+    pub(crate) version: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Prev {
-    pub cred: Cred,
-    pub rotated_at: i64,
+pub(crate) struct Prev {
+    pub(crate) cred: Cred,
+    pub(crate) rotated_at: i64,
     /// `None` while the current secret is unconfirmed.
-    pub valid_until: Option<i64>,
+    pub(crate) valid_until: Option<i64>,
 }
 
 /// Why a session ended before its expiry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     Logout,
     ReplacedByLogin,
     RevokedByUser,
@@ -63,31 +63,31 @@ pub enum End {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sess {
-    pub id: String,
-    pub subject: Option<String>,
-    pub persistent: bool,
-    pub idle: i64,
-    pub created: i64,
-    pub last_seen: i64,
-    pub expires: i64,
-    pub absolute: i64,
-    pub access_expires: i64,
-    pub current: Cred,
-    pub previous: Option<Prev>,
-    pub superseded: Option<Cred>,
-    pub ended: Option<End>,
-    pub data: BTreeMap<String, String>,
+pub(crate) struct Sess {
+    pub(crate) id: String,
+    pub(crate) subject: Option<String>,
+    pub(crate) persistent: bool,
+    pub(crate) idle: i64,
+    pub(crate) created: i64,
+    pub(crate) last_seen: i64,
+    pub(crate) expires: i64,
+    pub(crate) absolute: i64,
+    pub(crate) access_expires: i64,
+    pub(crate) current: Cred,
+    pub(crate) previous: Option<Prev>,
+    pub(crate) superseded: Option<Cred>,
+    pub(crate) ended: Option<End>,
+    pub(crate) data: BTreeMap<String, String>,
     /// Bumped by every applied write: a compare-and-swap needs it unchanged.
-    pub generation: u64,
+    pub(crate) generation: u64,
     /// Some secret of it was presented by a client that did not hold it as
     /// its cookie (a copy, an old secret): the "follows every Set-Cookie"
     /// promise no longer applies.
-    pub tainted: bool,
+    pub(crate) tainted: bool,
 }
 
 impl Sess {
-    pub fn active(&self, now: i64) -> bool {
+    pub(crate) fn active(&self, now: i64) -> bool {
         self.ended.is_none() && now < self.expires && now < self.absolute
     }
 
@@ -120,14 +120,14 @@ impl Sess {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Slot {
+pub(crate) enum Slot {
     Current,
     Previous,
     Superseded,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Serve,
     Reuse,
     Confirm { rekey: bool },
@@ -144,15 +144,15 @@ impl Decision {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Client {
-    pub jar: Option<String>,
+pub(crate) struct Client {
+    pub(crate) jar: Option<String>,
     /// Every secret this client ever received, oldest first.
-    pub history: Vec<String>,
+    pub(crate) history: Vec<String>,
 }
 
 /// What the store lookup gave the request.
 #[derive(Clone, Debug)]
-pub enum Resolved {
+pub(crate) enum Resolved {
     /// No value resolved: anonymous, and a data write starts a session.
     Nothing,
     /// Values of two sessions: anonymous, and nothing may start.
@@ -168,18 +168,9 @@ pub enum Resolved {
     },
 }
 
-impl Resolved {
-    pub fn served(&self) -> Option<usize> {
-        match self {
-            Self::Served { index, .. } => Some(*index),
-            _ => None,
-        }
-    }
-}
-
 /// The cookie a response sets.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SetCookie {
+pub(crate) enum SetCookie {
     None,
     Clear,
     Set {
@@ -190,15 +181,15 @@ pub enum SetCookie {
 
 /// A real response, as the model compares it.
 #[derive(Clone, Debug)]
-pub struct Observed {
-    pub status: u16,
-    pub body: String,
-    pub cookie: SetCookie,
+pub(crate) struct Observed {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+    pub(crate) cookie: SetCookie,
 }
 
 impl Observed {
     /// The session a `/model` response reports serving, if any.
-    pub fn served_id(&self) -> Option<String> {
+    pub(crate) fn served_id(&self) -> Option<String> {
         let value: serde_json::Value = serde_json::from_str(&self.body).ok()?;
         value["id"].as_str().map(str::to_owned)
     }
@@ -235,32 +226,32 @@ impl Observed {
 }
 
 /// The data change a `/model` request makes.
-pub type Change = Option<(String, Option<String>)>;
+pub(crate) type Change = Option<(String, Option<String>)>;
 
 /// A request between its handler and its way out.
 #[derive(Clone, Debug)]
-pub struct Handled {
-    pub resolved: Resolved,
+pub(crate) struct Handled {
+    pub(crate) resolved: Resolved,
     /// When the request arrived.
-    pub arrived: i64,
+    pub(crate) arrived: i64,
     /// Whether it carried a cookie value: without one the layer reads the
     /// clock only when something needs the time (here: the handler's
     /// `insert`, after the request's `slow` seconds).
-    pub with_cookie: bool,
+    pub(crate) with_cookie: bool,
     /// The data patch (empty: `None`).
-    pub patch: Change,
+    pub(crate) patch: Change,
     /// The handler's answer.
-    pub status: u16,
+    pub(crate) status: u16,
     /// The `/model` report, or an error text.
-    pub body: Expected,
+    pub(crate) body: Expected,
     /// A cookie staged by the handler (a logout, a reuse).
-    pub clear: bool,
+    pub(crate) clear: bool,
     /// Whether the way out maintains the session (no staged cookie change).
-    pub maintain: bool,
+    pub(crate) maintain: bool,
 }
 
 #[derive(Clone, Debug)]
-pub enum Expected {
+pub(crate) enum Expected {
     Anonymous,
     Text(String),
     /// Served: the session's id (`None`: a session this request starts),
@@ -273,16 +264,16 @@ pub enum Expected {
 }
 
 #[derive(Clone, Debug)]
-pub struct Model {
-    pub now: i64,
-    pub sessions: Vec<Sess>,
-    pub clients: Vec<Client>,
-    pub versions: BTreeSet<u32>,
-    pub current_version: u32,
+pub(crate) struct Model {
+    pub(crate) now: i64,
+    pub(crate) sessions: Vec<Sess>,
+    pub(crate) clients: Vec<Client>,
+    pub(crate) versions: BTreeSet<u32>,
+    pub(crate) current_version: u32,
 }
 
 impl Model {
-    pub fn new(clients: usize) -> Self {
+    pub(crate) fn new(clients: usize) -> Self {
         Self {
             now: 0,
             sessions: Vec::new(),
@@ -293,7 +284,7 @@ impl Model {
     }
 
     /// The session holding `secret` in any slot, live or not.
-    pub fn owner(&self, secret: &str) -> Option<usize> {
+    pub(crate) fn owner(&self, secret: &str) -> Option<usize> {
         self.sessions
             .iter()
             .position(|s| s.slot_of(secret).is_some())
@@ -310,7 +301,14 @@ impl Model {
 
     /// DESIGN.md, "Sliding expiry and rotation": what a request presenting
     /// `slot` does, decided at `now` for a request that arrived at `arrived`.
-    pub fn decide(&self, s: &Sess, slot: Slot, version: u32, now: i64, arrived: i64) -> Decision {
+    pub(crate) fn decide(
+        &self,
+        s: &Sess,
+        slot: Slot,
+        version: u32,
+        now: i64,
+        arrived: i64,
+    ) -> Decision {
         let touch_only = || match s.touch_due(now) {
             true => Decision::Touch,
             false => Decision::Serve,
@@ -404,7 +402,7 @@ impl Model {
     }
 
     /// The values a request of `client` carries for `cookie`.
-    pub fn presented(&self, client: usize, cookie: crate::ops::Cookie) -> Vec<String> {
+    pub(crate) fn presented(&self, client: usize, cookie: crate::ops::Cookie) -> Vec<String> {
         use crate::ops::Cookie;
         let c = &self.clients[client];
         let old = |i: u8| {
@@ -422,7 +420,7 @@ impl Model {
 
     /// Marks the sessions of values a client presented that are not
     /// exactly its cookie.
-    pub fn taint(&mut self, client: usize, presented: &[String]) {
+    pub(crate) fn taint(&mut self, client: usize, presented: &[String]) {
         if presented.is_empty() || presented == self.clients[client].jar.as_slice() {
             return;
         }
@@ -435,7 +433,7 @@ impl Model {
 
     /// Step 1: the one lookup. Every match, from one session only; reuse if
     /// any match is reuse (the session is revoked then); else the best slot.
-    pub fn resolve(&mut self, presented: &[String]) -> Resolved {
+    pub(crate) fn resolve(&mut self, presented: &[String]) -> Resolved {
         let matches: Vec<_> = presented.iter().filter_map(|v| self.find(v)).collect();
         let Some(&(index, _, _)) = matches.first() else {
             return Resolved::Nothing;
@@ -463,7 +461,12 @@ impl Model {
     }
 
     /// Step 2 for `/model`: the handler reads, and sets or removes a key.
-    pub fn handle(&self, resolved: Resolved, with_cookie: bool, data: crate::ops::Data) -> Handled {
+    pub(crate) fn handle(
+        &self,
+        resolved: Resolved,
+        with_cookie: bool,
+        data: crate::ops::Data,
+    ) -> Handled {
         use crate::ops::Data;
         let found = match &resolved {
             Resolved::Served { found, .. } => Some(found),
@@ -521,7 +524,7 @@ impl Model {
 
     /// Step 3: the way out at the model's `now`: the data patch and the
     /// maintenance due now, in one compare-and-swap; the response compared.
-    pub fn finish(&mut self, h: Handled, seen: &Observed) -> Result<(), String> {
+    pub(crate) fn finish(&mut self, h: Handled, seen: &Observed) -> Result<(), String> {
         let now = self.now;
         let mut status = h.status;
         let mut body = h.body.clone();
@@ -533,7 +536,15 @@ impl Model {
         let mut fresh_wanted: Option<Option<i64>> = None;
         let mut created: Option<Sess> = None;
         match (&h.resolved, &h.patch) {
-            (Resolved::Served { index, slot, version, found }, patch) if h.maintain => {
+            (
+                Resolved::Served {
+                    index,
+                    slot,
+                    version,
+                    found,
+                },
+                patch,
+            ) if h.maintain => {
                 let index = *index;
                 let decision = match found.active(now) {
                     true => self.decide(found, *slot, *version, now, h.arrived),
@@ -553,8 +564,7 @@ impl Model {
                         if unchanged(self) {
                             let fresh = match decision.issues_secret() {
                                 true => {
-                                    let max_age =
-                                        found.persistent.then_some(found.absolute - now);
+                                    let max_age = found.persistent.then_some(found.absolute - now);
                                     Some(seen.new_secret(max_age)?)
                                 }
                                 false => None,
@@ -576,8 +586,7 @@ impl Model {
                             // First attempt: the patch and the maintenance.
                             let fresh = match decision.issues_secret() {
                                 true => {
-                                    let max_age =
-                                        found.persistent.then_some(found.absolute - now);
+                                    let max_age = found.persistent.then_some(found.absolute - now);
                                     Some(seen.new_secret(max_age)?)
                                 }
                                 false => None,
@@ -662,7 +671,7 @@ impl Model {
     }
 
     /// A new logged-in session with the secret `seen` set.
-    pub fn login(
+    pub(crate) fn login(
         &mut self,
         resolved: &Resolved,
         subject: String,
@@ -712,7 +721,7 @@ impl Model {
     }
 
     /// `Session::renew`: a fresh secret now, older ones forgotten.
-    pub fn renew(&mut self, index: usize, secret: String) {
+    pub(crate) fn renew(&mut self, index: usize, secret: String) {
         let now = self.now;
         let version = self.current_version;
         let s = &mut self.sessions[index];
@@ -726,7 +735,7 @@ impl Model {
         s.generation += 1;
     }
 
-    pub fn end(&mut self, index: usize, why: End) {
+    pub(crate) fn end(&mut self, index: usize, why: End) {
         let now = self.now;
         let s = &mut self.sessions[index];
         if s.active(now) {
@@ -738,7 +747,7 @@ impl Model {
     /// report: the live ones, and perhaps those that expired without being
     /// revoked (memory and SQL stores count them, Redis does not; the trait
     /// does not say).
-    pub fn end_subject(
+    pub(crate) fn end_subject(
         &mut self,
         subject: &str,
         except: Option<usize>,
@@ -757,7 +766,7 @@ impl Model {
     }
 
     /// A client follows the `Set-Cookie` it received.
-    pub fn follow(&mut self, client: usize, cookie: &SetCookie) {
+    pub(crate) fn follow(&mut self, client: usize, cookie: &SetCookie) {
         let c = &mut self.clients[client];
         match cookie {
             SetCookie::None => {}
@@ -799,10 +808,10 @@ fn check_body(seen: &Observed, status: u16, body: &Expected) -> Result<(), Strin
     }
 }
 
-pub fn key(k: u8) -> String {
+pub(crate) fn key(k: u8) -> String {
     format!("k{k}")
 }
 
-pub fn value(v: u8) -> String {
+pub(crate) fn value(v: u8) -> String {
     format!("v{v}")
 }
