@@ -247,7 +247,8 @@ fn a_followed_rotation_keeps_the_session() {
 /// Found by the model on Redis against the other stores: a session that
 /// expired (idle) without being revoked is counted by
 /// `revoke_all_for_subject` on the memory, SQLite and PostgreSQL stores, and
-/// not on Redis (likewise `revoke` answers `Revoked` for it, or not). The
+/// not on Redis (its script drops index entries past their idle expiry
+/// before counting; `revoke` by id answers `Revoked` for it on all four). The
 /// trait does not say which is right; this pins "only live sessions count"
 /// (what Redis does, and what "signed out of N devices" means) on the
 /// memory store. It fails until the stores agree (and the conformance suite

@@ -507,8 +507,8 @@ fn revoke_device(
         _ => return refused(m, resolved, seen),
     };
     let t = &m.sessions[target];
-    // A session that expired but was never revoked may be reported either
-    // way: memory and SQL stores say `Revoked`, Redis does not.
+    // A session that expired but was never revoked: every store answers
+    // `Revoked` today; the model leaves that open, as it does for counts.
     let revoked = t.active(m.now) && t.subject == subject;
     let either = !revoked && t.ended.is_none() && t.subject == subject;
     if revoked || either {
