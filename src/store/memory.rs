@@ -337,9 +337,15 @@ impl SessionStore for MemoryStore {
         let Some(ids) = inner.by_subject.get(subject).cloned() else {
             return Ok(0);
         };
-        let revoked = ids
+        // Only live sessions: an expired one is over already.
+        let live: Vec<SessionId> = ids
             .iter()
             .filter(|id| Some(*id) != except)
+            .filter(|id| inner.records.get(id).is_some_and(|r| r.is_active(now)))
+            .copied()
+            .collect();
+        let revoked = live
+            .iter()
             .filter(|id| inner.revoke(id, now, revocation))
             .count();
         Ok(revoked as u64)

@@ -230,8 +230,9 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
         revocation: &Revocation,
     ) -> Result<RevokeOutcome, StoreError>;
 
-    /// Revokes, atomically, every unrevoked session of `subject` except
-    /// `except`. Returns how many it revoked.
+    /// Revokes, atomically, every session of `subject` active at `now`
+    /// except `except`. Returns how many it revoked: an expired session is
+    /// over already, and is neither revoked nor counted.
     async fn revoke_all_for_subject(
         &self,
         subject: &str,

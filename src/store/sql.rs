@@ -404,8 +404,9 @@ impl Queries {
                 subject_matches("$2")
             )),
             revoke_all: render(format!(
-                "UPDATE {table} SET {revoke_set} WHERE subject = $1 AND revoked_at IS NULL \
-                 AND ($5 IS NULL OR id <> $5)"
+                "UPDATE {table} SET {revoke_set} WHERE subject = $1 AND {} \
+                 AND ($5 IS NULL OR id <> $5)",
+                active("$2")
             )),
             list: render(format!(
                 "SELECT {select_list} FROM {table} WHERE subject = $1 AND {} \

@@ -743,10 +743,9 @@ impl Model {
         }
     }
 
-    /// Ends every session of `subject` but `except`; how many the store may
-    /// report: the live ones, and perhaps those that expired without being
-    /// revoked (memory and SQL stores count them, Redis does not; the trait
-    /// does not say).
+    /// Ends every session of `subject` but `except`; how many the store
+    /// reports: the live ones only (a session that expired without being
+    /// revoked is over already, and the trait says it is not counted).
     pub(crate) fn end_subject(
         &mut self,
         subject: &str,
@@ -754,15 +753,14 @@ impl Model {
         why: End,
     ) -> std::ops::RangeInclusive<u64> {
         let now = self.now;
-        let (mut live, mut unrevoked) = (0, 0);
+        let mut live = 0;
         for (i, s) in self.sessions.iter_mut().enumerate() {
             if Some(i) != except && s.subject.as_deref() == Some(subject) && s.ended.is_none() {
                 live += u64::from(s.active(now));
-                unrevoked += 1;
                 s.ended = Some(why);
             }
         }
-        live..=unrevoked
+        live..=live
     }
 
     /// A client follows the `Set-Cookie` it received.
