@@ -39,19 +39,23 @@ impl Drop for SessionSecret {
     }
 }
 
-/// Fills `buf` from the thread-local CSPRNG.
+/// Fills `buf` from the operating system's CSPRNG (`getrandom`).
 ///
-/// Safe for credentials: `rand`'s thread RNG is ChaCha12, seeded from the
-/// operating system and reseeded from it periodically. It costs no system
-/// call per secret, which keeps logins and rotations cheap.
+/// Safe for credentials, and safe across `fork()`: every call asks the
+/// kernel, so two processes never share generator state (a user-space
+/// generator copied by a fork would hand both processes the same secrets).
+/// One system call per secret or id is nothing beside the store write that
+/// every login and rotation makes anyway.
 ///
 /// # Panics
 ///
-/// Only if the operating system cannot seed the generator: a server without
-/// randomness cannot issue credentials at all.
+/// Only if the operating system has no randomness to give: a server without
+/// it cannot issue credentials at all.
 pub(crate) fn fill_random(buf: &mut [u8]) {
-    use rand::RngCore as _;
-    rand::rng().fill_bytes(buf);
+    use rand::TryRngCore as _;
+    rand::rngs::OsRng
+        .try_fill_bytes(buf)
+        .expect("the operating system's random source is available");
 }
 
 impl SessionSecret {
