@@ -249,10 +249,9 @@ fn a_followed_rotation_keeps_the_session() {
 /// `revoke_all_for_subject` on the memory, SQLite and PostgreSQL stores, and
 /// not on Redis (its script drops index entries past their idle expiry
 /// before counting; `revoke` by id answers `Revoked` for it on all four). The
-/// trait does not say which is right; this pins "only live sessions count"
-/// (what Redis does, and what "signed out of N devices" means) on the
-/// memory store. It fails until the stores agree (and the conformance suite
-/// checks it); the model accepts either answer meanwhile.
+/// trait now says only live sessions count (what "signed out of N devices"
+/// means); the conformance suite checks it on every store, and this pins it
+/// through the manager on the memory store.
 #[test]
 fn revoking_a_subject_counts_only_live_sessions() {
     let runtime = tokio::runtime::Builder::new_current_thread()
