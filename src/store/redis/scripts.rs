@@ -12,12 +12,17 @@ use redis::Script;
 
 use super::store::{SUBJECT_DROP_LIMIT, SUBJECT_READ_LIMIT};
 
-/// Helpers every script starts with.
-const PRELUDE: &str = r#"
+/// The key names, which every script starts with.
+const KEYS: &str = r#"
 local P = ARGV[1]
 local function skey(id) return P .. 's:' .. id end
 local function kkey(k) return P .. 'k:' .. k end
 local function ukey(subject) return P .. 'u:' .. subject end
+"#;
+
+/// Helpers for reading stored headers and the subject index: every script
+/// but [`REPLACE`]'s fast path defines them before its body.
+const PRELUDE: &str = r#"
 -- a < b for canonical decimal integers, exactly (Lua numbers are doubles,
 -- which round microseconds past the year 2255).
 local function lt(a, b)
@@ -196,6 +201,11 @@ if stored and string.sub(stored, 1, #expected) == expected then
   end
   return 1
 end
+"#;
+
+/// [`REPLACE`] when the headers differ: the [`PRELUDE`] is defined only on
+/// this path, so the usual write does not pay for it.
+const REPLACE_SLOW: &str = r#"
 local r = parse(stored)
 if r == nil then
   for i = 9 + n, #ARGV do
@@ -295,12 +305,15 @@ impl Scripts {
     pub(super) fn new() -> Self {
         let script = |body: &str| {
             Script::new(&format!(
-                "local READ, DROP = {SUBJECT_READ_LIMIT}, {SUBJECT_DROP_LIMIT}\n{PRELUDE}{body}"
+                "local READ, DROP = {SUBJECT_READ_LIMIT}, {SUBJECT_DROP_LIMIT}\n{KEYS}{PRELUDE}{body}"
             ))
         };
         Self {
             insert: script(INSERT),
-            replace: script(REPLACE),
+            replace: Script::new(&format!(
+                "local READ, DROP = {SUBJECT_READ_LIMIT}, {SUBJECT_DROP_LIMIT}\n\
+                 {KEYS}{REPLACE}{PRELUDE}{REPLACE_SLOW}"
+            )),
             revoke: script(REVOKE),
             revoke_all: script(REVOKE_ALL),
             list: script(LIST),
