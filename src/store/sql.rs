@@ -22,8 +22,10 @@
 //! (maintained by a trigger, so no write path can forget it).
 //!
 //! Every statement finds its rows through one index lookup per column, never
-//! an `OR` across lookup-key columns: the lookup is a `UNION ALL` of
-//! single-column `IN` lists, one parameter per lookup key, so PostgreSQL's
+//! an `OR` across lookup-key columns: on SQLite the lookup is a `UNION ALL`
+//! of single-column `IN` lists, on PostgreSQL one `IN` list on the
+//! lookup-keys table joined to the record by id; one parameter per lookup
+//! key, so PostgreSQL's
 //! cached generic plan is the same index scans as a custom one and is reused
 //! rather than re-planned (an array parameter, `= ANY($1)`, is estimated at
 //! ten elements in a generic plan, which then looks dearer than a custom plan
@@ -214,6 +216,8 @@ pub(crate) struct Queries {
     pub(crate) dialect: Dialect,
     table: String,
     select_list: String,
+    /// PostgreSQL: the lookup-keys table, qualified.
+    lookup_keys_table: String,
     pub(crate) migrations_table: String,
     /// `(version, statements)`, applied in order, each once.
     pub(crate) migrations: Vec<(i64, String)>,
@@ -353,6 +357,7 @@ impl Queries {
             dialect,
             table: table.to_owned(),
             select_list: select_list.clone(),
+            lookup_keys_table: qualified(LOOKUP_KEYS_TABLE),
             migrations_table: qualified(&format!("{TABLE}_migrations")),
             migrations: migrations(dialect, schema)
                 .into_iter()
@@ -471,9 +476,16 @@ impl Queries {
     }
 
     /// The one-statement lookup of `n` distinct lookup keys, `$1` … `$n`,
-    /// at time `$n+1`: one `SELECT` per lookup-key column, each an index
-    /// lookup, joined by `UNION ALL`. Each row starts with `slot`, the
-    /// position in [`LOOKUP_KEY_COLUMNS`] of the column that matched.
+    /// at time `$n+1`. Each row starts with `slot`, the position in
+    /// [`LOOKUP_KEY_COLUMNS`] of the column that matched.
+    ///
+    /// PostgreSQL: one probe of the lookup-keys table's primary key per key,
+    /// then the record by its primary key: two index probes for the usual
+    /// single key, a plan the server caches and reuses (`IN` over scalar
+    /// parameters, no `OR` across columns). A lookup-keys row whose record
+    /// holds that key in no slot gives slot -1, which decodes as corruption.
+    /// SQLite (no lookup-keys table): one `SELECT` per lookup-key column,
+    /// each an index lookup, joined by `UNION ALL`.
     pub(crate) fn find_active(&self, n: usize) -> std::borrow::Cow<'_, str> {
         match self.find_active.get(n.wrapping_sub(1)) {
             Some(sql) => sql.as_str().into(),
@@ -482,30 +494,51 @@ impl Queries {
     }
 
     fn render_find_active(&self, n: usize) -> String {
-        let (keys, now): (Vec<String>, String) = match self.dialect {
-            Dialect::Postgres => (
-                (1..=n).map(|i| format!("${i}")).collect(),
-                format!("${}", n + 1),
-            ),
-            Dialect::Sqlite => (
-                (1..=n).map(|i| format!("?{i}")).collect(),
-                format!("?{}", n + 1),
-            ),
-        };
-        let keys = keys.join(", ");
-        LOOKUP_KEY_COLUMNS
-            .iter()
-            .enumerate()
-            .map(|(slot, column)| {
+        match self.dialect {
+            Dialect::Postgres => {
+                let keys = (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>();
+                let now = format!("${}", n + 1);
+                let [current, previous, superseded] = LOOKUP_KEY_COLUMNS;
+                let columns = COLUMNS
+                    .iter()
+                    .map(|c| match c.kind {
+                        Kind::Json => format!("r.{0}::text AS {0}", c.name),
+                        _ => format!("r.{}", c.name),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 format!(
-                    "SELECT {slot} AS slot, {} FROM {} WHERE {column} IN ({keys}) AND {}",
-                    self.select_list,
-                    self.table,
-                    active(&now)
+                    "SELECT CASE l.lookup_key WHEN r.{current} THEN 0 WHEN r.{previous} THEN 1 \
+                     WHEN r.{superseded} THEN 2 ELSE -1 END AS slot, {columns} \
+                     FROM {keys_table} AS l JOIN {table} AS r ON r.id = l.id \
+                     WHERE l.lookup_key IN ({keys}) AND r.revoked_at IS NULL \
+                     AND r.expires_at > {now} AND r.absolute_expires_at > {now}",
+                    keys_table = self.lookup_keys_table,
+                    table = self.table,
+                    keys = keys.join(", "),
                 )
-            })
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ")
+            }
+            Dialect::Sqlite => {
+                let keys = (1..=n)
+                    .map(|i| format!("?{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let now = format!("?{}", n + 1);
+                LOOKUP_KEY_COLUMNS
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, column)| {
+                        format!(
+                            "SELECT {slot} AS slot, {} FROM {} WHERE {column} IN ({keys}) AND {}",
+                            self.select_list,
+                            self.table,
+                            active(&now)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" UNION ALL ")
+            }
+        }
     }
 }
 
@@ -580,8 +613,12 @@ fn migrations(dialect: Dialect, schema: Option<&str>) -> Vec<(i64, String)> {
         let keys = qualified(LOOKUP_KEYS_TABLE);
         let function = qualified(&format!("{TABLE}_sync_lookup_keys"));
         let [current, previous, superseded] = LOOKUP_KEY_COLUMNS;
-        let changed = LOOKUP_KEY_COLUMNS
+        // The id too: lookups join on it, so a row whose id changed (by hand,
+        // or damage) is still found, and reported as corrupt.
+        let changed = std::iter::once("id")
+            .chain(LOOKUP_KEY_COLUMNS)
             .map(|c| format!("OLD.{c} IS DISTINCT FROM NEW.{c}"))
+            .collect::<Vec<_>>()
             .join(" OR ");
         schema_sql.push_str(&format!(
             "CREATE TABLE IF NOT EXISTS {keys} \
@@ -1006,8 +1043,10 @@ mod tests {
                 .contains("\"s\".tower_hmac_session_lookup_keys")
         );
         let lookup = q.find_active(3);
-        assert!(lookup.contains("previous_lookup_key IN ($1, $2, $3)"));
-        assert!(lookup.contains("data::text AS data"));
+        assert!(lookup.contains("l.lookup_key IN ($1, $2, $3)"), "{lookup}");
+        assert!(lookup.contains("\"s\".tower_hmac_session_lookup_keys AS l"));
+        assert!(lookup.contains("r.data::text AS data"));
+        assert!(lookup.contains("ELSE -1 END AS slot"));
         assert!(!lookup.contains(" OR "), "{lookup}");
         assert!(q.revoke.starts_with("WITH updated AS"));
         assert!(
