@@ -258,8 +258,10 @@ fn wrk(target: &Target, path: &str, script: &std::path::Path) -> Run {
     let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / (rate * f64::from(SECONDS));
     Run {
         rate,
-        cpu_per_request: per_request(cpu_time() - before),
-        store_cpu_per_request: per_request(store_cpu_time(target.store) - store_before),
+        cpu_per_request: per_request(cpu_time().saturating_sub(before)),
+        store_cpu_per_request: per_request(
+            store_cpu_time(target.store).saturating_sub(store_before),
+        ),
     }
 }
 

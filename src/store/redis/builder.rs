@@ -164,8 +164,11 @@ impl RedisStoreBuilder {
                 redis::Client::open(info).map_err(err)?
             }
         };
+        // No response timeout in redis-rs: every call already runs under
+        // the store's own `timeout` (`RedisStore::run`), and a second timer
+        // per command costs more than it adds.
         let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.timeout))
+            .set_response_timeout(None)
             .set_connection_timeout(Some(self.connect_timeout))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(1));
