@@ -257,7 +257,12 @@ impl SessionManager {
     /// anyone out; remove an old key once
     /// [`count_by_key_version`](Self::count_by_key_version) shows it unused.
     pub fn set_key_ring(&self, keys: KeyRing) {
-        tracing::info!(current = %keys.current(), versions = ?keys.versions().collect::<Vec<_>>(), "session key ring replaced");
+        let versions = keys
+            .versions()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        tracing::info!(current = %keys.current(), versions = %versions, "session key ring replaced");
         self.inner.keys.store(Arc::new(keys));
     }
 
