@@ -4,7 +4,7 @@
 //! run time.
 //!
 //! ```sh
-//! cargo run --example app --features sqlite
+//! cargo run --example app
 //! # then open http://127.0.0.1:3000 (the demo users are listed on the page)
 //! ```
 //!

@@ -32,7 +32,7 @@ done
 (cd "$here" && npm ci --no-audit --no-fund)
 
 # Cargo says where it put the binary (whatever the target directory).
-app_bin="$(cd "$repo" && cargo build --example app --features sqlite --message-format=json-render-diagnostics |
+app_bin="$(cd "$repo" && cargo build --example app --message-format=json-render-diagnostics |
     node -e '
         let out = "";
         process.stdin.on("data", (d) => (out += d)).on("end", () => {
