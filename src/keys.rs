@@ -176,6 +176,12 @@ pub enum KeyRingError {
     /// A `version:key` list is malformed.
     #[error("malformed key list: {0}")]
     Malformed(&'static str),
+    /// [`KeyRing::without`] was asked to remove the current version.
+    #[error("key version {0} is current: promote another one before retiring it")]
+    RetireCurrent(KeyVersion),
+    /// [`KeyRing::without`] was asked to remove a version the ring lacks.
+    #[error("key version {0} is not in the key ring")]
+    NotInRing(KeyVersion),
     /// The environment variable is missing or malformed.
     #[error("environment variable `{name}`: {reason}")]
     Env {
@@ -380,6 +386,90 @@ impl KeyRing {
     /// Every accepted version, current first.
     pub fn versions(&self) -> impl ExactSizeIterator<Item = KeyVersion> + '_ {
         self.keys.iter().map(|k| k.version)
+    }
+
+    /// This ring with `key` added under `version` and made current: the
+    /// run-time step of a key rotation for
+    /// [`SessionManager::set_key_ring`](crate::SessionManager::set_key_ring),
+    /// without the older keys' bytes (a ring keeps only their HMAC states).
+    /// Sessions under older versions keep working and are re-keyed to the
+    /// new one as they are used.
+    ///
+    /// ```
+    /// use tower_hmac_session::{KeyRing, KeyVersion};
+    ///
+    /// let ring = KeyRing::builder().key(1, [1u8; 32]).build().unwrap();
+    /// let rotated = ring.with_current_key(2, [2u8; 32]).unwrap();
+    /// assert_eq!(rotated.current(), KeyVersion(2));
+    /// assert!(rotated.contains(KeyVersion(1)));
+    /// // Later, once `count_by_key_version` shows v1 unused:
+    /// let retired = rotated.without(KeyVersion(1)).unwrap();
+    /// assert_eq!(retired.versions().collect::<Vec<_>>(), [KeyVersion(2)]);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A key under [`MIN_KEY_LEN`] bytes, a version already in the ring, the
+    /// same key as another version (compared as HMAC keys), or a ring that
+    /// would exceed [`MAX_KEY_VERSIONS`].
+    pub fn with_current_key(
+        &self,
+        version: u32,
+        key: impl AsRef<[u8]>,
+    ) -> Result<KeyRing, KeyRingError> {
+        let (version, key) = (KeyVersion(version), key.as_ref());
+        if key.len() < MIN_KEY_LEN {
+            return Err(KeyRingError::KeyTooShort {
+                version,
+                len: key.len(),
+            });
+        }
+        if self.contains(version) {
+            return Err(KeyRingError::DuplicateVersion(version));
+        }
+        if self.keys.len() >= MAX_KEY_VERSIONS {
+            return Err(KeyRingError::TooManyKeys(self.keys.len() + 1));
+        }
+        let added = VersionedKey::new(version, key);
+        // As in `build`: compared by HMAC states, once, off the request path.
+        if let Some(first) = self.keys.iter().find(|k| k.states == added.states) {
+            return Err(KeyRingError::DuplicateKey {
+                first: first.version,
+                second: version,
+            });
+        }
+        // Current first; the clones share nothing with `self` but are wiped
+        // on drop like every `VersionedKey`.
+        let mut keys = Vec::with_capacity(self.keys.len() + 1);
+        keys.push(added);
+        keys.extend(self.keys.iter().cloned());
+        Ok(KeyRing { keys })
+    }
+
+    /// This ring without `version`: the last step of a key rotation. Every
+    /// session still under that version ends (its cookie no longer matches);
+    /// [`SessionManager::count_by_key_version`](crate::SessionManager::count_by_key_version)
+    /// says how many that is. Never add a retired key back after a restore
+    /// from backup: see SECURITY.md.
+    ///
+    /// # Errors
+    ///
+    /// The current version ([`KeyRingError::RetireCurrent`]), or a version the
+    /// ring does not hold ([`KeyRingError::NotInRing`]).
+    pub fn without(&self, version: KeyVersion) -> Result<KeyRing, KeyRingError> {
+        if self.current() == version {
+            return Err(KeyRingError::RetireCurrent(version));
+        }
+        if !self.contains(version) {
+            return Err(KeyRingError::NotInRing(version));
+        }
+        let keys = self
+            .keys
+            .iter()
+            .filter(|k| k.version != version)
+            .cloned()
+            .collect();
+        Ok(KeyRing { keys })
     }
 
     /// Whether `version` is in the ring.
@@ -589,6 +679,74 @@ mod tests {
             mac.update(part);
         }
         mac.finalize().into_bytes().into()
+    }
+
+    #[test]
+    fn a_ring_grows_and_shrinks_at_run_time_with_the_same_lookup_keys() {
+        let secret = SessionSecret::from_bytes([5; 32]);
+        let one = ring(1, &[1]);
+        let two = one.with_current_key(2, [2u8; 32]).unwrap();
+        assert_eq!(two.current(), KeyVersion(2));
+        assert_eq!(
+            two.versions().collect::<Vec<_>>(),
+            [KeyVersion(2), KeyVersion(1)]
+        );
+        // The same HMAC as a ring built from the bytes.
+        let built = ring(2, &[1, 2]);
+        for v in [KeyVersion(1), KeyVersion(2)] {
+            assert_eq!(
+                two.lookup_key(v, &secret),
+                built.lookup_key(v, &secret),
+                "{v}"
+            );
+        }
+        assert_eq!(
+            two.lookup_key(KeyVersion(1), &secret),
+            one.lookup_key(KeyVersion(1), &secret)
+        );
+        let retired = two.without(KeyVersion(1)).unwrap();
+        assert_eq!(retired.versions().collect::<Vec<_>>(), [KeyVersion(2)]);
+        assert!(retired.lookup_key(KeyVersion(1), &secret).is_none());
+        assert_eq!(
+            retired.lookup_key(KeyVersion(2), &secret),
+            built.lookup_key(KeyVersion(2), &secret)
+        );
+    }
+
+    #[test]
+    fn growing_or_shrinking_a_ring_refuses_what_build_refuses() {
+        let two = ring(2, &[1, 2]);
+        assert!(matches!(
+            two.with_current_key(3, [3u8; 31]),
+            Err(KeyRingError::KeyTooShort { len: 31, .. })
+        ));
+        assert!(matches!(
+            two.with_current_key(1, [9u8; 32]),
+            Err(KeyRingError::DuplicateVersion(KeyVersion(1)))
+        ));
+        // The same HMAC key: v1's bytes followed by zeros.
+        let mut padded = [0u8; 40];
+        padded[..32].copy_from_slice(&[1u8; 32]);
+        assert!(matches!(
+            two.with_current_key(3, padded),
+            Err(KeyRingError::DuplicateKey {
+                first: KeyVersion(1),
+                second: KeyVersion(3)
+            })
+        ));
+        let full = ring(8, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(matches!(
+            full.with_current_key(9, [9u8; 32]),
+            Err(KeyRingError::TooManyKeys(9))
+        ));
+        assert!(matches!(
+            two.without(KeyVersion(2)),
+            Err(KeyRingError::RetireCurrent(KeyVersion(2)))
+        ));
+        assert!(matches!(
+            two.without(KeyVersion(7)),
+            Err(KeyRingError::NotInRing(KeyVersion(7)))
+        ));
     }
 
     #[test]
