@@ -316,6 +316,62 @@ async fn a_sensitive_action_asks_for_recent_authentication() {
     );
 }
 
+/// SECURITY.md 7.2.4: re-authentication terminates the token from before
+/// it. The old secret resolves to nothing (anonymous, its cookie left
+/// alone, not taken for reuse), the store keeps no lookup key of it in any
+/// slot, and the session goes on under the new secret.
+#[tokio::test]
+async fn reauthentication_ends_the_secret_from_before_it() {
+    let h = Harness::new();
+    let old = h.login("alice").await;
+    h.advance(301);
+    let res = send(&h, request("POST", "/reauth", Some(&old))).await;
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "ok"));
+    let renewed = res
+        .new_secret()
+        .expect("re-authentication renews the secret");
+    assert_ne!(renewed, old);
+
+    // Through the router: the old secret is anonymous everywhere.
+    let res = h.call("GET", "/maybe", Some(&old)).await;
+    assert_eq!(
+        (res.status, res.body.as_str()),
+        (StatusCode::OK, "anonymous")
+    );
+    assert!(res.raw_set_cookies.is_empty(), "{:?}", res.raw_set_cookies);
+    let res = send(&h, request("POST", "/sensitive", Some(&old))).await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.call("GET", "/me", Some(&old)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // In the store: no slot holds the old secret's lookup key, and one
+    // live record holds the new one as current.
+    let keys = ring(1, &[1]);
+    let lookup = |secret: &str| {
+        let secret = tower_hmac_session::SessionSecret::parse(secret).unwrap();
+        keys.lookup_key(keys.current(), &secret).unwrap()
+    };
+    let (old_key, new_key) = (lookup(&old), lookup(&renewed));
+    let records = h.records();
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert!(r.revoked.is_none());
+    assert_eq!(r.current.lookup_key, new_key);
+    let slots = std::iter::once(r.current.lookup_key)
+        .chain(r.previous.as_ref().map(|p| p.credential.lookup_key))
+        .chain(r.superseded.map(|c| c.lookup_key));
+    for slot in slots {
+        assert_ne!(slot, old_key, "the old secret still resolves");
+    }
+
+    // The old secret was unknown, not reuse: the session lives on.
+    let res = send(&h, request("POST", "/sensitive", Some(&renewed))).await;
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "done"));
+    assert_eq!(h.call("GET", "/me", Some(&renewed)).await.body, "alice");
+}
+
 #[tokio::test]
 async fn revoke_device_ends_only_the_callers_own_sessions() {
     let h = Harness::new();
