@@ -388,13 +388,13 @@ async fn fault_modes_under_concurrent_load_keep_every_session_and_never_hang() {
 }
 
 /// Faults switch at random every few milliseconds while waves of requests
-/// are in flight; `slack` is what real time adds to the bound.
+/// are in flight; no request may take longer than `bound`.
 async fn chaos(
     h: &Harness,
     faults: &Arc<FaultyStore>,
     clients: &[Arc<Client>],
     timeout: Duration,
-    slack: Duration,
+    bound: Duration,
 ) {
     let stop = Arc::new(AtomicBool::new(false));
     let toggler = {
@@ -439,36 +439,47 @@ async fn chaos(
     eprintln!("chaos: {toggles} toggles, {unavailable} answers 503, slowest {slowest:?}");
     assert!(toggles >= 5, "the faults changed while requests ran");
     assert!(unavailable > 0, "the faults were felt");
-    // A request makes at most three store calls that can each run into
-    // the store timeout (lookup, write, read-back); compare-and-swaps lost
-    // to the client's two other requests add a fast write and re-read each
-    // (at most the 0.1x-timeout latency fault each).
     assert!(
-        slowest <= 3 * timeout + timeout * 4 / 10 + slack,
-        "a request took {slowest:?} with a store timeout of {timeout:?}"
+        slowest <= bound,
+        "a request took {slowest:?} (bound {bound:?}) with a store timeout of {timeout:?}"
     );
 }
+
+/// The most store calls one request of a wave makes: the lookup, then a
+/// write and its read-back, and two more of each for compare-and-swaps lost
+/// to the client's two other requests in the wave.
+const STORE_CALLS_PER_REQUEST: u32 = 7;
 
 #[tokio::test(start_paused = true)]
 async fn faults_switching_while_requests_run_lose_and_revive_nothing() {
     let (h, faults) = faulty_harness(config(TIMEOUT), ring(1, &[1]));
     let clients = population(&h).await;
     let before = Snapshot::of(&h);
-    chaos(&h, &faults, &clients, TIMEOUT, Duration::ZERO).await;
+    // Virtual time is exact: at most three calls (lookup, write, read-back)
+    // run into the timeout; the compare-and-swaps lost to the client's two
+    // other requests add a fast write and re-read each (at most the
+    // 0.1x-timeout latency fault each).
+    let bound = 3 * TIMEOUT + TIMEOUT * 4 / 10;
+    chaos(&h, &faults, &clients, TIMEOUT, bound).await;
     assert_recovered(&h, &clients).await;
     before.assert_nothing_lost_or_revived(&Snapshot::of(&h));
 }
 
 /// The same on a multi-threaded runtime in real time: requests really run
-/// in parallel with the toggling. The bound is real time, so it allows
-/// scheduling slack on top of three store timeouts.
+/// in parallel with the toggling. The bound is real time, where a loaded
+/// two-core CI machine may delay any await by far more than the virtual-time
+/// test's exact margins: it is the store timeout for every store call a
+/// request can make (each call is cut off there, whatever the store does)
+/// plus a generous second of scheduling slack. It still catches what it is
+/// for: a request that waits on a hung store without a timeout never ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn faults_switching_on_a_multi_threaded_runtime_lose_and_revive_nothing() {
     let timeout = Duration::from_millis(100);
     let (h, faults) = faulty_harness(config(timeout), ring(1, &[1]));
     let clients = population(&h).await;
     let before = Snapshot::of(&h);
-    chaos(&h, &faults, &clients, timeout, Duration::from_millis(150)).await;
+    let bound = STORE_CALLS_PER_REQUEST * timeout + Duration::from_secs(1);
+    chaos(&h, &faults, &clients, timeout, bound).await;
     assert_recovered(&h, &clients).await;
     before.assert_nothing_lost_or_revived(&Snapshot::of(&h));
 }
@@ -523,7 +534,10 @@ async fn logins(h: &Harness, n: usize) -> Vec<String> {
 
 /// A logout, a revoke-all and a device revocation during an outage fail
 /// with 503 and keep both the session and the cookie; after it they work,
-/// and what they revoked stays revoked through a second outage.
+/// and what they revoked stays revoked through a second outage, in which
+/// lookups work and every write (a rotation, a data write, a renewal)
+/// applies and then reports a failure: each is reported as applied, the
+/// data is acknowledged and stored, and the client keeps its session.
 #[tokio::test(start_paused = true)]
 async fn revocations_during_an_outage_change_nothing_and_stay_done_after_it() {
     let (h, faults) = faulty_harness(config(TIMEOUT), ring(1, &[1]));
@@ -550,20 +564,75 @@ async fn revocations_during_an_outage_change_nothing_and_stay_done_after_it() {
     assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "2"));
     assert!(res.clears_cookie());
     let revoked = Snapshot::of(&h);
-    // A second outage with writes that apply and reads that fail: nothing
-    // revoked comes back, and after it alice is still out, bob still in.
+    // A second outage in which lookups work and every write applies but
+    // its answer is lost, with bob due for a rotation: the writes really
+    // happen, and the manager's read-back tells each request that its
+    // write applied, so the client hears what the store holds.
     faults.set_each(&Op::WRITES, Fault::ApplyThenFail);
-    faults.set(Op::FindActive, Fault::Error);
-    for s in [&a, &a2, &b] {
+    h.advance(901);
+    let injected = faults.injected();
+    // Revoked cookies stay out; nothing is written for them.
+    for s in [&a, &a2] {
         let res = h.call("GET", "/me", Some(s)).await;
-        assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+        assert!(res.raw_set_cookies.is_empty());
     }
+    assert_eq!(faults.injected(), injected, "a write for a revoked session");
+    let mut jar = b.clone();
+    let follow = |jar: &mut String, res: &TestResponse| {
+        assert!(!res.clears_cookie());
+        if let Some(new) = res.new_secret() {
+            *jar = new;
+        }
+    };
+    // The rotation applies; its answer is lost.
+    let res = h.call("GET", "/me", Some(&jar)).await;
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "bob"));
+    follow(&mut jar, &res);
+    let rotated = h
+        .records()
+        .into_iter()
+        .find(|r| r.subject.as_deref() == Some("bob"));
+    assert!(
+        rotated.is_some_and(|r| r.previous.is_some()),
+        "the rotation was not written"
+    );
+    // A data write applies; its answer is lost.
+    let res = h.call("POST", "/attr?key=k&value=v", Some(&jar)).await;
+    let acknowledged = res.status == StatusCode::OK;
+    follow(&mut jar, &res);
+    // A renewal applies; its answer is lost. Were its secret not sent, bob
+    // would be logged out.
+    let res = h.call("POST", "/renew", Some(&jar)).await;
+    let renewed = res.status == StatusCode::OK;
+    assert_eq!(renewed, res.new_secret().is_some(), "{}", res.body);
+    follow(&mut jar, &res);
+    assert!(
+        faults.injected() >= injected + 3,
+        "the rotation, the data write and the renewal were attempted"
+    );
     faults.heal();
     for s in [&a, &a2] {
         let res = h.call("GET", "/me", Some(s)).await;
         assert_eq!(res.status, StatusCode::UNAUTHORIZED);
         assert!(res.raw_set_cookies.is_empty());
     }
-    assert_eq!(h.call("GET", "/me", Some(&b)).await.body, "bob");
+    // A client that followed every Set-Cookie is still bob.
+    let res = h.call("GET", "/me", Some(&jar)).await;
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "bob"));
+    follow(&mut jar, &res);
+    // The data write was acknowledged exactly when it is stored, and each
+    // write that applied was reported as applied.
+    let stored = h.call("GET", "/attr?key=k", Some(&jar)).await.body;
+    assert_eq!(
+        (acknowledged, stored.as_str()),
+        (true, "v"),
+        "acknowledged {acknowledged}, stored {stored:?}"
+    );
+    assert!(renewed, "a renewal that applied answered as failed");
+    // The renewal forgot every secret bob held before it.
+    let res = h.call("GET", "/me", Some(&b)).await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    assert!(res.raw_set_cookies.is_empty());
     revoked.assert_nothing_lost_or_revived(&Snapshot::of(&h));
 }
