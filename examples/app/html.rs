@@ -4,7 +4,9 @@
 
 use std::fmt::Write as _;
 
-use axum::response::Html;
+use axum::response::{Html, Response};
+use http::HeaderValue;
+use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, X_FRAME_OPTIONS};
 use time::OffsetDateTime;
 
 /// Escapes text for HTML element content and double-quoted attributes.
@@ -105,6 +107,23 @@ pub(crate) fn page(
          </footer></body></html>",
     );
     Html(out)
+}
+
+/// Set on every response (a `map_response` layer outside everything else, so
+/// redirects and error pages get them too): pages carry account details and
+/// CSRF tokens, so no cache keeps them (a shared computer's back button, a
+/// proxy), and no other site may frame them (clickjacking a "sign out
+/// everywhere" or "rotate keys" button). `X-Frame-Options` for browsers
+/// without CSP `frame-ancestors`.
+pub(crate) async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    response
 }
 
 /// A hidden CSRF field for a form.

@@ -18,6 +18,7 @@
 //! | `APP_KEY_FILE` | `app-keys.txt` | read when `SESSION_KEYS` is not set; created with a development key if missing |
 //! | `APP_REAUTH_SECS` | `300` | how recent a sign-in the password change needs |
 //! | `APP_RECENT_SECS` | `3600` | the admin page's "recently used" window |
+//! | `APP_TEST_CLOCK` | — | `1` only in the browser test: a clock it moves with `POST /__test/advance?secs=N` (see `test_clock.rs`; never in production) |
 
 mod admin;
 mod csrf;
@@ -25,6 +26,7 @@ mod events;
 mod html;
 mod keys;
 mod pages;
+mod test_clock;
 mod users;
 
 use std::net::SocketAddr;
@@ -189,7 +191,18 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let manager = SessionManager::new(store, ring, config);
+    let mut manager = SessionManager::new(store, ring, config);
+    // The browser test's hook (only with APP_TEST_CLOCK=1): a clock it moves
+    // forward instead of waiting out the re-authentication window.
+    let test_clock = test_clock::enabled().then(test_clock::TestClock::default);
+    if let Some(clock) = &test_clock {
+        tracing::warn!(
+            "{}=1: the session clock is a TEST CLOCK that anyone can move with \
+             POST /__test/advance; never set it outside a test",
+            test_clock::ENV_VAR
+        );
+        manager = manager.with_clock(clock.clone());
+    }
     let _purge = manager.spawn_purge_task(Duration::from_secs(600));
 
     let app = App {
@@ -203,7 +216,7 @@ async fn main() {
         }),
     };
 
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/", get(pages::home))
         .route("/login", get(pages::login_page).post(pages::login))
         .route("/logout", post(pages::logout))
@@ -221,7 +234,14 @@ async fn main() {
         .fallback(pages::not_found)
         // Inside the session layer: the guard reads the session's token.
         .layer(axum::middleware::from_fn(csrf::guard))
-        .layer(SessionLayer::new(manager))
+        .layer(SessionLayer::new(manager));
+    if let Some(clock) = test_clock {
+        // Merged after the layers above: no session, no CSRF token.
+        router = router.merge(test_clock::router(clock));
+    }
+    let router = router
+        // Outermost: also on the session layer's own responses.
+        .layer(axum::middleware::map_response(html::security_headers))
         .with_state(app);
 
     let addr = listen_addr();
