@@ -364,6 +364,13 @@ mod postgres {
         eprintln!("postgres: {killed} backends terminated; {seen:?}");
         assert!(killed > 0, "no backend of the store's pool was terminated");
         assert!(seen.requests.load(Ordering::SeqCst) > 0);
+        // The kills were felt: a terminated backend fails the statement it
+        // was running or the next one on its connection, and a lookup that
+        // fails answers 503 (fail closed). Recovery is checked below.
+        assert!(
+            seen.unavailable.load(Ordering::SeqCst) > 0,
+            "no request saw a terminated backend fail: {seen:?}"
+        );
         assert_recovered(&h, &clients, true).await;
         assert_store_state(&store, &clients, h.manager.now()).await;
         sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
