@@ -123,6 +123,27 @@ async function stopApp() {
   app = null;
 }
 
+/** Runs the app on `keyFile` until it exits by itself: its exit code and stderr. */
+function runAppToExit(port, keyFile) {
+  const env = {
+    ...process.env,
+    APP_ADDR: `127.0.0.1:${port}`,
+    APP_DB: path.join(dir, 'refused.db'),
+    APP_KEY_FILE: keyFile,
+  };
+  delete env.SESSION_KEYS;
+  const child = spawn(APP_BIN, [], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (chunk) => (stderr += chunk));
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stderr });
+    });
+  });
+}
+
 // ----- a forged-post page, on another port of the same host -----------------------
 //
 // 127.0.0.1:<other port> is another origin but the same *site*, so the browser
@@ -221,7 +242,24 @@ async function flash(page) {
 async function run(browser) {
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
+
+  // 0. A key file with a malformed line: the app refuses to start, naming the
+  // line and never the text on it.
+  const badKeys = path.join(dir, 'bad-keys.txt');
+  fs.writeFileSync(badKeys, `# keys\n1:${Buffer.alloc(32, 7).toString('base64')}\nSECRET-NOT-AN-ENTRY\n`);
+  const refused = await runAppToExit(port, badKeys);
+  check(refused.code === 2, 'a malformed key file stops the app at start-up', `exit ${refused.code}`);
+  check(
+    refused.stderr.includes('line 3') && !refused.stderr.includes('SECRET') && !refused.stderr.includes('BwcH'),
+    'the error names the key file\'s line, never its text',
+    refused.stderr.trim(),
+  );
+
   await startApp(port);
+  check(
+    (fs.statSync(path.join(dir, 'keys.txt')).mode & 0o777) === 0o600,
+    'the generated key file is readable only by its owner (0600)',
+  );
 
   // 1. The login page: a CSRF token kept in a session before login.
   const a = await newDevice(browser, USER_AGENTS.linux);
@@ -306,9 +344,15 @@ async function run(browser) {
   await closeBrowserSession(a.context);
   check((await signedInAs(a.page)) === 'alice', 'a remember-me login survives closing the browser');
 
-  // 5. A restart on the same database keeps the session.
+  // 5. A restart on the same database keeps the session. (And a key file
+  // others can read is reported at start-up.)
   await stopApp();
+  fs.chmodSync(path.join(dir, 'keys.txt'), 0o644);
   await startApp(port);
+  check(
+    fs.readFileSync(appLog, 'utf8').includes('the key file is accessible to group or others'),
+    'a key file readable by others is reported at start-up',
+  );
   check((await signedInAs(a.page)) === 'alice', 'after an app restart alice is still signed in');
   const idA = (await a.page.textContent('#session-id')).trim();
 
@@ -401,6 +445,10 @@ async function run(browser) {
   await d.page.reload();
   check(!!(await d.page.$('tr[data-version="2"] .badge.ok')), 'key v2 is current');
   check(fs.readFileSync(path.join(dir, 'keys.txt'), 'utf8').includes('\n2:'), 'the key file holds v2, current');
+  check(
+    (fs.statSync(path.join(dir, 'keys.txt')).mode & 0o777) === 0o600 && !fs.existsSync(path.join(dir, 'keys.txt.tmp')),
+    'the rewritten key file is 0600 again, its temp file renamed away',
+  );
   check((await signedInAs(d.page)) === 'admin', 'the admin is still signed in after the rotation');
   check((await d.page.textContent('#key-version')).trim() === 'v2', 'the admin\'s session moved to key v2');
   // Alice's first request after the rotation still matches under v1 and
