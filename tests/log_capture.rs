@@ -11,6 +11,18 @@
 //! The capture is a global subscriber, so it sees every thread (SQLite's
 //! worker thread logs sqlx's statements).
 //!
+//! After every step the test also reads every record the store holds
+//! (straight from the backend: the memory store's records, the SQL tables,
+//! Redis's values and lookup-key index) and forbids every lookup key in any
+//! slot: current, previous, superseded. That covers secrets the test never
+//! sees, such as a successor written by a rotation whose response was lost
+//! or a login whose answer never came.
+//!
+//! The flows run on every backend: memory, SQLite (whose driver logs its
+//! statements), PostgreSQL and Redis (real servers: a schema or key prefix
+//! per test; skipped when unreachable unless `CI=true`, as in
+//! `postgres_store.rs` and `redis_store.rs`).
+//!
 //! `no_secret_leaks.rs` checks stored records and a shorter flow; this file
 //! covers the whole set of flows and also lookup keys under every version
 //! and the HMAC keys themselves.
@@ -46,9 +58,120 @@ fn harness(store: impl SessionStore, ledger: &Ledger) -> (Harness, Arc<FaultySto
     (h, faults)
 }
 
+/// The records of the flow's store, read straight from its backend.
+enum Records {
+    Memory(MemoryStore),
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::SqlitePool),
+    #[cfg(feature = "postgres")]
+    Postgres {
+        pool: sqlx::PgPool,
+        schema: String,
+    },
+    #[cfg(feature = "redis")]
+    Redis {
+        admin: redis::aio::MultiplexedConnection,
+        prefix: String,
+    },
+}
+
+/// `bytes` as a lookup key; a stored value of another length is no key.
+fn key_of(bytes: &[u8]) -> Option<[u8; 32]> {
+    bytes.try_into().ok()
+}
+
+impl Records {
+    /// Adds every lookup key the store holds, in every record's every slot
+    /// (and in the lookup-key index where the backend keeps one), to the
+    /// ledger.
+    async fn into_ledger(&self, ledger: &Ledger) {
+        match self {
+            Records::Memory(memory) => ledger.stored_records(&memory.records()),
+            #[cfg(feature = "sqlite")]
+            Records::Sqlite(pool) => {
+                let rows: Vec<(Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>)> = sqlx::query_as(
+                    "SELECT current_lookup_key, previous_lookup_key, superseded_lookup_key \
+                     FROM tower_hmac_session_records",
+                )
+                .fetch_all(pool)
+                .await
+                .unwrap();
+                for (current, previous, superseded) in rows {
+                    let slots = [Some(current), previous, superseded];
+                    for key in slots.iter().flatten().filter_map(|k| key_of(k)) {
+                        ledger.stored_lookup_key(key);
+                    }
+                }
+            }
+            #[cfg(feature = "postgres")]
+            Records::Postgres { pool, schema } => {
+                let rows: Vec<(Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>)> =
+                    sqlx::query_as(&format!(
+                        "SELECT current_lookup_key, previous_lookup_key, superseded_lookup_key \
+                         FROM \"{schema}\".tower_hmac_session_records"
+                    ))
+                    .fetch_all(pool)
+                    .await
+                    .unwrap();
+                for (current, previous, superseded) in rows {
+                    let slots = [Some(current), previous, superseded];
+                    for key in slots.iter().flatten().filter_map(|k| key_of(k)) {
+                        ledger.stored_lookup_key(key);
+                    }
+                }
+                let index: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
+                    "SELECT lookup_key FROM \"{schema}\".tower_hmac_session_lookup_keys"
+                ))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+                for key in index.iter().filter_map(|k| key_of(k)) {
+                    ledger.stored_lookup_key(key);
+                }
+            }
+            #[cfg(feature = "redis")]
+            Records::Redis { admin, prefix } => {
+                let mut admin = admin.clone();
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{prefix}*"))
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+                let hex_key = |hex: &str| key_of(&hex::decode(hex).ok()?);
+                for name in keys {
+                    let rest = &name[prefix.len()..];
+                    if let Some(hex) = rest.strip_prefix("k:") {
+                        // The lookup-key index: the key is in the name.
+                        ledger.stored_lookup_key(hex_key(hex).expect("a lookup key"));
+                    } else if rest.starts_with("s:") {
+                        // The record: `ths2|id|generation|expires|absolute|
+                        // revocation|current|previous|superseded|subject`.
+                        let value: Option<Vec<u8>> = redis::cmd("GET")
+                            .arg(&name)
+                            .query_async(&mut admin)
+                            .await
+                            .unwrap();
+                        let Some(value) = value else { continue };
+                        let value = String::from_utf8(value).unwrap();
+                        let header = value.lines().next().unwrap_or_default();
+                        let fields: Vec<&str> = header.split('|').collect();
+                        assert_eq!(fields.len(), 10, "a record header: {header:?}");
+                        for slot in &fields[6..9] {
+                            if *slot != "-" {
+                                ledger.stored_lookup_key(hex_key(slot).expect("a lookup key"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 struct Flow<'a> {
     h: &'a Harness,
     ledger: &'a Ledger,
+    records: &'a Records,
     /// Every session id a response named.
     ids: Vec<String>,
 }
@@ -63,7 +186,14 @@ impl Flow<'_> {
         if let Some(secret) = secret {
             self.ledger.secret(secret);
         }
-        self.ledger.saw(self.h.call(method, uri, secret).await)
+        let res = self.ledger.saw(self.h.call(method, uri, secret).await);
+        self.stored().await;
+        res
+    }
+
+    /// Forbids every lookup key the store holds now.
+    async fn stored(&self) {
+        self.records.into_ledger(self.ledger).await;
     }
 
     /// Logs `user` in; returns the secret and the session id.
@@ -83,10 +213,16 @@ impl Flow<'_> {
 
 /// Every flow, in an order that leaves each session in the state the next
 /// step needs. Returns the ids of the sessions involved.
-async fn every_flow(h: &Harness, faults: &FaultyStore, ledger: &Ledger) -> Vec<String> {
+async fn every_flow(
+    h: &Harness,
+    faults: &FaultyStore,
+    ledger: &Ledger,
+    records: &Records,
+) -> Vec<String> {
     let mut f = Flow {
         h,
         ledger,
+        records,
         ids: Vec::new(),
     };
     let ok = StatusCode::OK;
@@ -219,8 +355,10 @@ async fn every_flow(h: &Harness, faults: &FaultyStore, ledger: &Ledger) -> Vec<S
         .unwrap();
     m.list_for_subject("alice").await.unwrap();
     m.revoke_all_for_subject("bob", None).await.unwrap();
+    f.stored().await;
     h.advance(40 * 24 * 3600);
     m.purge_expired().await.unwrap();
+    f.stored().await;
     f.ids
 }
 
@@ -244,14 +382,29 @@ fn assert_clean(logs: &[u8], ids: &[String], ledger: &Ledger) {
         assert!(logs.contains(event), "no {event:?} in the log:\n{logs}");
     }
     assert!(ledger.secret_count() >= 20, "{}", ledger.secret_count());
+    // The store was read after every step: every lookup key it held is
+    // forbidden, among them keys of secrets no request or response
+    // carried (successors whose answer was lost, logins that failed to
+    // answer): the ledger would not have known them otherwise.
+    let derived = ledger.derived_lookup_keys();
+    let stored = ledger.stored_lookup_keys();
+    let unseen = stored.difference(&derived).count();
+    eprintln!(
+        "{} stored lookup keys, {unseen} of secrets never seen",
+        stored.len()
+    );
+    assert!(stored.len() >= 15, "{}", stored.len());
+    assert!(unseen > 0, "no stored lookup key beyond the seen secrets'");
 }
 
 #[tokio::test(start_paused = true)]
 async fn no_secret_lookup_key_or_key_byte_reaches_the_log_in_any_flow() {
     let log = global_log();
     let ledger = Ledger::default();
-    let (h, faults) = harness(MemoryStore::new(), &ledger);
-    let ids = every_flow(&h, &faults, &ledger).await;
+    let memory = MemoryStore::new();
+    let (h, faults) = harness(memory.clone(), &ledger);
+    let records = Records::Memory(memory);
+    let ids = every_flow(&h, &faults, &ledger, &records).await;
     let logs = log.bytes();
     assert!(contains(&logs, b"DEBUG"));
     assert_clean(&logs, &ids, &ledger);
@@ -268,11 +421,13 @@ async fn no_secret_reaches_the_log_over_sqlite_with_its_driver_logging() {
     let path = std::env::temp_dir().join(common::unique("ths-logs") + ".db");
     let store = SqliteStore::open(&path).await.unwrap();
     let (h, faults) = harness(store.clone(), &ledger);
-    let ids = every_flow(&h, &faults, &ledger).await;
+    let records = Records::Sqlite(store.pool().clone());
+    let ids = every_flow(&h, &faults, &ledger, &records).await;
 
     // A row damaged in the database: the lookup names the record's id.
     let mut flow_ids = ids;
     let res = ledger.saw(h.call("POST", "/login?user=mallory", None).await);
+    records.into_ledger(&ledger).await;
     flow_ids.push(res.body.clone());
     let secret = res.new_secret().unwrap();
     sqlx::query("UPDATE tower_hmac_session_records SET persistent = 7 WHERE subject = 'mallory'")
@@ -292,5 +447,96 @@ async fn no_secret_reaches_the_log_over_sqlite_with_its_driver_logging() {
     store.pool().close().await;
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+/// The same over PostgreSQL, in a schema of its own, with the driver's
+/// statements logged.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_log_over_postgres() {
+    use tower_hmac_session::store::PostgresStore;
+    let url = std::env::var("TOWER_HMAC_SESSION_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let log = global_log();
+    let pool = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(5)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&url)
+        .await
+    {
+        Ok(pool) => pool,
+        Err(error) => return common::unreachable("PostgreSQL", &url, &error),
+    };
+    let schema = common::unique("ths_logs");
+    let store = PostgresStore::in_schema(pool.clone(), &schema).unwrap();
+    store.migrate().await.unwrap();
+    let ledger = Ledger::default();
+    let (h, faults) = harness(store, &ledger);
+    let records = Records::Postgres {
+        pool: pool.clone(),
+        schema: schema.clone(),
+    };
+    let ids = every_flow(&h, &faults, &ledger, &records).await;
+    let logs = log.bytes();
+    assert!(
+        contains(&logs, b"sqlx::query"),
+        "the driver's own events are captured"
+    );
+    assert_clean(&logs, &ids, &ledger);
+    drop(h);
+    sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+/// The same over Redis, under a key prefix of its own.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_log_over_redis() {
+    use tower_hmac_session::store::RedisStore;
+    let url = std::env::var("TOWER_HMAC_SESSION_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let log = global_log();
+    let connect = async {
+        redis::Client::open(url.as_str())?
+            .get_multiplexed_async_connection()
+            .await
+    };
+    let admin = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(admin)) => admin,
+        Ok(Err(error)) => return common::unreachable("Redis", &url, &error),
+        Err(error) => return common::unreachable("Redis", &url, &error),
+    };
+    let prefix = common::unique("ths-logs") + ":";
+    let store = RedisStore::builder(url.clone())
+        .prefix(&prefix)
+        .connect()
+        .await
+        .unwrap();
+    let ledger = Ledger::default();
+    let (h, faults) = harness(store, &ledger);
+    let records = Records::Redis {
+        admin: admin.clone(),
+        prefix: prefix.clone(),
+    };
+    let ids = every_flow(&h, &faults, &ledger, &records).await;
+    let logs = log.bytes();
+    assert_clean(&logs, &ids, &ledger);
+    drop(h);
+    let mut admin = admin;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
     }
 }

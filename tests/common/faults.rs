@@ -436,10 +436,15 @@ impl Snapshot {
 
 /// Everything no log line may hold: every secret a test saw issued or
 /// presented, every lookup key those secrets have under every key version
-/// the test used, and every HMAC key's bytes.
+/// the test used, every lookup key a stored record held (the only trace of
+/// a secret the test never saw: a successor whose response was lost, a
+/// login whose answer never came), and every HMAC key's bytes.
 #[derive(Default)]
 pub struct Ledger {
     secrets: Mutex<Vec<[u8; 32]>>,
+    /// Lookup keys read from the store's records (current, previous and
+    /// superseded slots).
+    stored: Mutex<std::collections::BTreeSet<[u8; 32]>>,
     rings: Mutex<Vec<KeyRing>>,
     /// Key bytes by version: a version keeps its key across rings.
     keys: Mutex<BTreeMap<u32, Vec<u8>>>,
@@ -489,6 +494,47 @@ impl Ledger {
         self.secrets.lock().unwrap().len()
     }
 
+    /// Records a lookup key read from the store.
+    pub fn stored_lookup_key(&self, key: [u8; 32]) {
+        self.stored.lock().unwrap().insert(key);
+    }
+
+    /// Records every lookup key `records` hold, in every slot.
+    pub fn stored_records<'a>(&self, records: impl IntoIterator<Item = &'a SessionRecord>) {
+        for r in records {
+            let slots = std::iter::once(r.current.lookup_key)
+                .chain(r.previous.as_ref().map(|p| p.credential.lookup_key))
+                .chain(r.superseded.map(|c| c.lookup_key));
+            for key in slots {
+                self.stored_lookup_key(*key.as_bytes());
+            }
+        }
+    }
+
+    /// How many distinct lookup keys the store was seen to hold.
+    pub fn stored_count(&self) -> usize {
+        self.stored.lock().unwrap().len()
+    }
+
+    /// Every lookup key the store was seen to hold.
+    pub fn stored_lookup_keys(&self) -> std::collections::BTreeSet<[u8; 32]> {
+        self.stored.lock().unwrap().clone()
+    }
+
+    /// The lookup keys of every secret the ledger saw, under every version.
+    pub fn derived_lookup_keys(&self) -> std::collections::BTreeSet<[u8; 32]> {
+        let mut out = std::collections::BTreeSet::new();
+        for bytes in self.secrets.lock().unwrap().iter() {
+            let secret = SessionSecret::from_bytes(*bytes);
+            for ring in self.rings.lock().unwrap().iter() {
+                for version in ring.versions() {
+                    out.insert(*ring.lookup_key(version, &secret).unwrap().as_bytes());
+                }
+            }
+        }
+        out
+    }
+
     /// Every forbidden byte string, labelled.
     pub fn forbidden(&self) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
@@ -505,6 +551,9 @@ impl Ledger {
                     ));
                 }
             }
+        }
+        for (i, key) in self.stored.lock().unwrap().iter().enumerate() {
+            out.extend(forms(&format!("stored lookup key {i}"), key));
         }
         for (v, key) in self.keys.lock().unwrap().iter() {
             out.extend(forms(&format!("HMAC key v{v}"), key));
