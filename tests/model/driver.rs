@@ -332,9 +332,10 @@ async fn step_op(h: &Harness, m: &mut Model, op: &Op, all_keys: &[KeyRing]) -> R
 
 /// Two `/model` requests resolved together (both look the session up before
 /// either handler goes on), then finished in whatever order the runtime
-/// and the store give. The model tries each order of the two lookups and
-/// of the two writes and keeps the first that explains both responses and
-/// what the store holds after them.
+/// and the store give. The model tries each order of the two lookups (or
+/// both lookups before either's revocation on reuse, so that both see the
+/// reuse) and of the two writes, and keeps the first that explains both
+/// responses and what the store holds after them.
 async fn pair(
     h: &Harness,
     m: &mut Model,
@@ -357,16 +358,34 @@ async fn pair(
     let sa = observe(&TestResponse::from(ra.unwrap()).await);
     let sb = observe(&TestResponse::from(rb.unwrap()).await);
     let mut errors = Vec::new();
-    for (a_looks_first, a_writes_first) in
-        [(true, false), (true, true), (false, true), (false, false)]
-    {
+    for (lookups, a_writes_first) in [
+        ("a, b", false),
+        ("a, b", true),
+        ("b, a", true),
+        ("b, a", false),
+        ("together", true),
+        ("together", false),
+    ] {
         let mut t = m.clone();
-        let (resolved_a, resolved_b) = if a_looks_first {
-            let x = t.resolve(&va);
-            (x, t.resolve(&vb))
-        } else {
-            let y = t.resolve(&vb);
-            (t.resolve(&va), y)
+        let (resolved_a, resolved_b) = match lookups {
+            "a, b" => {
+                let x = t.resolve(&va);
+                (x, t.resolve(&vb))
+            }
+            "b, a" => {
+                let y = t.resolve(&vb);
+                (t.resolve(&va), y)
+            }
+            _ => {
+                // Both read the record before either revoked it.
+                let mut before = t.clone();
+                let y = before.resolve(&vb);
+                let x = t.resolve(&va);
+                if let spec::Resolved::Reuse(i) = y {
+                    t.sessions[i].ended.get_or_insert(spec::End::Reuse);
+                }
+                (x, y)
+            }
         };
         let ha = t.handle(resolved_a, !va.is_empty(), a.data);
         let hb = t.handle(resolved_b, !vb.is_empty(), b.data);
@@ -396,8 +415,7 @@ async fn pair(
                 return Ok(());
             }
             Err(e) => errors.push(format!(
-                "lookups {}, writes {}: {e}",
-                if a_looks_first { "a, b" } else { "b, a" },
+                "lookups {lookups}, writes {}: {e}",
                 if a_writes_first { "a, b" } else { "b, a" },
             )),
         }

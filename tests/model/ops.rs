@@ -152,6 +152,80 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Mostly a secret from before the rotation.
+fn old_cookie() -> impl Strategy<Value = Cookie> {
+    prop_oneof![
+        4 => any::<u8>().prop_map(Cookie::Old),
+        1 => any::<u8>().prop_map(Cookie::JarAndOld),
+        1 => Just(Cookie::Jar),
+    ]
+}
+
+/// One client's session walked through a rotation, so that the rare rules
+/// are reached in every run, not by luck: a login (its cookie perhaps
+/// copied to another client), the access ttl passing, a request that
+/// rotates (its answer perhaps lost), perhaps a new key, the clock moved
+/// around the grace, a request with the jar (confirm, re-rotate, or re-key),
+/// the clock moved again, and a request from it or the copy's holder with
+/// an old or mixed cookie (reuse, a superseded secret, two sessions, or nothing).
+fn rotation_story() -> impl Strategy<Value = Vec<Op>> {
+    let around_grace = || prop::sample::select(vec![30u32, 61, 120]);
+    (
+        (client(), 0..SUBJECTS, prop::option::weighted(0.4, client())),
+        (prop::bool::weighted(0.35), prop::bool::weighted(0.25)),
+        (around_grace(), around_grace()),
+        (any::<bool>(), old_cookie(), data()),
+    )
+        .prop_map(
+            |((c, user, copy_to), (lost, add_key), (first, second), (by_copy, cookie, data))| {
+                let last = copy_to.filter(|_| by_copy).unwrap_or(c);
+                let read = |client, cookie, lost| Op::Request {
+                    call: Call {
+                        client,
+                        cookie,
+                        data: Data::Read,
+                    },
+                    lost,
+                    slow: 0,
+                };
+                let mut story = vec![Op::Login {
+                    client: c,
+                    user,
+                    lost: false,
+                }];
+                story.extend(copy_to.map(|to| Op::Share { from: c, to }));
+                story.push(Op::Advance(901));
+                story.push(read(c, Cookie::Jar, lost));
+                if add_key {
+                    story.push(Op::AddKey);
+                }
+                story.push(Op::Advance(first));
+                story.push(read(c, Cookie::Jar, false));
+                story.push(Op::Advance(second));
+                story.push(Op::Request {
+                    call: Call {
+                        client: last,
+                        cookie,
+                        data,
+                    },
+                    lost: false,
+                    slow: 0,
+                });
+                story
+            },
+        )
+}
+
+/// Random operations with, now and then, a [`rotation_story`]; at most
+/// `max` in all.
 pub(crate) fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
-    prop::collection::vec(op(), (max / 4).max(1)..=max)
+    let chunk = prop_oneof![
+        12 => op().prop_map(|op| vec![op]),
+        1 => rotation_story(),
+    ];
+    prop::collection::vec(chunk, (max / 4).max(1)..=max).prop_map(move |chunks| {
+        let mut ops: Vec<Op> = chunks.into_iter().flatten().collect();
+        ops.truncate(max);
+        ops
+    })
 }

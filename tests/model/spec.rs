@@ -754,9 +754,11 @@ impl Model {
     ) -> std::ops::RangeInclusive<u64> {
         let now = self.now;
         let mut live = 0;
+        // Only live sessions are revoked: one that already expired is left
+        // as it is (never revoked), as every store leaves it.
         for (i, s) in self.sessions.iter_mut().enumerate() {
-            if Some(i) != except && s.subject.as_deref() == Some(subject) && s.ended.is_none() {
-                live += u64::from(s.active(now));
+            if Some(i) != except && s.subject.as_deref() == Some(subject) && s.active(now) {
+                live += 1;
                 s.ended = Some(why);
             }
         }
