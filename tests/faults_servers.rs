@@ -19,6 +19,8 @@
 //! `appendfsync always` for revocations to survive a crash; see
 //! `a_restart_from_an_older_snapshot_undoes_a_revocation`.
 
+#![cfg(any(feature = "postgres", feature = "redis"))]
+
 mod common;
 
 use std::process::{Child, Command, Stdio};
