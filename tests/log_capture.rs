@@ -75,6 +75,10 @@ enum Records {
     },
 }
 
+/// A SQL row's lookup-key columns: current, previous, superseded.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+type SlotRow = (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// `bytes` as a lookup key; a stored value of another length is no key.
 fn key_of(bytes: &[u8]) -> Option<[u8; 32]> {
     bytes.try_into().ok()
@@ -84,12 +88,12 @@ impl Records {
     /// Adds every lookup key the store holds, in every record's every slot
     /// (and in the lookup-key index where the backend keeps one), to the
     /// ledger.
-    async fn into_ledger(&self, ledger: &Ledger) {
+    async fn add_to(&self, ledger: &Ledger) {
         match self {
             Records::Memory(memory) => ledger.stored_records(&memory.records()),
             #[cfg(feature = "sqlite")]
             Records::Sqlite(pool) => {
-                let rows: Vec<(Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>)> = sqlx::query_as(
+                let rows: Vec<SlotRow> = sqlx::query_as(
                     "SELECT current_lookup_key, previous_lookup_key, superseded_lookup_key \
                      FROM tower_hmac_session_records",
                 )
@@ -105,14 +109,13 @@ impl Records {
             }
             #[cfg(feature = "postgres")]
             Records::Postgres { pool, schema } => {
-                let rows: Vec<(Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>)> =
-                    sqlx::query_as(&format!(
-                        "SELECT current_lookup_key, previous_lookup_key, superseded_lookup_key \
+                let rows: Vec<SlotRow> = sqlx::query_as(&format!(
+                    "SELECT current_lookup_key, previous_lookup_key, superseded_lookup_key \
                          FROM \"{schema}\".tower_hmac_session_records"
-                    ))
-                    .fetch_all(pool)
-                    .await
-                    .unwrap();
+                ))
+                .fetch_all(pool)
+                .await
+                .unwrap();
                 for (current, previous, superseded) in rows {
                     let slots = [Some(current), previous, superseded];
                     for key in slots.iter().flatten().filter_map(|k| key_of(k)) {
@@ -193,7 +196,7 @@ impl Flow<'_> {
 
     /// Forbids every lookup key the store holds now.
     async fn stored(&self) {
-        self.records.into_ledger(self.ledger).await;
+        self.records.add_to(self.ledger).await;
     }
 
     /// Logs `user` in; returns the secret and the session id.
@@ -427,7 +430,7 @@ async fn no_secret_reaches_the_log_over_sqlite_with_its_driver_logging() {
     // A row damaged in the database: the lookup names the record's id.
     let mut flow_ids = ids;
     let res = ledger.saw(h.call("POST", "/login?user=mallory", None).await);
-    records.into_ledger(&ledger).await;
+    records.add_to(&ledger).await;
     flow_ids.push(res.body.clone());
     let secret = res.new_secret().unwrap();
     sqlx::query("UPDATE tower_hmac_session_records SET persistent = 7 WHERE subject = 'mallory'")
