@@ -18,6 +18,10 @@ pub mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz;
+
 #[doc(inline)]
 pub use clock::{Clock, MockClock, SystemClock};
 #[doc(inline)]

@@ -22,7 +22,7 @@ use crate::record::{
 
 #[cfg(feature = "memory")]
 mod memory;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "fuzzing"))]
 pub(crate) mod raw;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql;

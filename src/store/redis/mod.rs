@@ -106,7 +106,7 @@
 mod builder;
 mod scripts;
 mod store;
-mod value;
+pub(crate) mod value;
 
 #[doc(inline)]
 pub use builder::{DEFAULT_CONNECTIONS, RedisStoreBuilder};

@@ -142,7 +142,7 @@ pub(super) fn header(record: &SessionRecord) -> Vec<u8> {
 }
 
 /// The stored value of `record`: its [`header`], then its JSON.
-pub(super) fn encode(record: &SessionRecord) -> Vec<u8> {
+pub(crate) fn encode(record: &SessionRecord) -> Vec<u8> {
     let mut value = header(record);
     let body = BodyOut {
         created_at: to_micros(record.created_at),
@@ -186,7 +186,7 @@ pub(super) fn revocation_field(at_micros: i64, revocation: &Revocation) -> Strin
 
 /// Decodes a stored value strictly. `id` is the record's id when the caller
 /// knows it (the key it read was `s:<id>`), for the error.
-pub(super) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecord, StoreError> {
+pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecord, StoreError> {
     let split = value
         .iter()
         .position(|&b| b == b'\n')
