@@ -410,6 +410,11 @@ impl SessionRecord {
         if let Some(user_agent) = &self.user_agent {
             validate_user_agent(user_agent)?;
         }
+        // The persistent stores check the actor when they read a record
+        // back: one they would call corrupt must not be written.
+        if let Some(revoked) = &self.revoked {
+            revoked.revocation.validate()?;
+        }
         validate_data(&self.data)
     }
 }

@@ -1,0 +1,65 @@
+//! Regression tests for what the fuzz targets in `fuzz/` found (see
+//! FUZZING.md): each fails without its fix.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use time::macros::datetime;
+use tower_hmac_session::{
+    Credential, Data, KeyVersion, LookupKey, Revocation, RevocationReason, Revoked, SessionId,
+    SessionRecord,
+};
+
+const T0: OffsetDateTime = datetime!(2030-01-01 00:00 UTC);
+
+fn record() -> SessionRecord {
+    SessionRecord {
+        id: SessionId::from_bytes([1; 16]),
+        generation: 0,
+        subject: Some("user-1".into()),
+        created_at: T0,
+        authenticated_at: Some(T0),
+        last_seen_at: T0,
+        expires_at: T0 + Duration::from_secs(600),
+        absolute_expires_at: T0 + Duration::from_secs(3600),
+        idle_timeout: Duration::from_secs(600),
+        persistent: true,
+        access_expires_at: T0 + Duration::from_secs(60),
+        current: Credential {
+            lookup_key: LookupKey::from_bytes([2; 32]),
+            key_version: KeyVersion(1),
+        },
+        previous: None,
+        superseded: None,
+        revoked: None,
+        user_agent: None,
+        client_ip: None,
+        data: Data::new(),
+    }
+}
+
+/// fuzz/redis_value: `validate()` accepted a record whose revocation actor
+/// every persistent backend rejects on reading (empty, over 256 bytes, or
+/// with control characters), so a store could write a record it then reads
+/// as corrupt.
+#[test]
+fn validate_refuses_a_revocation_actor_the_stores_cannot_read_back() {
+    for actor in ["", "ops\u{1b}[2J", &"a".repeat(257)] {
+        let record = SessionRecord {
+            revoked: Some(Revoked {
+                at: T0,
+                revocation: Revocation::new(RevocationReason::Admin).by(actor),
+            }),
+            ..record()
+        };
+        assert!(record.validate().is_err(), "actor {actor:?}");
+    }
+    let ok = SessionRecord {
+        revoked: Some(Revoked {
+            at: T0,
+            revocation: Revocation::new(RevocationReason::Admin).by("ops"),
+        }),
+        ..record()
+    };
+    assert_eq!(ok.validate(), Ok(()));
+}
