@@ -318,8 +318,9 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// An invalid subject, lifetimes or data (over 4 KiB of JSON, or a NUL
-    /// character), or a store failure (nothing is staged then).
+    /// An invalid subject, lifetimes or data (over 4 KiB of JSON, nested
+    /// over 64 levels, or a NUL character), or a store failure (nothing is
+    /// staged then).
     pub async fn login_with(
         &self,
         subject: impl Into<String>,
@@ -638,8 +639,8 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// A value that does not serialize; data over 4 KiB of JSON or holding a
-    /// NUL character (nothing changes then); [`SessionError::NotLoggedIn`]
+    /// A value that does not serialize; data over 4 KiB of JSON, nested over
+    /// 64 levels, or holding a NUL character (nothing changes then); [`SessionError::NotLoggedIn`]
     /// when the request carried a cookie of a session it could not use (an
     /// ended or contested session never turns into a new one).
     pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {

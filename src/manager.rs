@@ -57,7 +57,7 @@ pub enum SessionError {
     /// A login's lifetimes contradict each other.
     #[error("invalid session lifetime: {0}")]
     InvalidLifetime(&'static str),
-    /// The session data is too large, or holds a NUL character.
+    /// The session data is too large, too deeply nested, or holds a NUL character.
     #[error("invalid session data: {0}")]
     InvalidData(&'static str),
     /// A data value could not be converted to or from JSON.

@@ -444,25 +444,48 @@ pub(crate) fn validate_user_agent(user_agent: &str) -> Result<(), &'static str> 
     Ok(())
 }
 
-/// Checks session data: at most [`MAX_DATA_LEN`] bytes of compact JSON, and
-/// no NUL character in any key or string (so every backend stores the same
-/// values: PostgreSQL's `jsonb` cannot hold one).
+/// How deep a value in session data may nest arrays and objects. The stores
+/// read records back with serde_json, which refuses more than 128 levels
+/// (counting the record's own objects around the data): deeper data would
+/// be written and then read as corrupt.
+pub(crate) const MAX_DATA_DEPTH: usize = 64;
+
+/// Checks session data: at most [`MAX_DATA_LEN`] bytes of compact JSON, no
+/// NUL character in any key or string (so every backend stores the same
+/// values: PostgreSQL's `jsonb` cannot hold one), and values nested at most
+/// [`MAX_DATA_DEPTH`] levels (so every backend can read them back).
 pub(crate) fn validate_data(data: &Data) -> Result<(), &'static str> {
     if data.is_empty() {
         return Ok(());
     }
-    fn has_nul(value: &serde_json::Value) -> bool {
+    /// Recursion stops at the depth limit, however deep the value.
+    fn check(value: &serde_json::Value, depth: usize) -> Result<(), &'static str> {
+        let deeper = || match depth < MAX_DATA_DEPTH {
+            true => Ok(depth + 1),
+            false => Err("session data is nested more than 64 levels deep"),
+        };
         match value {
-            serde_json::Value::String(s) => s.contains('\0'),
-            serde_json::Value::Array(items) => items.iter().any(has_nul),
-            serde_json::Value::Object(map) => {
-                map.iter().any(|(k, v)| k.contains('\0') || has_nul(v))
+            serde_json::Value::String(s) if s.contains('\0') => Err(NUL),
+            serde_json::Value::Array(items) => {
+                let depth = deeper()?;
+                items.iter().try_for_each(|v| check(v, depth))
             }
-            _ => false,
+            serde_json::Value::Object(map) => {
+                let depth = deeper()?;
+                map.iter().try_for_each(|(k, v)| match k.contains('\0') {
+                    true => Err(NUL),
+                    false => check(v, depth),
+                })
+            }
+            _ => Ok(()),
         }
     }
-    if data.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
-        return Err("session data holds a NUL character");
+    const NUL: &str = "session data holds a NUL character";
+    for (key, value) in data {
+        if key.contains('\0') {
+            return Err(NUL);
+        }
+        check(value, 0)?;
     }
     /// Counts the bytes of compact JSON without keeping them.
     struct Counter(usize);

@@ -63,3 +63,43 @@ fn validate_refuses_a_revocation_actor_the_stores_cannot_read_back() {
     };
     assert_eq!(ok.validate(), Ok(()));
 }
+
+/// `[[[…]]]` nested `depth` arrays deep, around `null`.
+fn nested(depth: usize) -> serde_json::Value {
+    let mut value = serde_json::Value::Null;
+    for _ in 0..depth {
+        value = serde_json::Value::Array(vec![value]);
+    }
+    value
+}
+
+/// fuzz/sql_record and fuzz/redis_value: data nested deeper than serde_json
+/// reads back (128 levels, the record's own object included) passed the
+/// 4 KiB bound (`[[[…]]]` 200 deep is 400 bytes), so SQLite, PostgreSQL and
+/// Redis stored a session that every later request read as corrupt (a 503
+/// until it expired).
+#[test]
+fn data_nested_deeper_than_the_stores_read_back_is_refused() {
+    let mut data = Data::new();
+    data.insert("deep".into(), nested(200));
+    let deep = SessionRecord { data, ..record() };
+    assert!(deep.validate().is_err());
+
+    let mut data = Data::new();
+    data.insert("ok".into(), nested(60));
+    let shallow = SessionRecord { data, ..record() };
+    assert_eq!(shallow.validate(), Ok(()));
+}
+
+/// The same through the public API: a handler's `insert` of such a value is
+/// refused when it is made, not when the store reads it back.
+#[tokio::test]
+async fn inserting_data_nested_too_deep_is_an_invalid_data_error() {
+    use tower_hmac_session::{KeyRing, MemoryStore, SessionConfig, SessionError, SessionManager};
+    let keys = KeyRing::builder().key(1, [7u8; 32]).build().unwrap();
+    let sessions = SessionManager::new(MemoryStore::new(), keys, SessionConfig::default());
+    let mut data = Data::new();
+    data.insert("deep".into(), nested(200));
+    let error = sessions.create_session("user-1", data).await.unwrap_err();
+    assert!(matches!(error, SessionError::InvalidData(_)), "{error:?}");
+}
