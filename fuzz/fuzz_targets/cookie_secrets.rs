@@ -22,9 +22,17 @@ const NAMES: [&str; 4] = ["__Host-session", "sid", "a", "__Secure-x"];
 enum Piece {
     Raw(Vec<u8>),
     /// `<name>=<secret>` with the configured or another name.
-    Secret { name: u8, bytes: [u8; 32], pad: u8 },
+    Secret {
+        name: u8,
+        bytes: [u8; 32],
+        pad: u8,
+    },
     /// A secret's encoding, one character changed.
-    NearMiss { bytes: [u8; 32], at: u8, to: u8 },
+    NearMiss {
+        bytes: [u8; 32],
+        at: u8,
+        to: u8,
+    },
     Sep(u8),
 }
 
@@ -37,7 +45,11 @@ struct Input {
 fn render(piece: &Piece, name: &str, out: &mut Vec<u8>) {
     match piece {
         Piece::Raw(bytes) => out.extend_from_slice(bytes),
-        Piece::Secret { name: n, bytes, pad } => {
+        Piece::Secret {
+            name: n,
+            bytes,
+            pad,
+        } => {
             let n = match n % 3 {
                 0 => name,
                 1 => NAMES[usize::from(*n) % NAMES.len()],
@@ -115,14 +127,20 @@ fuzz_target!(|input: Input| {
     let found = find_secrets(&map, name);
     assert!(found.len() <= MAX_COOKIE_VALUES);
     let found_bytes: Vec<[u8; 32]> = found.iter().map(|s| *s.expose_bytes()).collect();
-    assert_eq!(found_bytes, reference(&values, name), "differs from the reference reading");
+    assert_eq!(
+        found_bytes,
+        reference(&values, name),
+        "differs from the reference reading"
+    );
     for secret in &found {
         let encoded = secret.encode();
         assert_eq!(encoded.len(), ENCODED_SECRET_LEN);
         let again = SessionSecret::parse(&encoded).expect("a canonical encoding parses");
         assert_eq!(again.expose_bytes(), secret.expose_bytes());
         assert!(
-            values.iter().any(|v| v.windows(ENCODED_SECRET_LEN).any(|w| w == encoded.as_bytes())),
+            values.iter().any(|v| v
+                .windows(ENCODED_SECRET_LEN)
+                .any(|w| w == encoded.as_bytes())),
             "a found secret's encoding is in a header"
         );
     }

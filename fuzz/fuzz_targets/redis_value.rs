@@ -31,7 +31,10 @@ enum Input {
 }
 
 fn header(value: &[u8]) -> &[u8] {
-    let end = value.iter().position(|&b| b == b'\n').unwrap_or(value.len());
+    let end = value
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(value.len());
     &value[..end]
 }
 
@@ -82,7 +85,10 @@ fuzz_target!(|input: Input| match input {
                     value.drain(i..end);
                 }
                 Edit::Field(n, text) => {
-                    let split = value.iter().position(|&b| b == b'\n').unwrap_or(value.len());
+                    let split = value
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .unwrap_or(value.len());
                     let head = String::from_utf8_lossy(&value[..split]).into_owned();
                     let mut fields: Vec<&str> = head.split('|').collect();
                     let n = usize::from(*n) % fields.len().max(1);

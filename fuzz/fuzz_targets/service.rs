@@ -48,9 +48,9 @@ use libfuzzer_sys::fuzz_target;
 use time::OffsetDateTime;
 use tower::ServiceExt as _;
 use tower_hmac_session::{
-    ActiveSession, ActiveSessionRecord, Candidate, CarryData, Clock, KeyRing, KeyVersion, LoginOptions,
-    MAX_COOKIE_VALUES, MemoryStore, MockClock, Revocation, RevokeOutcome,
-    Session, SessionConfig, SessionError, SessionId, SessionLayer, SessionManager, SessionMatch,
+    ActiveSession, ActiveSessionRecord, Candidate, CarryData, Clock, KeyRing, KeyVersion,
+    LoginOptions, MAX_COOKIE_VALUES, MemoryStore, MockClock, Revocation, RevokeOutcome, Session,
+    SessionConfig, SessionError, SessionId, SessionLayer, SessionManager, SessionMatch,
     SessionRecord, SessionSecret, SessionStore, StoreError, StoreErrorPolicy, SubjectCap,
     VersionCount,
 };
@@ -101,7 +101,11 @@ impl FlakyStore {
         }
     }
 
-    fn after<T>(&self, operation: &'static str, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    fn after<T>(
+        &self,
+        operation: &'static str,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         match (self.mode.load(Ordering::Relaxed), result) {
             (APPLY_THEN_FAIL, Ok(_)) => Err(StoreError::Timeout {
                 operation,
@@ -120,13 +124,20 @@ impl SessionStore for FlakyStore {
         now: OffsetDateTime,
     ) -> Result<Vec<SessionMatch>, StoreError> {
         let versions = usize::from(self.versions.load(Ordering::Relaxed));
-        assert!(!candidates.is_empty(), "a store call without a cookie value");
+        assert!(
+            !candidates.is_empty(),
+            "a store call without a cookie value"
+        );
         assert!(
             candidates.len() <= MAX_COOKIE_VALUES * versions,
             "{} candidates for {versions} key versions",
             candidates.len()
         );
-        assert!(candidates.iter().all(|c| usize::from(c.value_index) < MAX_COOKIE_VALUES));
+        assert!(
+            candidates
+                .iter()
+                .all(|c| usize::from(c.value_index) < MAX_COOKIE_VALUES)
+        );
         self.read("find_active")?;
         self.inner.find_active(candidates, now).await
     }
@@ -392,8 +403,10 @@ impl ConfigInput {
             builder = builder.store_error_policy(StoreErrorPolicy::ContinueAnonymous);
         }
         if let Some(hops) = self.proxy_hops {
-            builder = builder
-                .trusted_proxy_header(HeaderName::from_static("x-forwarded-for"), usize::from(hops % 3) + 1);
+            builder = builder.trusted_proxy_header(
+                HeaderName::from_static("x-forwarded-for"),
+                usize::from(hops % 3) + 1,
+            );
         }
         // Contradictory lifetimes are refused at build: fall back to a
         // short-lived valid config so the run still exercises the layer.
@@ -457,7 +470,10 @@ async fn active_handler(
 }
 
 fn record_ids(job: &Job, records: &[ActiveSessionRecord]) {
-    job.learnt.lock().unwrap().extend(records.iter().map(|r| r.id));
+    job.learnt
+        .lock()
+        .unwrap()
+        .extend(records.iter().map(|r| r.id));
 }
 
 async fn act(session: &Session, job: &Job) -> Result<(), SessionError> {
@@ -491,7 +507,9 @@ async fn act(session: &Session, job: &Job) -> Result<(), SessionError> {
                 _ => CarryData::Keys(carry_keys.iter().map(|k| k.text("k")).collect()),
             });
             for (key, value) in data {
-                options = options.insert(key.text("k"), value.value()).expect("a JSON value");
+                options = options
+                    .insert(key.text("k"), value.value())
+                    .expect("a JSON value");
             }
             if let Some(ua) = user_agent {
                 options = options.user_agent(ua.clone());
@@ -543,8 +561,15 @@ fn decorate(job: &Job, response: &mut Response) {
         1 => Some("public, max-age=600"),
         2 => Some("max-age=60, s-maxage=600"),
         3 | 4 => {
-            let name = if d.cache % 6 == 3 { "cdn-cache-control" } else { "surrogate-control" };
-            headers.insert(HeaderName::from_static(name), HeaderValue::from_static("max-age=60"));
+            let name = if d.cache % 6 == 3 {
+                "cdn-cache-control"
+            } else {
+                "surrogate-control"
+            };
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static("max-age=60"),
+            );
             None
         }
         _ => Some("private, max-age=60"),
@@ -553,7 +578,10 @@ fn decorate(job: &Job, response: &mut Response) {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static(cache));
     }
     if d.expires {
-        headers.insert(EXPIRES, HeaderValue::from_static("Thu, 01 Jan 2099 00:00:00 GMT"));
+        headers.insert(
+            EXPIRES,
+            HeaderValue::from_static("Thu, 01 Jan 2099 00:00:00 GMT"),
+        );
     }
     if d.other_cookie {
         headers.append(SET_COOKIE, HeaderValue::from_static("theme=dark; Path=/"));
@@ -617,7 +645,9 @@ struct Outcome {
 
 impl Run {
     fn new(config: SessionConfig) -> Self {
-        let clock = MockClock::new(OffsetDateTime::from_unix_timestamp_nanos(i128::from(T0_MICROS) * 1000).unwrap());
+        let clock = MockClock::new(
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(T0_MICROS) * 1000).unwrap(),
+        );
         let keys = [[1u8; 32], [2u8; 32], [3u8; 32]];
         let store = Arc::new(FlakyStore {
             inner: MemoryStore::new(),
@@ -658,7 +688,9 @@ impl Run {
         match step {
             Step::Request(req) => self.request(req),
             Step::Advance(secs) => self.clock.advance(Duration::from_secs(u64::from(*secs))),
-            Step::AdvanceFar(secs) => self.clock.advance(Duration::from_secs(u64::from(*secs) * 97)),
+            Step::AdvanceFar(secs) => self
+                .clock
+                .advance(Duration::from_secs(u64::from(*secs) * 97)),
             Step::Back(secs) => {
                 let now = self.clock.now();
                 if let Some(t) = now.checked_sub(time::Duration::seconds(i64::from(*secs))) {
@@ -672,7 +704,8 @@ impl Run {
             }
             Step::RotateKeys(v) => {
                 let current = u32::from(*v) % KEY_VERSIONS + 1;
-                self.manager.set_key_ring(key_ring(&self.keys, current, &[1, 2, 3]));
+                self.manager
+                    .set_key_ring(key_ring(&self.keys, current, &[1, 2, 3]));
                 self.store.versions.store(3, Ordering::Relaxed);
             }
             Step::RetireKeys(v) => {
@@ -682,17 +715,26 @@ impl Run {
                 if keep != current {
                     accepted.push(keep);
                 }
-                self.store.versions.store(accepted.len() as u8, Ordering::Relaxed);
-                self.manager.set_key_ring(key_ring(&self.keys, current, &accepted));
+                self.store
+                    .versions
+                    .store(accepted.len() as u8, Ordering::Relaxed);
+                self.manager
+                    .set_key_ring(key_ring(&self.keys, current, &accepted));
             }
             Step::RevokeAll(subject) => {
                 let subject = subject.text("user");
                 let _ = runtime().block_on(self.manager.revoke_all_for_subject(&subject, None));
             }
             Step::Purge => {
-                runtime().block_on(self.manager.purge_expired()).expect("purge on a healthy store");
+                runtime()
+                    .block_on(self.manager.purge_expired())
+                    .expect("purge on a healthy store");
             }
-            Step::Plant { record, slot, client } => self.plant(record, *slot, *client),
+            Step::Plant {
+                record,
+                slot,
+                client,
+            } => self.plant(record, *slot, *client),
             Step::CopyJar(from, to) => {
                 let from = usize::from(*from) % CLIENTS;
                 let to = usize::from(*to) % CLIENTS;
@@ -707,9 +749,15 @@ impl Run {
         let mut record = record.record();
         let secret = SessionSecret::generate();
         let keys = self.manager.key_ring();
-        let version = keys.versions().nth(usize::from(slot / 3) % keys.versions().len()).unwrap();
+        let version = keys
+            .versions()
+            .nth(usize::from(slot / 3) % keys.versions().len())
+            .unwrap();
         let lookup_key = keys.lookup_key(version, &secret).unwrap();
-        let credential = tower_hmac_session::Credential { lookup_key, key_version: version };
+        let credential = tower_hmac_session::Credential {
+            lookup_key,
+            key_version: version,
+        };
         match slot % 3 {
             0 => record.current = credential,
             1 => match &mut record.previous {
@@ -752,7 +800,12 @@ impl Run {
                 cookies: vec![CookieSource::Jar],
                 headers: Vec::new(),
                 action: Action::Read,
-                decoration: Decoration { cache: 0, expires: false, other_cookie: false, vary: 0 },
+                decoration: Decoration {
+                    cache: 0,
+                    expires: false,
+                    other_cookie: false,
+                    vary: 0,
+                },
                 lost: false,
                 verify: false,
                 failure: OK,
@@ -760,7 +813,11 @@ impl Run {
             assert_eq!(self.jars[client].as_deref(), Some(secret.as_str()));
             let after = self.send(client, &check, OK, false);
             assert_eq!(after.status, StatusCode::OK);
-            assert_eq!(after.active, Some(true), "a cookie just set does not resolve: {outcome:?}");
+            assert_eq!(
+                after.active,
+                Some(true),
+                "a cookie just set does not resolve: {outcome:?}"
+            );
             // A pre-login session's cookie stays subject-less; otherwise the
             // subject is the one the response was made for.
             if outcome.active == Some(true) {
@@ -779,20 +836,30 @@ impl Run {
             5 => Method::OPTIONS,
             _ => Method::PATCH,
         };
-        let path = if matches!(req.action, Action::Active) { "/active" } else { "/" };
+        let path = if matches!(req.action, Action::Active) {
+            "/active"
+        } else {
+            "/"
+        };
         let mut builder = Request::builder().method(method.clone()).uri(path);
         let mut header = Vec::new();
         let mut cookie_headers = Vec::new();
         for source in req.cookies.iter().take(12) {
             let pair = match source {
-                CookieSource::Jar => self.jars[client].as_ref().map(|s| format!("{}={s}", self.cookie_name)),
-                CookieSource::History(n) => self.history(*n).map(|s| format!("{}={s}", self.cookie_name)),
+                CookieSource::Jar => self.jars[client]
+                    .as_ref()
+                    .map(|s| format!("{}={s}", self.cookie_name)),
+                CookieSource::History(n) => self
+                    .history(*n)
+                    .map(|s| format!("{}={s}", self.cookie_name)),
                 CookieSource::OtherJar(n) => self.jars[usize::from(*n) % CLIENTS]
                     .as_ref()
                     .map(|s| format!("{}={s}", self.cookie_name)),
-                CookieSource::Fresh(bytes) => {
-                    Some(format!("{}={}", self.cookie_name, SessionSecret::from_bytes(*bytes).encode()))
-                }
+                CookieSource::Fresh(bytes) => Some(format!(
+                    "{}={}",
+                    self.cookie_name,
+                    SessionSecret::from_bytes(*bytes).encode()
+                )),
                 CookieSource::Garbage(bytes) => {
                     header.extend_from_slice(bytes);
                     None
@@ -833,7 +900,10 @@ impl Run {
             seen_ids: self.seen_ids.clone(),
             learnt: Mutex::new(Vec::new()),
         });
-        let request = builder.extension(job.clone()).body(Body::empty()).expect("a request");
+        let request = builder
+            .extension(job.clone())
+            .body(Body::empty())
+            .expect("a request");
 
         self.store.mode.store(failure, Ordering::Relaxed);
         let app = self.app.clone();
@@ -870,7 +940,9 @@ impl Run {
                 method == Method::HEAD
                     || matches!(
                         &*body_text,
-                        "invalid session subject" | "invalid session lifetime" | "invalid session data"
+                        "invalid session subject"
+                            | "invalid session lifetime"
+                            | "invalid session data"
                     ),
                 "500 body: {body_text}"
             );
@@ -891,13 +963,20 @@ impl Run {
                 assert!(v.contains("Max-Age=0"), "a clear without Max-Age=0: {v}");
                 None
             } else {
-                assert!(SessionSecret::parse(value).is_some(), "a malformed secret set: {v}");
+                assert!(
+                    SessionSecret::parse(value).is_some(),
+                    "a malformed secret set: {v}"
+                );
                 Some(value.to_owned())
             }
         });
         if cookie.is_some() {
             let cache: Vec<_> = headers.get_all(CACHE_CONTROL).iter().collect();
-            assert_eq!(cache, [HeaderValue::from_static("no-store")], "Set-Cookie without no-store");
+            assert_eq!(
+                cache,
+                [HeaderValue::from_static("no-store")],
+                "Set-Cookie without no-store"
+            );
             assert!(!headers.contains_key(EXPIRES));
             assert!(!headers.contains_key("cdn-cache-control"));
             assert!(!headers.contains_key("surrogate-control"));
@@ -912,7 +991,10 @@ impl Run {
         }
         if req.decoration.other_cookie && status == StatusCode::OK {
             assert!(
-                headers.get_all(SET_COOKIE).iter().any(|v| v == "theme=dark; Path=/"),
+                headers
+                    .get_all(SET_COOKIE)
+                    .iter()
+                    .any(|v| v == "theme=dark; Path=/"),
                 "the handler's own cookie was dropped"
             );
         }
@@ -931,7 +1013,8 @@ impl Run {
             .map(|v| v.to_str().unwrap().to_ascii_lowercase())
             .collect();
         assert!(
-            vary.iter().any(|v| v.split(',').any(|t| matches!(t.trim(), "cookie" | "*"))),
+            vary.iter()
+                .any(|v| v.split(',').any(|t| matches!(t.trim(), "cookie" | "*"))),
             "no Vary: Cookie ({status}, {vary:?})"
         );
 
@@ -944,7 +1027,10 @@ impl Run {
             for (name, value) in headers {
                 if name != SET_COOKIE {
                     assert!(
-                        !value.as_bytes().windows(secret.len()).any(|w| w == secret.as_bytes()),
+                        !value
+                            .as_bytes()
+                            .windows(secret.len())
+                            .any(|w| w == secret.as_bytes()),
                         "a secret in {name}"
                     );
                 }
@@ -956,9 +1042,16 @@ impl Run {
                 self.jars[client] = change.clone();
             }
         }
-        let subject = headers.get("x-subject").map(|v| v.to_str().unwrap().to_owned());
+        let subject = headers
+            .get("x-subject")
+            .map(|v| v.to_str().unwrap().to_owned());
         let active = headers.get("x-active").map(|v| v == "1");
-        Outcome { status, cookie, active, subject }
+        Outcome {
+            status,
+            cookie,
+            active,
+            subject,
+        }
     }
 }
 

@@ -36,7 +36,9 @@ impl ArbTime {
     /// Microseconds since the epoch, possibly out of range.
     pub fn micros(self) -> i64 {
         match self {
-            Self::Near(secs, us) => T0_MICROS + i64::from(secs) * 1_000_000 + i64::from(us % 1_000_000),
+            Self::Near(secs, us) => {
+                T0_MICROS + i64::from(secs) * 1_000_000 + i64::from(us % 1_000_000)
+            }
             Self::Micros(m) => m,
             Self::Min => MIN_MICROS,
             Self::Max => MAX_MICROS,
@@ -53,7 +55,11 @@ impl ArbTime {
 }
 
 /// A JSON value of bounded shape; `Nested` wraps a value in many arrays or
-/// objects at once, so deep nesting is reachable from a few bytes.
+/// objects at once (up to 255 levels), so deep nesting is reachable from a
+/// few bytes. Not deeper: serde_json's own recursive `to_value`, `Clone`
+/// and `Drop` of an application's value overflow the stack at some
+/// thousands of levels (under ASan's larger frames), before the crate sees
+/// it; values parsed by serde_json are at most 128 levels deep anyway.
 #[derive(Arbitrary, Debug, Clone)]
 pub enum ArbJson {
     Null,
@@ -85,7 +91,7 @@ impl ArbJson {
             ),
             Self::Nested(depth, array, inner) => {
                 let mut value = inner.value();
-                for _ in 0..(depth % 4096) {
+                for _ in 0..(depth % 256) {
                     value = if *array {
                         Value::Array(vec![value])
                     } else {
@@ -102,7 +108,10 @@ impl ArbJson {
 
 /// Session data: a JSON object.
 pub fn data_of(entries: &[(String, ArbJson)]) -> Data {
-    entries.iter().map(|(k, v)| (k.clone(), v.value())).collect()
+    entries
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value()))
+        .collect()
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -172,16 +181,19 @@ impl ArbRecord {
             current: credential(self.current),
             previous: self
                 .previous
-                .map(|(seed, version, rotated_at, valid_until)| PreviousCredential {
-                    credential: credential((seed, version)),
-                    rotated_at: rotated_at.instant(),
-                    valid_until: valid_until.map(ArbTime::instant),
-                }),
+                .map(
+                    |(seed, version, rotated_at, valid_until)| PreviousCredential {
+                        credential: credential((seed, version)),
+                        rotated_at: rotated_at.instant(),
+                        valid_until: valid_until.map(ArbTime::instant),
+                    },
+                ),
             superseded: self.superseded.map(credential),
             revoked: self.revoked.as_ref().map(|(at, reason, actor)| Revoked {
                 at: at.instant(),
                 revocation: Revocation {
-                    reason: RevocationReason::ALL[usize::from(*reason) % RevocationReason::ALL.len()],
+                    reason: RevocationReason::ALL
+                        [usize::from(*reason) % RevocationReason::ALL.len()],
                     actor: actor.clone(),
                 },
             }),
