@@ -55,11 +55,11 @@ impl ArbTime {
 }
 
 /// A JSON value of bounded shape; `Nested` wraps a value in many arrays or
-/// objects at once (up to 255 levels), so deep nesting is reachable from a
-/// few bytes. Not deeper: serde_json's own recursive `to_value`, `Clone`
-/// and `Drop` of an application's value overflow the stack at some
-/// thousands of levels (under ASan's larger frames), before the crate sees
-/// it; values parsed by serde_json are at most 128 levels deep anyway.
+/// objects at once, so deep nesting is reachable from a few bytes. At most
+/// 300 levels in all: serde_json's own recursive `to_value`, `Clone` and
+/// `Drop` of an application's value overflow the stack some way beyond
+/// that under ASan's large frames, before the crate sees the value; values
+/// parsed by serde_json are at most 128 levels deep anyway.
 #[derive(Arbitrary, Debug, Clone)]
 pub enum ArbJson {
     Null,
@@ -73,8 +73,18 @@ pub enum ArbJson {
     Nested(u16, bool, Box<ArbJson>),
 }
 
+/// The deepest value built, in all: `Nested` inside `Nested` multiplies.
+const MAX_DEPTH: usize = 300;
+
 impl ArbJson {
     pub fn value(&self) -> Value {
+        self.value_at(0)
+    }
+
+    fn value_at(&self, depth: usize) -> Value {
+        if depth >= MAX_DEPTH {
+            return Value::Null;
+        }
         match self {
             Self::Null => Value::Null,
             Self::Bool(b) => Value::Bool(*b),
@@ -82,16 +92,19 @@ impl ArbJson {
             Self::U64(n) => Value::from(*n),
             Self::F64(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
             Self::Str(s) => Value::String(s.clone()),
-            Self::Array(items) => Value::Array(items.iter().map(Self::value).collect()),
+            Self::Array(items) => {
+                Value::Array(items.iter().map(|v| v.value_at(depth + 1)).collect())
+            }
             Self::Object(entries) => Value::Object(
                 entries
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.value()))
+                    .map(|(k, v)| (k.clone(), v.value_at(depth + 1)))
                     .collect(),
             ),
-            Self::Nested(depth, array, inner) => {
-                let mut value = inner.value();
-                for _ in 0..(depth % 256) {
+            Self::Nested(levels, array, inner) => {
+                let levels = usize::from(*levels % 256).min(MAX_DEPTH - depth);
+                let mut value = inner.value_at(depth + levels);
+                for _ in 0..levels {
                     value = if *array {
                         Value::Array(vec![value])
                     } else {
