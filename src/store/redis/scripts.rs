@@ -77,12 +77,11 @@ local function drop_dead(u, nowsecs)
   if n > 0 then redis.call('ZREMRANGEBYRANK', u, 0, math.min(n, DROP) - 1) end
 end
 -- The parsed records of at most READ index entries that may be live, those
--- expiring first, other than `except`: unrevoked and active at `now` (or
--- only unrevoked, with `any_unrevoked`). Entries met that are gone, revoked
--- or ended leave the index. `live.seen` is how many entries were read.
+-- expiring first, other than `except`: unrevoked and active at `now`.
+-- Entries met that are gone, revoked or ended leave the index. `live.seen` is how many entries were read.
 -- Returns nil and an id when a value does not parse, is another record's, or
 -- (with `hex` given) is not the subject's.
-local function read_live(u, nowsecs, now, hex, except, any_unrevoked)
+local function read_live(u, nowsecs, now, hex, except)
   local ids = redis.call('ZRANGEBYSCORE', u, '(' .. nowsecs, '+inf', 'LIMIT', 0, READ)
   local live = {seen = #ids}
   for _, id in ipairs(ids) do
@@ -91,7 +90,7 @@ local function read_live(u, nowsecs, now, hex, except, any_unrevoked)
     elseif r == false or r.id ~= id or (hex and r.subject ~= hex) then return nil, id
     elseif r.rev ~= '-' then redis.call('ZREM', u, id)
     elseif id == except then
-    elseif any_unrevoked or active(r, now) then live[#live + 1] = r
+    elseif active(r, now) then live[#live + 1] = r
     else redis.call('ZREM', u, id) end
   end
   return live
@@ -240,7 +239,9 @@ const REVOKE_ALL: &str = r#"
 local subject, hex, revocation, except, now, nowsecs = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local u = ukey(subject)
 drop_dead(u, nowsecs)
-local live, corrupt = read_live(u, nowsecs, now, hex, except, true)
+-- Live sessions only: one that ended (its idle expiry inside the current
+-- second survives `drop_dead`) is over already, and is not counted.
+local live, corrupt = read_live(u, nowsecs, now, hex, except)
 if corrupt then return {'corrupt', corrupt} end
 for _, r in ipairs(live) do revoke_one(r, revocation) end
 return {tostring(#live), live.seen == READ and '1' or '0'}

@@ -467,12 +467,10 @@ impl SessionStore for RedisStore {
         let expected = header(current);
         let ttl = ttl_ms(next.absolute_expires_at, now);
         let value = encode(next);
-        // An unchanged score leaves the subject's index alone: one command
-        // less on every data write between touches.
-        let score = match index_score(next.expires_at) {
-            score if score == index_score(current.expires_at) => String::new(),
-            score => score,
-        };
+        // Every write re-adds the subject's index entry, even with an
+        // unchanged score: it takes back an entry a clock ahead of this one
+        // dropped, so revoking all of a subject's sessions misses none.
+        let score = index_score(next.expires_at);
         let subject = next.subject.as_deref().unwrap_or_default();
         let hex_keys = |record: &SessionRecord| -> Vec<String> {
             record
