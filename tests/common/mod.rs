@@ -807,6 +807,18 @@ impl std::io::Write for CaptureWriter {
 
 impl LogCapture {
     pub fn install() -> Self {
+        // tracing caches each callsite's interest process-wide: a callsite
+        // first hit on a test thread without a subscriber can be cached as
+        // "never", and this thread's capture would then miss it. A global
+        // subscriber interested in everything (writing nowhere) rules that out.
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let sink = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(std::io::sink)
+                .finish();
+            let _ = tracing::subscriber::set_global_default(sink);
+        });
         let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
         let writer = CaptureWriter(buffer.clone());
         let subscriber = tracing_subscriber::fmt()
