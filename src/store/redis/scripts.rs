@@ -158,7 +158,7 @@ return out
 
 /// ARGV: P, id, the header of the record the caller read (see
 /// [`header`](super::value::header)), ttl (ms), value, the index score
-/// of the new record or '' (unchanged: the entry stays), the subject or ''
+/// of the new record (see [`INSERT`]), the subject or ''
 /// (none), how many lookup keys the new record holds (n), its n lookup keys,
 /// then the lookup keys of the record the caller read. 1 applied, 0 not, -1
 /// a new key is another record's, -2 the stored value is corrupt.
@@ -192,7 +192,7 @@ if stored and string.sub(stored, 1, #expected) == expected then
   if #gone > 0 then redis.call('DEL', unpack(gone)) end
   -- The index follows the sliding expiry (and takes back an entry a clock
   -- ahead of this one dropped).
-  if subject ~= '' and score ~= '' then
+  if subject ~= '' then
     local u = ukey(subject)
     if redis.call('ZADD', u, score, id) == 1 and redis.call('PTTL', u) < tonumber(ttl) then
       redis.call('PEXPIRE', u, ttl)
