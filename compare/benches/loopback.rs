@@ -19,6 +19,10 @@
 //! cargo bench -p tower-hmac-session-compare
 //! ```
 //!
+//! `cargo bench -p tower-hmac-session-compare -- memory` runs the same pair
+//! on both crates' in-memory stores instead: what each layer costs around
+//! its store, with no network in between.
+//!
 //! URLs come from `TOWER_HMAC_SESSION_POSTGRES_URL` and
 //! `TOWER_HMAC_SESSION_REDIS_URL` (defaults: the local servers). Everything
 //! the run creates lives in its own schemas and key prefix, removed at the end.
@@ -302,6 +306,9 @@ fn main() {
     if wanted("redis") {
         pairs.push(rt.block_on(redis(&dir, &tag)));
     }
+    if filter.as_deref().is_some_and(|f| "memory".contains(f)) {
+        pairs.push(rt.block_on(memory(&dir)));
+    }
 
     // `PROFILE=ours:/read` (or `theirs:/write`, …): one long wrk run against
     // one side only, to profile it (e.g. under `perf record -a`).
@@ -421,6 +428,26 @@ async fn redis(dir: &std::path::Path, tag: &str) -> (&'static str, Target, Targe
     )
     .await;
     ("Redis", ours, theirs)
+}
+
+/// Both crates' in-process stores: what each layer costs around its store.
+/// Only on request (`cargo bench -p tower-hmac-session-compare -- memory`).
+async fn memory(dir: &std::path::Path) -> (&'static str, Target, Target) {
+    let ours = target(
+        "memory",
+        ours::app(tower_hmac_session::MemoryStore::new()),
+        dir,
+        "memory-ours",
+    )
+    .await;
+    let theirs = target(
+        "memory",
+        theirs::app(tower_sessions::MemoryStore::default()),
+        dir,
+        "memory-theirs",
+    )
+    .await;
+    ("memory", ours, theirs)
 }
 
 /// Drops the run's schemas and Redis keys (tower-sessions' Redis keys are
