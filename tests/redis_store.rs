@@ -503,6 +503,9 @@ struct Proxy {
     url: String,
     commands: Arc<Mutex<Vec<(usize, String)>>>,
     connections: Arc<AtomicUsize>,
+    /// While `true`, commands are logged but not passed on: they stay in
+    /// flight.
+    hold: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -520,6 +523,7 @@ impl Proxy {
         let commands = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let (log, count) = (commands.clone(), connections.clone());
+        let (hold, held) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let index = count.fetch_add(1, Ordering::SeqCst);
@@ -530,6 +534,7 @@ impl Proxy {
                     let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
                 });
                 let log = log.clone();
+                let mut held = held.clone();
                 tokio::spawn(async move {
                     let mut pending = Vec::new();
                     let mut chunk = [0u8; 16 * 1024];
@@ -543,6 +548,9 @@ impl Proxy {
                             log.lock().unwrap().push((index, name));
                             pending.drain(..used);
                         }
+                        if held.wait_for(|held| !*held).await.is_err() {
+                            return;
+                        }
                         if server_write.write_all(&chunk[..n]).await.is_err() {
                             return;
                         }
@@ -554,6 +562,7 @@ impl Proxy {
             url: format!("redis://{user_info}127.0.0.1:{port}/{path}"),
             commands,
             connections,
+            hold,
         }
     }
 
@@ -634,7 +643,7 @@ async fn a_lookup_is_one_mget_and_no_script() {
 }
 
 #[tokio::test]
-async fn operations_take_the_connections_in_turn() {
+async fn commands_fill_one_connection_first_and_the_first_moves_on() {
     let Some(mut admin) = admin().await else {
         return;
     };
@@ -649,15 +658,58 @@ async fn operations_take_the_connections_in_turn() {
     assert_eq!(proxy.connections.load(Ordering::SeqCst), 3);
     proxy.commands.lock().unwrap().clear();
     let id = SessionId::generate();
-    for _ in 0..6 {
+    let connection_of_each = |proxy: &Proxy| -> Vec<usize> {
+        let mut commands = proxy.commands.lock().unwrap();
+        let indexes = commands.iter().map(|(index, _)| *index).collect();
+        assert!(commands.iter().all(|(_, name)| name == "GET"));
+        commands.clear();
+        indexes
+    };
+
+    // One at a time: each command finds the first connection free, and the
+    // first connection changes every 256 commands, so all three are used.
+    for _ in 0..3 * 256 {
         assert!(store.get_active(&id, T0).await.unwrap().is_none());
     }
-    let mut per_connection = [0; 3];
-    for (index, name) in proxy.commands.lock().unwrap().iter() {
-        assert_eq!(name, "GET");
-        per_connection[*index] += 1;
+    let sequential = connection_of_each(&proxy);
+    assert_eq!(sequential.len(), 3 * 256);
+    for (turn, chunk) in sequential.chunks(256).enumerate() {
+        assert!(chunk.iter().all(|&index| index == turn), "turn {turn}");
     }
-    assert_eq!(per_connection, [2, 2, 2]);
+
+    // Held in flight: the first connection takes 64, the next the rest.
+    proxy.hold.send_replace(true);
+    let lookups: Vec<_> = (0..70)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.get_active(&id, T0).await })
+        })
+        .collect();
+    // Every lookup has taken its connection once the sixth reaches the
+    // second (redis-rs may keep some of the first's queued until replies
+    // come, so the first's count is checked after).
+    let on_second = |proxy: &Proxy| {
+        proxy
+            .commands
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(i, _)| *i == 1)
+            .count()
+    };
+    while on_second(&proxy) < 6 {
+        tokio::task::yield_now().await;
+    }
+    proxy.hold.send_replace(false);
+    for lookup in lookups {
+        assert!(lookup.await.unwrap().unwrap().is_none());
+    }
+    let mut per_connection = [0; 3];
+    for index in connection_of_each(&proxy) {
+        per_connection[index] += 1;
+    }
+    assert_eq!(per_connection, [64, 6, 0]);
+
     let debug = format!("{store:?}");
     assert!(debug.contains("connections: 3"), "{debug}");
     cleanup(&mut admin, &prefix).await;

@@ -98,8 +98,13 @@
 //! # Connections
 //!
 //! A few multiplexed connections (default
-//! [`DEFAULT_CONNECTIONS`]), taken in turn; each reconnects by itself after a
-//! failure (redis-rs's `ConnectionManager`). Needs Redis 6.0 or later
+//! [`DEFAULT_CONNECTIONS`]); each reconnects by itself after a failure
+//! (redis-rs's `ConnectionManager`). Commands fill one connection before the
+//! next (up to 64 in flight), so concurrent commands share its system calls;
+//! see [`RedisStoreBuilder::connections`]. Connections speak RESP3, so a
+//! connection the server closes (a restart, `CLIENT KILL`, an idle timeout)
+//! is reconnected as soon as it closes: only commands in flight then fail.
+//! Needs Redis 6.0 or later
 //! (`SET … KEEPTTL`; tested with 7.0) and a single node: scripts derive key
 //! names from the prefix, which Redis Cluster does not allow.
 

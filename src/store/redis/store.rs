@@ -50,6 +50,45 @@ pub(super) const SUBJECT_READ_LIMIT: usize = 200;
 /// history is cleaned over several calls, each short.
 pub(super) const SUBJECT_DROP_LIMIT: usize = 1000;
 
+/// How many commands may be in flight on one connection before the next
+/// connection takes new ones (see [`RedisStore::connection`]).
+const FILL: usize = 64;
+
+/// After how many commands the connection tried first moves on to the next.
+const TURN: usize = 256;
+
+/// One of the store's connections, with the number of its commands in
+/// flight.
+pub(super) struct Connection {
+    pub(super) manager: ConnectionManager,
+    pub(super) in_flight: AtomicUsize,
+}
+
+/// A connection taken for one command: counted in flight until dropped.
+struct Lease {
+    manager: ConnectionManager,
+    slot: Arc<Connection>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::ops::Deref for Lease {
+    type Target = ConnectionManager;
+    fn deref(&self) -> &ConnectionManager {
+        &self.manager
+    }
+}
+
+impl std::ops::DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut ConnectionManager {
+        &mut self.manager
+    }
+}
+
 /// A [`SessionStore`] in Redis (feature `redis`): every app instance on the
 /// same Redis and prefix sees every login and revocation on its next
 /// request.
@@ -80,7 +119,7 @@ pub(super) const SUBJECT_DROP_LIMIT: usize = 1000;
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    pub(super) connections: Arc<[ConnectionManager]>,
+    pub(super) connections: Arc<[Arc<Connection>]>,
     pub(super) next: Arc<AtomicUsize>,
     pub(super) prefix: Arc<str>,
     pub(super) timeout: Duration,
@@ -118,7 +157,8 @@ impl RedisStore {
         &self.prefix
     }
 
-    /// A health check: one `PING` round trip (on the next connection in turn).
+    /// A health check: one `PING` round trip (on the connection a command
+    /// would take now).
     ///
     /// # Errors
     ///
@@ -126,7 +166,7 @@ impl RedisStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection();
         let pong: String = self
-            .run("ping", redis::cmd("PING").query_async(&mut connection))
+            .run("ping", redis::cmd("PING").query_async(&mut *connection))
             .await?;
         if pong == "PONG" {
             Ok(())
@@ -135,10 +175,33 @@ impl RedisStore {
         }
     }
 
-    /// The next connection, round robin.
-    fn connection(&self) -> ConnectionManager {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
-        self.connections[index].clone()
+    /// The connection for the next command, counted in flight while the
+    /// lease lives.
+    fn connection(&self) -> Lease {
+        // Fill first: one connection takes the commands while it has room,
+        // so that concurrent commands share its writes (one system call on
+        // each side for several commands) rather than each going alone down
+        // a connection of its own; the next ones take what a busy one cannot
+        // (all full: the least busy). Which connection comes first moves on
+        // every `TURN` commands, so every connection keeps being used: one
+        // the server dropped fails one command and reconnects, as it would
+        // with plain turns, only later.
+        let count = self.connections.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed) / TURN % count;
+        let pick = (0..count)
+            .map(|i| &self.connections[(first + i) % count])
+            .find(|c| c.in_flight.load(Ordering::Relaxed) < FILL)
+            .or_else(|| {
+                self.connections
+                    .iter()
+                    .min_by_key(|c| c.in_flight.load(Ordering::Relaxed))
+            })
+            .expect("a store has at least one connection");
+        pick.in_flight.fetch_add(1, Ordering::Relaxed);
+        Lease {
+            manager: pick.manager.clone(),
+            slot: pick.clone(),
+        }
     }
 
     fn key(&self, kind: &str, hex: &str) -> String {
@@ -188,7 +251,7 @@ impl RedisStore {
             invocation.arg(*arg);
         }
         let mut connection = self.connection();
-        self.run(operation, invocation.invoke_async(&mut connection))
+        self.run(operation, invocation.invoke_async(&mut *connection))
             .await
     }
 
@@ -212,7 +275,7 @@ impl RedisStore {
                     .arg(&pattern)
                     .arg("COUNT")
                     .arg(SCAN_BATCH)
-                    .query_async(&mut connection),
+                    .query_async(&mut *connection),
             )
             .await?;
         let start = self.prefix.len() + 2;
@@ -352,7 +415,7 @@ impl SessionStore for RedisStore {
         let values: Vec<Option<Vec<u8>>> = self
             .run(
                 "find_active",
-                redis::cmd("MGET").arg(&keys).query_async(&mut connection),
+                redis::cmd("MGET").arg(&keys).query_async(&mut *connection),
             )
             .await?;
         if values.len() != candidates.len() {
@@ -412,7 +475,7 @@ impl SessionStore for RedisStore {
                 "get_active",
                 redis::cmd("GET")
                     .arg(self.session_key(id))
-                    .query_async(&mut connection),
+                    .query_async(&mut *connection),
             )
             .await?;
         let Some(value) = value else {
@@ -666,7 +729,7 @@ impl SessionStore for RedisStore {
                 let values: Vec<Option<Vec<u8>>> = self
                     .run(
                         OPERATION,
-                        redis::cmd("MGET").arg(&keys).query_async(&mut connection),
+                        redis::cmd("MGET").arg(&keys).query_async(&mut *connection),
                     )
                     .await?;
                 for (id, value) in ids.iter().zip(values) {
