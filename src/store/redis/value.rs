@@ -194,19 +194,20 @@ pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecor
     let (header, body) = (&value[..split], &value[split + 1..]);
     let header = std::str::from_utf8(header)
         .map_err(|_| StoreError::corrupt(id, "the header is not UTF-8"))?;
-    let fields: Vec<&str> = header.split('|').collect();
-    let [
-        tag,
-        stored_id,
-        generation,
-        expires_at,
-        absolute_expires_at,
-        revocation,
-        current,
-        previous,
-        superseded,
-        subject,
-    ] = fields[..]
+    let Some(
+        [
+            tag,
+            stored_id,
+            generation,
+            expires_at,
+            absolute_expires_at,
+            revocation,
+            current,
+            previous,
+            superseded,
+            subject,
+        ],
+    ) = split_exact::<10>(header, '|')
     else {
         return Err(StoreError::corrupt(
             id,
@@ -364,17 +365,85 @@ fn hex_text(text: &str) -> Option<String> {
     String::from_utf8(hex::decode(text).ok()?).ok()
 }
 
-fn canonical_i64(text: &str) -> Option<i64> {
-    text.parse::<i64>().ok().filter(|n| n.to_string() == text)
+/// Exactly `N` fields separated by `separator`, without allocating.
+fn split_exact<const N: usize>(text: &str, separator: char) -> Option<[&str; N]> {
+    let mut parts = text.split(separator);
+    let mut fields = [""; N];
+    for field in &mut fields {
+        *field = parts.next()?;
+    }
+    parts.next().is_none().then_some(fields)
 }
 
+/// Whether `digits` is how Rust prints a non-negative integer: ASCII
+/// digits, no sign, no leading zero (except `0` itself).
+fn canonical_digits(digits: &str) -> bool {
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+}
+
+/// An `i64` written exactly as `i64::to_string` writes it (no `+`, no
+/// leading zeros, no `-0`), so one number has one stored form.
+fn canonical_i64(text: &str) -> Option<i64> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, text),
+    };
+    if !canonical_digits(digits) || (negative && digits == "0") {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// A `u64` written exactly as `u64::to_string` writes it.
 fn canonical_u64(text: &str) -> Option<u64> {
-    text.parse::<u64>().ok().filter(|n| n.to_string() == text)
+    if !canonical_digits(text) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_integers_are_exactly_what_to_string_writes() {
+        let samples = [
+            "0",
+            "-0",
+            "00",
+            "01",
+            "+1",
+            "1",
+            "-1",
+            "10",
+            "-10",
+            " 1",
+            "1 ",
+            "",
+            "-",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "18446744073709551615",
+            "18446744073709551616",
+            "1a",
+            "٣",
+        ];
+        for text in samples {
+            let by_i64 = text.parse::<i64>().ok().filter(|n| n.to_string() == text);
+            let by_u64 = text.parse::<u64>().ok().filter(|n| n.to_string() == text);
+            assert_eq!(canonical_i64(text), by_i64, "{text:?}");
+            assert_eq!(canonical_u64(text), by_u64, "{text:?}");
+        }
+        assert_eq!(split_exact::<3>("a|b|c", '|'), Some(["a", "b", "c"]));
+        assert_eq!(split_exact::<3>("a|b", '|'), None);
+        assert_eq!(split_exact::<3>("a|b|c|", '|'), None);
+        assert_eq!(split_exact::<2>("|", '|'), Some(["", ""]));
+    }
     use crate::record::RevocationReason;
 
     const T: i64 = 1_893_456_000_000_000;
