@@ -488,10 +488,10 @@ mod redis_faults {
         let killed = killer.await.unwrap();
         eprintln!("redis: {killed} connections killed; {seen:?}");
         assert!(killed > 0);
-        assert!(
-            seen.unavailable.load(Ordering::SeqCst) > 0,
-            "a killed connection fails its next command"
-        );
+        // Only commands in flight at a kill fail (RESP3: the managers
+        // replace a closed connection in the background), so how many
+        // requests answered 503 depends on timing; `load` has checked each
+        // was a 200 or a 503, and what follows checks nothing was lost.
         assert_recovered(&h, &clients, true).await;
         assert_store_state(&store, &clients, h.manager.now()).await;
         let keys: Vec<String> = cmd(&mut admin, &["KEYS", &format!("{prefix}*")]).await;

@@ -1,8 +1,7 @@
 //! `RedisStore` losing its connections (`CLIENT KILL`): every connection
 //! reconnects by itself, before a request fails, without losing the session.
 //!
-//! In a test binary of its own: it kills every other client connection,
-//! and cargo runs test binaries one after another.
+//! The test kills only the connections of an ACL user of its own.
 #![cfg(all(feature = "redis", feature = "memory"))]
 
 mod common;
@@ -20,20 +19,45 @@ const CONNECTIONS: usize = 3;
 async fn killed_connections_reconnect_by_themselves_before_a_request_fails() {
     let url = std::env::var("TOWER_HMAC_SESSION_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let store = match RedisStore::builder(&url)
-        .prefix(unique("ths-outage") + ":")
-        .connections(CONNECTIONS)
-        .connect()
-        .await
-    {
-        Ok(store) => store,
-        Err(error) => return common::unreachable("Redis", &url, &error),
-    };
-    let mut admin = redis::Client::open(url.as_str())
+    let mut admin = match redis::Client::open(url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
+    {
+        Ok(admin) => admin,
+        Err(error) => return common::unreachable("Redis", &url, &error),
+    };
+    // An ACL user of this test's own: `CLIENT KILL USER` and `CLIENT LIST`
+    // see this store's connections and nobody else's.
+    let prefix = unique("ths-outage") + ":";
+    let (user, password) = (unique("ths_outage_user"), unique("pw"));
+    let () = redis::cmd("ACL")
+        .arg(
+            &[
+                "SETUSER",
+                &user,
+                "on",
+                &format!(">{password}"),
+                &format!("~{prefix}*"),
+                "+@all",
+            ][..],
+        )
+        .query_async(&mut admin)
+        .await
         .unwrap();
+    let store = RedisStore::builder(&url)
+        .prefix(&prefix)
+        .username(&user)
+        .password(&password)
+        .connections(CONNECTIONS)
+        .connect()
+        .await
+        .unwrap();
+    // Every connection speaks RESP3 (what lets it hear the close).
+    assert_eq!(
+        store_clients(&mut admin, &user, "resp=3").await,
+        CONNECTIONS
+    );
     let h = Harness::with_store(store.clone(), SessionConfig::default(), ring(1, &[1]));
     let secret = h.login("alice").await;
     assert_eq!(
@@ -42,27 +66,26 @@ async fn killed_connections_reconnect_by_themselves_before_a_request_fails() {
     );
 
     let killed: i64 = redis::cmd("CLIENT")
-        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+        .arg(&["KILL", "USER", &user][..])
         .query_async(&mut admin)
         .await
         .unwrap();
-    assert!(killed >= 1);
+    assert_eq!(killed, CONNECTIONS as i64);
 
     // Over RESP3 a connection's manager hears at once that the server
     // closed it and reconnects in the background: every connection is back
     // before any request is sent, so none fails.
     let mut clients = 0;
     for _ in 0..250 {
-        clients = normal_clients(&mut admin).await;
-        if clients == CONNECTIONS + 1 {
+        clients = store_clients(&mut admin, &user, "resp=3").await;
+        if clients == CONNECTIONS {
             break;
         }
         // A real server reconnecting: nothing to inject a clock into.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        clients,
-        CONNECTIONS + 1,
+        clients, CONNECTIONS,
         "the store did not reconnect by itself"
     );
     for _ in 0..3 * CONNECTIONS {
@@ -84,14 +107,30 @@ async fn killed_connections_reconnect_by_themselves_before_a_request_fails() {
         .query_async(&mut admin)
         .await
         .unwrap();
+    let _: i64 = redis::cmd("ACL")
+        .arg(&["DELUSER", &user][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
 }
 
-/// How many normal (not replica or pub/sub) clients the server has.
-async fn normal_clients(admin: &mut redis::aio::MultiplexedConnection) -> usize {
+/// How many of `user`'s connections the server lists with `marker` (for
+/// example `resp=3`) among their fields.
+async fn store_clients(
+    admin: &mut redis::aio::MultiplexedConnection,
+    user: &str,
+    marker: &str,
+) -> usize {
     let list: String = redis::cmd("CLIENT")
-        .arg(&["LIST", "TYPE", "normal"][..])
+        .arg("LIST")
         .query_async(admin)
         .await
         .unwrap();
-    list.lines().count()
+    let user_field = format!("user={user}");
+    list.lines()
+        .filter(|line| {
+            let mut fields = line.split(' ');
+            fields.clone().any(|f| f == user_field) && fields.any(|f| f == marker)
+        })
+        .count()
 }

@@ -503,9 +503,9 @@ struct Proxy {
     url: String,
     commands: Arc<Mutex<Vec<(usize, String)>>>,
     connections: Arc<AtomicUsize>,
-    /// While `true`, commands are logged but not passed on: they stay in
-    /// flight.
-    hold: tokio::sync::watch::Sender<bool>,
+    /// The connections (bit `i` for the `i`-th accepted) whose commands are
+    /// logged but not passed on while set: they stay in flight.
+    hold: tokio::sync::watch::Sender<u32>,
 }
 
 impl Proxy {
@@ -523,7 +523,7 @@ impl Proxy {
         let commands = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let (log, count) = (commands.clone(), connections.clone());
-        let (hold, held) = tokio::sync::watch::channel(false);
+        let (hold, held) = tokio::sync::watch::channel(0u32);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let index = count.fetch_add(1, Ordering::SeqCst);
@@ -537,22 +537,36 @@ impl Proxy {
                 let mut held = held.clone();
                 tokio::spawn(async move {
                     let mut pending = Vec::new();
+                    // Read while held, so every command is logged; what was
+                    // read goes on to the server once released.
+                    let mut unsent = Vec::new();
                     let mut chunk = [0u8; 16 * 1024];
                     loop {
-                        let n = match client_read.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        pending.extend_from_slice(&chunk[..n]);
-                        while let Some((used, name)) = parse_command(&pending) {
-                            log.lock().unwrap().push((index, name));
-                            pending.drain(..used);
+                        let is_held = |mask: &u32| mask & (1 << index) != 0;
+                        tokio::select! {
+                            read = client_read.read(&mut chunk) => {
+                                let n = match read {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                pending.extend_from_slice(&chunk[..n]);
+                                while let Some((used, name)) = parse_command(&pending) {
+                                    log.lock().unwrap().push((index, name));
+                                    pending.drain(..used);
+                                }
+                                unsent.extend_from_slice(&chunk[..n]);
+                            }
+                            released = held.wait_for(|mask| !is_held(mask)), if !unsent.is_empty() => {
+                                if released.is_err() {
+                                    return;
+                                }
+                            }
                         }
-                        if held.wait_for(|held| !*held).await.is_err() {
-                            return;
-                        }
-                        if server_write.write_all(&chunk[..n]).await.is_err() {
-                            return;
+                        if !is_held(&held.borrow()) && !unsent.is_empty() {
+                            if server_write.write_all(&unsent).await.is_err() {
+                                return;
+                            }
+                            unsent.clear();
                         }
                     }
                 });
@@ -678,29 +692,22 @@ async fn commands_fill_one_connection_first_and_the_first_moves_on() {
     }
 
     // Held in flight: the first connection takes 64, the next the rest.
-    proxy.hold.send_replace(true);
+    proxy.hold.send_replace(0b111);
     let lookups: Vec<_> = (0..70)
         .map(|_| {
             let store = store.clone();
             tokio::spawn(async move { store.get_active(&id, T0).await })
         })
         .collect();
-    // Every lookup has taken its connection once the sixth reaches the
-    // second (redis-rs may keep some of the first's queued until replies
-    // come, so the first's count is checked after).
-    let on_second = |proxy: &Proxy| {
-        proxy
-            .commands
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(i, _)| *i == 1)
-            .count()
-    };
-    while on_second(&proxy) < 6 {
-        tokio::task::yield_now().await;
-    }
-    proxy.hold.send_replace(false);
+    // Every lookup has taken its connection once all 70 are logged.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while proxy.commands.lock().unwrap().len() < 70 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("every lookup reaches the proxy");
+    proxy.hold.send_replace(0);
     for lookup in lookups {
         assert!(lookup.await.unwrap().unwrap().is_none());
     }
@@ -712,6 +719,40 @@ async fn commands_fill_one_connection_first_and_the_first_moves_on() {
 
     let debug = format!("{store:?}");
     assert!(debug.contains("connections: 3"), "{debug}");
+    cleanup(&mut admin, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_connection_whose_command_timed_out_is_passed_over() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-stalled") + ":";
+    let proxy = Proxy::start().await;
+    let store = RedisStore::builder(&proxy.url)
+        .prefix(&prefix)
+        .connections(2)
+        .timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
+    proxy.commands.lock().unwrap().clear();
+    let id = SessionId::generate();
+    // The first connection hangs (the server never answers on it, and
+    // never closes it): its lookup times out.
+    proxy.hold.send_replace(0b01);
+    let error = store.get_active(&id, T0).await.unwrap_err();
+    assert!(matches!(error, StoreError::Timeout { .. }), "{error:?}");
+    // The rest of the turn goes to the sound connection.
+    for _ in 0..10 {
+        assert!(store.get_active(&id, T0).await.unwrap().is_none());
+    }
+    let used: Vec<usize> = std::mem::take(&mut *proxy.commands.lock().unwrap())
+        .into_iter()
+        .map(|(index, _)| index)
+        .collect();
+    assert_eq!(used, [vec![0], vec![1; 10]].concat());
+    proxy.hold.send_replace(0);
     cleanup(&mut admin, &prefix).await;
 }
 

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Duration;
 
 use redis::IntoConnectionInfo;
@@ -115,8 +115,14 @@ impl RedisStoreBuilder {
     /// which halves the server's CPU time per lookup under load). Past that,
     /// the next connection takes the overflow, so a busy app instance uses
     /// more than one socket and reader task. The connection tried first
-    /// changes every 256 commands, so each one keeps being used: one the
-    /// server closed fails one command and reconnects, as with plain turns.
+    /// changes every 256 commands, so each one keeps being used, and one
+    /// whose last command timed out is passed over while another is sound.
+    ///
+    /// Connections speak RESP3 (`HELLO 3`) unless the URL sets a protocol:
+    /// a connection the server closes is replaced in the background as soon
+    /// as it closes. For an endpoint that refuses `HELLO 3` (some proxies
+    /// and Redis-compatible servers), add `?protocol=resp2` to the URL; a
+    /// closed connection then fails its next command before it reconnects.
     pub fn connections(mut self, connections: usize) -> Self {
         self.connections = connections.max(1);
         self
@@ -153,10 +159,12 @@ impl RedisStoreBuilder {
         if let Some(password) = &self.password {
             settings = settings.set_password(password);
         }
-        // RESP3, whatever the URL says: a connection the server closes then
-        // tells its manager at once, which reconnects it before any command
-        // fails on it (over RESP2 the next command on it would fail first).
-        settings = settings.set_protocol(redis::ProtocolVersion::RESP3);
+        // RESP3 unless the URL asks for a protocol: a connection the server
+        // closes then tells its manager at once, which replaces it in the
+        // background (over RESP2 the next command on it fails first).
+        if !asks_for_protocol(&self.url) {
+            settings = settings.set_protocol(redis::ProtocolVersion::RESP3);
+        }
         info = info.set_redis_settings(settings);
         let client = match self.root_certificate {
             #[cfg(feature = "redis-tls")]
@@ -208,6 +216,7 @@ impl RedisStoreBuilder {
                     Arc::new(Connection {
                         manager,
                         in_flight: AtomicUsize::new(0),
+                        stalled: AtomicBool::new(false),
                     })
                 })
                 .collect(),
@@ -217,6 +226,13 @@ impl RedisStoreBuilder {
             scripts: Arc::new(Scripts::new()),
         })
     }
+}
+
+/// Whether `url`'s query sets `protocol` (`?protocol=resp2` for an endpoint
+/// that refuses `HELLO 3`).
+fn asks_for_protocol(url: &str) -> bool {
+    url.split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|pair| pair.starts_with("protocol=")))
 }
 
 /// Refuses a server that may evict keys (see the module docs), or only

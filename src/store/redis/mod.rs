@@ -101,9 +101,13 @@
 //! [`DEFAULT_CONNECTIONS`]); each reconnects by itself after a failure
 //! (redis-rs's `ConnectionManager`). Commands fill one connection before the
 //! next (up to 64 in flight), so concurrent commands share its system calls;
-//! see [`RedisStoreBuilder::connections`]. Connections speak RESP3, so a
-//! connection the server closes (a restart, `CLIENT KILL`, an idle timeout)
-//! is reconnected as soon as it closes: only commands in flight then fail.
+//! see [`RedisStoreBuilder::connections`]. Connections speak RESP3 (unless
+//! the URL sets `protocol=`), so a connection the server closes (`CLIENT
+//! KILL`, an idle timeout, a restart) is replaced in the background as soon
+//! as it closes: the commands in flight on it fail, and one sent in the
+//! instant before the replacement. A server down for longer than the
+//! reconnection attempts (about a second) fails the first command on each
+//! connection after it is back, which reconnects it.
 //! Needs Redis 6.0 or later
 //! (`SET … KEEPTTL`; tested with 7.0) and a single node: scripts derive key
 //! names from the prefix, which Redis Cluster does not allow.

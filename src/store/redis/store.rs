@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,10 +58,14 @@ const FILL: usize = 64;
 const TURN: usize = 256;
 
 /// One of the store's connections, with the number of its commands in
-/// flight.
+/// flight and whether its last command timed out.
 pub(super) struct Connection {
     pub(super) manager: ConnectionManager,
     pub(super) in_flight: AtomicUsize,
+    /// Set by a timeout, cleared by any answer: commands prefer the other
+    /// connections meanwhile, so one hung connection (which the server never
+    /// closes, so it is never reconnected) does not take a turn's commands.
+    pub(super) stalled: AtomicBool,
 }
 
 /// A connection taken for one command: counted in flight until dropped.
@@ -70,22 +74,17 @@ struct Lease {
     slot: Arc<Connection>,
 }
 
+impl Lease {
+    /// Records how the command went (see [`Connection::stalled`]).
+    fn settle<T>(&self, result: &Result<T, StoreError>) {
+        let timed_out = matches!(result, Err(StoreError::Timeout { .. }));
+        self.slot.stalled.store(timed_out, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl std::ops::Deref for Lease {
-    type Target = ConnectionManager;
-    fn deref(&self) -> &ConnectionManager {
-        &self.manager
-    }
-}
-
-impl std::ops::DerefMut for Lease {
-    fn deref_mut(&mut self) -> &mut ConnectionManager {
-        &mut self.manager
     }
 }
 
@@ -164,10 +163,7 @@ impl RedisStore {
     ///
     /// The server did not answer `PONG` in time.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection();
-        let pong: String = self
-            .run("ping", redis::cmd("PING").query_async(&mut *connection))
-            .await?;
+        let pong: String = self.query("ping", &redis::cmd("PING")).await?;
         if pong == "PONG" {
             Ok(())
         } else {
@@ -183,25 +179,41 @@ impl RedisStore {
         // each side for several commands) rather than each going alone down
         // a connection of its own; the next ones take what a busy one cannot
         // (all full: the least busy). Which connection comes first moves on
-        // every `TURN` commands, so every connection keeps being used: one
-        // the server dropped fails one command and reconnects, as it would
-        // with plain turns, only later.
+        // every `TURN` commands, so every connection keeps being used. A
+        // connection whose last command timed out is passed over while
+        // another is sound. The counts are read without a lock, so a burst
+        // can put a few more than `FILL` on one connection: harmless.
         let count = self.connections.len();
         let first = self.next.fetch_add(1, Ordering::Relaxed) / TURN % count;
-        let pick = (0..count)
-            .map(|i| &self.connections[(first + i) % count])
-            .find(|c| c.in_flight.load(Ordering::Relaxed) < FILL)
-            .or_else(|| {
-                self.connections
-                    .iter()
-                    .min_by_key(|c| c.in_flight.load(Ordering::Relaxed))
-            })
+        let order = || (0..count).map(move |i| &self.connections[(first + i) % count]);
+        let any_sound = order().any(|c| !c.stalled.load(Ordering::Relaxed));
+        let candidates =
+            || order().filter(move |c| !any_sound || !c.stalled.load(Ordering::Relaxed));
+        let in_flight = |c: &&Arc<Connection>| c.in_flight.load(Ordering::Relaxed);
+        let pick = candidates()
+            .find(|c| in_flight(c) < FILL)
+            .or_else(|| candidates().min_by_key(in_flight))
             .expect("a store has at least one connection");
         pick.in_flight.fetch_add(1, Ordering::Relaxed);
         Lease {
             manager: pick.manager.clone(),
             slot: pick.clone(),
         }
+    }
+
+    /// Runs `command` on the connection for the next command (see
+    /// [`connection`](Self::connection)), under the store's timeout.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        command: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let mut lease = self.connection();
+        let result = self
+            .run(operation, command.query_async(&mut lease.manager))
+            .await;
+        lease.settle(&result);
+        result
     }
 
     fn key(&self, kind: &str, hex: &str) -> String {
@@ -250,9 +262,12 @@ impl RedisStore {
         for arg in args {
             invocation.arg(*arg);
         }
-        let mut connection = self.connection();
-        self.run(operation, invocation.invoke_async(&mut *connection))
-            .await
+        let mut lease = self.connection();
+        let result = self
+            .run(operation, invocation.invoke_async(&mut lease.manager))
+            .await;
+        lease.settle(&result);
+        result
     }
 
     /// One step of a scan over the `s:` keys: the next cursor and the ids
@@ -265,17 +280,15 @@ impl RedisStore {
         cursor: u64,
     ) -> Result<(u64, Vec<SessionId>), StoreError> {
         let pattern = format!("{}s:{}", glob_escape(&self.prefix), "[0-9a-f]".repeat(32));
-        let mut connection = self.connection();
         let (cursor, keys): (u64, Vec<String>) = self
-            .run(
+            .query(
                 operation,
                 redis::cmd("SCAN")
                     .arg(cursor)
                     .arg("MATCH")
                     .arg(&pattern)
                     .arg("COUNT")
-                    .arg(SCAN_BATCH)
-                    .query_async(&mut *connection),
+                    .arg(SCAN_BATCH),
             )
             .await?;
         let start = self.prefix.len() + 2;
@@ -411,12 +424,8 @@ impl SessionStore for RedisStore {
             .iter()
             .map(|c| self.lookup_key(&c.lookup_key))
             .collect();
-        let mut connection = self.connection();
         let values: Vec<Option<Vec<u8>>> = self
-            .run(
-                "find_active",
-                redis::cmd("MGET").arg(&keys).query_async(&mut *connection),
-            )
+            .query("find_active", redis::cmd("MGET").arg(&keys))
             .await?;
         if values.len() != candidates.len() {
             return Err(StoreError::backend(
@@ -469,14 +478,8 @@ impl SessionStore for RedisStore {
         id: &SessionId,
         now: OffsetDateTime,
     ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        let mut connection = self.connection();
         let value: Option<Vec<u8>> = self
-            .run(
-                "get_active",
-                redis::cmd("GET")
-                    .arg(self.session_key(id))
-                    .query_async(&mut *connection),
-            )
+            .query("get_active", redis::cmd("GET").arg(self.session_key(id)))
             .await?;
         let Some(value) = value else {
             return Ok(None);
@@ -725,13 +728,8 @@ impl SessionStore for RedisStore {
             let ids: Vec<SessionId> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
             if !ids.is_empty() {
                 let keys: Vec<String> = ids.iter().map(|id| self.session_key(id)).collect();
-                let mut connection = self.connection();
-                let values: Vec<Option<Vec<u8>>> = self
-                    .run(
-                        OPERATION,
-                        redis::cmd("MGET").arg(&keys).query_async(&mut *connection),
-                    )
-                    .await?;
+                let values: Vec<Option<Vec<u8>>> =
+                    self.query(OPERATION, redis::cmd("MGET").arg(&keys)).await?;
                 for (id, value) in ids.iter().zip(values) {
                     // Gone since the scan saw it.
                     let Some(value) = value else { continue };
