@@ -382,12 +382,12 @@ impl<'r> sqlx::Decode<'r, Postgres> for Timestamp {
 }
 
 impl DialectRow for PgRow {
-    fn micros(&self, name: &str) -> Result<Option<i64>, sqlx::Error> {
-        Ok(self.try_get::<Option<Timestamp>, _>(name)?.map(|t| t.0))
+    fn micros(&self, index: usize) -> Result<Option<i64>, sqlx::Error> {
+        Ok(self.try_get::<Option<Timestamp>, _>(index)?.map(|t| t.0))
     }
 
-    fn persistent(&self) -> Result<i64, sqlx::Error> {
-        Ok(i64::from(self.try_get::<bool, _>("persistent")?))
+    fn persistent(&self, index: usize) -> Result<i64, sqlx::Error> {
+        Ok(i64::from(self.try_get::<bool, _>(index)?))
     }
 }
 

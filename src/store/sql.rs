@@ -683,27 +683,54 @@ pub(crate) fn sqlx_error(operation: &'static str, error: sqlx::Error) -> StoreEr
 }
 
 /// How a dialect reads the columns whose stored form differs: timestamps
-/// (as microseconds since the Unix epoch) and `persistent`.
+/// (as microseconds since the Unix epoch) and `persistent`. Columns are
+/// read by position (a name costs a hash lookup per column and row).
 pub(crate) trait DialectRow: Row {
     /// A timestamp column, or `None` for SQL `NULL`.
-    fn micros(&self, name: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn micros(&self, index: usize) -> Result<Option<i64>, sqlx::Error>;
     /// The `persistent` column as `0` or `1` (anything else is corrupt).
-    fn persistent(&self) -> Result<i64, sqlx::Error>;
+    fn persistent(&self, index: usize) -> Result<i64, sqlx::Error>;
 }
 
-/// Reads a row of [`COLUMNS`] into a [`RawRecord`]. A value that does not
-/// decode is corruption, named by column, with the record's id if that
-/// could be read; the driver's message is left out (it may quote the value).
+/// The position of the column `name` in [`COLUMNS`]; a name that is not
+/// there fails the build.
+const fn position(name: &str) -> usize {
+    let mut i = 0;
+    while i < COLUMNS.len() {
+        let column = COLUMNS[i].name.as_bytes();
+        let wanted = name.as_bytes();
+        if column.len() == wanted.len() {
+            let mut j = 0;
+            while j < column.len() && column[j] == wanted[j] {
+                j += 1;
+            }
+            if j == column.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("no such column")
+}
+
+/// Reads a row of [`COLUMNS`] into a [`RawRecord`]. [`COLUMNS`] are the
+/// row's last columns, in their order (every statement selects them after
+/// anything else, such as a lookup's `slot`). A value that does not decode
+/// is corruption, named by column, with the record's id if that could be
+/// read; the driver's message is left out (it may quote the value).
 pub(crate) fn raw_from_row<R>(row: &R) -> Result<RawRecord, StoreError>
 where
     R: DialectRow,
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    usize: sqlx::ColumnIndex<R>,
     for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
+    let Some(first) = row.len().checked_sub(COLUMNS.len()) else {
+        return Err(StoreError::corrupt(None, "a row has too few columns"));
+    };
     let id_bytes: Vec<u8> = row
-        .try_get("id")
+        .try_get(first + position("id"))
         .map_err(|_| StoreError::corrupt(None, "`id` does not decode"))?;
     let id = session_id(&id_bytes).ok();
     let bad = |name: &'static str| {
@@ -711,31 +738,39 @@ where
     };
     macro_rules! get {
         ($name:literal) => {
-            row.try_get($name).map_err(bad($name))?
+            row.try_get(first + const { position($name) })
+                .map_err(bad($name))?
         };
     }
-    let at = |name: &'static str| row.micros(name).map_err(bad(name));
+    macro_rules! at {
+        ($name:literal) => {
+            row.micros(first + const { position($name) })
+                .map_err(bad($name))?
+        };
+    }
     Ok(RawRecord {
         id: id_bytes,
         generation: get!("generation"),
         subject: get!("subject"),
-        created_at: at("created_at")?,
-        authenticated_at: at("authenticated_at")?,
-        last_seen_at: at("last_seen_at")?,
-        expires_at: at("expires_at")?,
-        absolute_expires_at: at("absolute_expires_at")?,
+        created_at: at!("created_at"),
+        authenticated_at: at!("authenticated_at"),
+        last_seen_at: at!("last_seen_at"),
+        expires_at: at!("expires_at"),
+        absolute_expires_at: at!("absolute_expires_at"),
         idle_timeout_secs: get!("idle_timeout_secs"),
-        persistent: row.persistent().map_err(bad("persistent"))?,
-        access_expires_at: at("access_expires_at")?,
+        persistent: row
+            .persistent(first + const { position("persistent") })
+            .map_err(bad("persistent"))?,
+        access_expires_at: at!("access_expires_at"),
         current_lookup_key: get!("current_lookup_key"),
         current_key_version: get!("current_key_version"),
         previous_lookup_key: get!("previous_lookup_key"),
         previous_key_version: get!("previous_key_version"),
-        previous_rotated_at: at("previous_rotated_at")?,
-        previous_valid_until: at("previous_valid_until")?,
+        previous_rotated_at: at!("previous_rotated_at"),
+        previous_valid_until: at!("previous_valid_until"),
         superseded_lookup_key: get!("superseded_lookup_key"),
         superseded_key_version: get!("superseded_key_version"),
-        revoked_at: at("revoked_at")?,
+        revoked_at: at!("revoked_at"),
         revoked_reason: get!("revoked_reason"),
         revoked_actor: get!("revoked_actor"),
         user_agent: get!("user_agent"),
@@ -785,7 +820,8 @@ macro_rules! sql_store_impl {
                     .map_err(|e| $crate::store::sql::sqlx_error("find_active", e))?;
                 let mut found = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    let slot: i32 = row.try_get("slot").map_err(|_| {
+                    // `slot` comes first, before the record's columns.
+                    let slot: i32 = row.try_get(0).map_err(|_| {
                         $crate::store::StoreError::corrupt(None, "`slot` does not decode")
                     })?;
                     let slot = $crate::store::sql::slot_of_row(slot)?;

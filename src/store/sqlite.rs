@@ -343,12 +343,12 @@ fn is_in_memory(url: &str) -> bool {
 }
 
 impl DialectRow for SqliteRow {
-    fn micros(&self, name: &str) -> Result<Option<i64>, sqlx::Error> {
-        self.try_get(name)
+    fn micros(&self, index: usize) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(index)
     }
 
-    fn persistent(&self) -> Result<i64, sqlx::Error> {
-        self.try_get("persistent")
+    fn persistent(&self, index: usize) -> Result<i64, sqlx::Error> {
+        self.try_get(index)
     }
 }
 
