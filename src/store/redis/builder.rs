@@ -281,3 +281,17 @@ async fn check_eviction_policy(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::asks_for_protocol;
+
+    #[test]
+    fn only_a_protocol_in_the_query_keeps_the_urls_protocol() {
+        assert!(!asks_for_protocol("redis://127.0.0.1:6379"));
+        assert!(!asks_for_protocol("redis://u:p@host/0?db=1"));
+        assert!(!asks_for_protocol("redis://host/0?xprotocol=2"));
+        assert!(asks_for_protocol("redis://host/0?protocol=resp2"));
+        assert!(asks_for_protocol("rediss://host:6380/0?db=1&protocol=2"));
+    }
+}
