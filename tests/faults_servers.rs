@@ -433,20 +433,7 @@ mod redis_faults {
         // An ACL user of this test's own: `CLIENT KILL USER` reaches this
         // store's connections and nobody else's.
         let prefix = unique("ths-faults") + ":";
-        let (user, password) = (unique("ths_faults_user"), unique("pw"));
-        let () = cmd(
-            &mut admin,
-            &[
-                "ACL",
-                "SETUSER",
-                &user,
-                "on",
-                &format!(">{password}"),
-                &format!("~{prefix}*"),
-                "+@all",
-            ],
-        )
-        .await;
+        let (user, password) = common::redis_acl_user(&mut admin, &prefix).await;
         let store = RedisStore::builder(&url)
             .prefix(&prefix)
             .username(&user)

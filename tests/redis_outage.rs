@@ -27,24 +27,8 @@ async fn killed_connections_reconnect_by_themselves_before_a_request_fails() {
         Ok(admin) => admin,
         Err(error) => return common::unreachable("Redis", &url, &error),
     };
-    // An ACL user of this test's own: `CLIENT KILL USER` and `CLIENT LIST`
-    // see this store's connections and nobody else's.
     let prefix = unique("ths-outage") + ":";
-    let (user, password) = (unique("ths_outage_user"), unique("pw"));
-    let () = redis::cmd("ACL")
-        .arg(
-            &[
-                "SETUSER",
-                &user,
-                "on",
-                &format!(">{password}"),
-                &format!("~{prefix}*"),
-                "+@all",
-            ][..],
-        )
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let (user, password) = common::redis_acl_user(&mut admin, &prefix).await;
     let store = RedisStore::builder(&url)
         .prefix(&prefix)
         .username(&user)

@@ -1171,22 +1171,7 @@ async fn acl_credentials_and_the_health_check() {
         return;
     };
     let prefix = unique("ths-acl") + ":";
-    let user = unique("ths_user");
-    let password = unique("pw");
-    let _: () = redis::cmd("ACL")
-        .arg(
-            &[
-                "SETUSER",
-                &user,
-                "on",
-                &format!(">{password}"),
-                &format!("~{prefix}*"),
-                "+@all",
-            ][..],
-        )
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let (user, password) = common::redis_acl_user(&mut admin, &prefix).await;
 
     let store = RedisStore::builder(url())
         .prefix(&prefix)

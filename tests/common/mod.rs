@@ -836,3 +836,29 @@ impl LogCapture {
         String::from_utf8_lossy(&self.buffer.lock().unwrap()).into_owned()
     }
 }
+
+/// A Redis ACL user of a test's own, allowed every command on `prefix*`
+/// keys only: its name and password. `CLIENT KILL USER` and `CLIENT LIST`
+/// then reach the test's connections and nobody else's.
+#[cfg(feature = "redis")]
+pub async fn redis_acl_user(
+    admin: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> (String, String) {
+    let (user, password) = (unique("ths_user"), unique("pw"));
+    let () = redis::cmd("ACL")
+        .arg(
+            &[
+                "SETUSER",
+                &user,
+                "on",
+                &format!(">{password}"),
+                &format!("~{prefix}*"),
+                "+@all",
+            ][..],
+        )
+        .query_async(admin)
+        .await
+        .unwrap();
+    (user, password)
+}
