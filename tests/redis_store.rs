@@ -527,6 +527,7 @@ impl Proxy {
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let index = count.fetch_add(1, Ordering::SeqCst);
+                assert!(index < 32, "the hold mask has a bit for 32 connections");
                 let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
                 let (mut client_read, mut client_write) = client.into_split();
                 let (mut server_read, mut server_write) = server.into_split();
@@ -732,7 +733,7 @@ async fn a_connection_whose_command_timed_out_is_passed_over() {
     let store = RedisStore::builder(&proxy.url)
         .prefix(&prefix)
         .connections(2)
-        .timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(1))
         .connect()
         .await
         .unwrap();

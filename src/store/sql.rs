@@ -730,7 +730,7 @@ where
         return Err(StoreError::corrupt(None, "a row has too few columns"));
     };
     let id_bytes: Vec<u8> = row
-        .try_get(first + position("id"))
+        .try_get(first + const { position("id") })
         .map_err(|_| StoreError::corrupt(None, "`id` does not decode"))?;
     let id = session_id(&id_bytes).ok();
     let bad = |name: &'static str| {

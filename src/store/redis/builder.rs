@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
 use redis::IntoConnectionInfo;
@@ -93,7 +93,10 @@ impl RedisStoreBuilder {
     }
 
     /// The limit on each operation (default 2 s): past it the operation
-    /// fails with [`StoreError::Timeout`].
+    /// fails with [`StoreError::Timeout`], and its connection is passed over
+    /// for a while (see [`connections`](Self::connections)). Keep it below
+    /// [`SessionConfig`](crate::SessionConfig)'s store timeout (5 s by
+    /// default), so that this one fires first.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -115,8 +118,10 @@ impl RedisStoreBuilder {
     /// which halves the server's CPU time per lookup under load). Past that,
     /// the next connection takes the overflow, so a busy app instance uses
     /// more than one socket and reader task. The connection tried first
-    /// changes every 256 commands, so each one keeps being used, and one
-    /// whose last command timed out is passed over while another is sound.
+    /// changes every 256 commands, so each sound one keeps being used. One
+    /// whose last command timed out is passed over for 5 seconds while
+    /// another is sound (a connection that hangs without being closed is
+    /// never reconnected), then gets a command again.
     ///
     /// Connections speak RESP3 (`HELLO 3`) unless the URL sets a protocol:
     /// a connection the server closes is replaced in the background as soon
@@ -216,11 +221,12 @@ impl RedisStoreBuilder {
                     Arc::new(Connection {
                         manager,
                         in_flight: AtomicUsize::new(0),
-                        stalled: AtomicBool::new(false),
+                        stalled_until: AtomicU64::new(0),
                     })
                 })
                 .collect(),
             next: Arc::new(AtomicUsize::new(0)),
+            epoch: std::time::Instant::now(),
             prefix: self.prefix.into(),
             timeout: self.timeout,
             scripts: Arc::new(Scripts::new()),

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -57,15 +57,48 @@ const FILL: usize = 64;
 /// After how many commands the connection tried first moves on to the next.
 const TURN: usize = 256;
 
+/// How long a connection whose command timed out is passed over.
+const STALL_MS: u64 = 5_000;
+
+/// Which connection takes the next command, given each one's commands in
+/// flight and whether it is sound (not passed over), in the order they are
+/// tried: the first sound one with room; else the least busy sound one;
+/// else (none sound) the first with room; else the least busy. One pass over
+/// one reading of each, so it always names a connection.
+fn choose(connections: impl Iterator<Item = (usize, bool)>) -> usize {
+    let (mut sound_least, mut any_room, mut any_least) = (None, None, None);
+    for (i, (in_flight, sound)) in connections.enumerate() {
+        if sound && in_flight < FILL {
+            return i;
+        }
+        if sound && sound_least.is_none_or(|(_, least)| in_flight < least) {
+            sound_least = Some((i, in_flight));
+        }
+        if in_flight < FILL && any_room.is_none() {
+            any_room = Some(i);
+        }
+        if any_least.is_none_or(|(_, least)| in_flight < least) {
+            any_least = Some((i, in_flight));
+        }
+    }
+    sound_least
+        .map(|(i, _)| i)
+        .or(any_room)
+        .or(any_least.map(|(i, _)| i))
+        .unwrap_or(0)
+}
+
 /// One of the store's connections, with the number of its commands in
-/// flight and whether its last command timed out.
+/// flight and whether it is to be passed over.
 pub(super) struct Connection {
     pub(super) manager: ConnectionManager,
     pub(super) in_flight: AtomicUsize,
-    /// Set by a timeout, cleared by any answer: commands prefer the other
-    /// connections meanwhile, so one hung connection (which the server never
-    /// closes, so it is never reconnected) does not take a turn's commands.
-    pub(super) stalled: AtomicBool,
+    /// Until when (milliseconds on the store's [`RedisStore::epoch`]) the
+    /// connection is passed over while another is sound: set by a timeout,
+    /// cleared by any other outcome. A hung connection (which the server
+    /// never closes, so it is never reconnected) then does not take a
+    /// turn's commands; after [`STALL_MS`] it gets one again, as a probe.
+    pub(super) stalled_until: AtomicU64,
 }
 
 /// A connection taken for one command: counted in flight until dropped.
@@ -75,10 +108,13 @@ struct Lease {
 }
 
 impl Lease {
-    /// Records how the command went (see [`Connection::stalled`]).
-    fn settle<T>(&self, result: &Result<T, StoreError>) {
-        let timed_out = matches!(result, Err(StoreError::Timeout { .. }));
-        self.slot.stalled.store(timed_out, Ordering::Relaxed);
+    /// Records how the command went (see [`Connection::stalled_until`]).
+    fn settle<T>(&self, result: &Result<T, StoreError>, now_ms: u64) {
+        let until = match result {
+            Err(StoreError::Timeout { .. }) => now_ms.saturating_add(STALL_MS),
+            _ => 0,
+        };
+        self.slot.stalled_until.store(until, Ordering::Relaxed);
     }
 }
 
@@ -120,6 +156,8 @@ impl Drop for Lease {
 pub struct RedisStore {
     pub(super) connections: Arc<[Arc<Connection>]>,
     pub(super) next: Arc<AtomicUsize>,
+    /// What [`Connection::stalled_until`] counts from.
+    pub(super) epoch: std::time::Instant,
     pub(super) prefix: Arc<str>,
     pub(super) timeout: Duration,
     pub(super) scripts: Arc<Scripts>,
@@ -177,28 +215,31 @@ impl RedisStore {
         // Fill first: one connection takes the commands while it has room,
         // so that concurrent commands share its writes (one system call on
         // each side for several commands) rather than each going alone down
-        // a connection of its own; the next ones take what a busy one cannot
-        // (all full: the least busy). Which connection comes first moves on
-        // every `TURN` commands, so every connection keeps being used. A
-        // connection whose last command timed out is passed over while
-        // another is sound. The counts are read without a lock, so a burst
-        // can put a few more than `FILL` on one connection: harmless.
+        // a connection of its own; the next ones take what a busy one cannot.
+        // Which connection comes first moves on every `TURN` commands, so
+        // every sound connection keeps being used. A connection whose last
+        // command timed out is passed over for `STALL_MS` while another is
+        // sound. The counts are read without a lock, so a burst can put a
+        // few more than `FILL` on one connection: harmless.
         let count = self.connections.len();
         let first = self.next.fetch_add(1, Ordering::Relaxed) / TURN % count;
-        let order = || (0..count).map(move |i| &self.connections[(first + i) % count]);
-        let any_sound = order().any(|c| !c.stalled.load(Ordering::Relaxed));
-        let candidates =
-            || order().filter(move |c| !any_sound || !c.stalled.load(Ordering::Relaxed));
-        let in_flight = |c: &&Arc<Connection>| c.in_flight.load(Ordering::Relaxed);
-        let pick = candidates()
-            .find(|c| in_flight(c) < FILL)
-            .or_else(|| candidates().min_by_key(in_flight))
-            .expect("a store has at least one connection");
+        let now = self.now_ms();
+        let order = (0..count).map(|i| &self.connections[(first + i) % count]);
+        let pick = choose(order.map(|c| {
+            let stalled = c.stalled_until.load(Ordering::Relaxed) > now;
+            (c.in_flight.load(Ordering::Relaxed), !stalled)
+        }));
+        let pick = &self.connections[(first + pick) % count];
         pick.in_flight.fetch_add(1, Ordering::Relaxed);
         Lease {
             manager: pick.manager.clone(),
             slot: pick.clone(),
         }
+    }
+
+    /// Milliseconds since the store was built (monotonic).
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Runs `command` on the connection for the next command (see
@@ -212,7 +253,7 @@ impl RedisStore {
         let result = self
             .run(operation, command.query_async(&mut lease.manager))
             .await;
-        lease.settle(&result);
+        lease.settle(&result, self.now_ms());
         result
     }
 
@@ -266,7 +307,7 @@ impl RedisStore {
         let result = self
             .run(operation, invocation.invoke_async(&mut lease.manager))
             .await;
-        lease.settle(&result);
+        lease.settle(&result, self.now_ms());
         result
     }
 
@@ -807,6 +848,29 @@ impl SessionStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_choice_fills_sound_connections_first_and_always_names_one() {
+        let full = FILL;
+        // The first sound one with room, in order.
+        assert_eq!(choose([(3, true), (0, true)].into_iter()), 0);
+        assert_eq!(choose([(full, true), (5, true)].into_iter()), 1);
+        // Stalled ones are passed over while another is sound, even full.
+        assert_eq!(choose([(0, false), (2, true)].into_iter()), 1);
+        assert_eq!(
+            choose([(0, false), (full + 3, true), (full + 1, true)].into_iter()),
+            2
+        );
+        // None sound: the first with room, else the least busy.
+        assert_eq!(
+            choose([(full, false), (7, false), (1, false)].into_iter()),
+            1
+        );
+        assert_eq!(choose([(full + 2, false), (full, false)].into_iter()), 1);
+        // All full and sound: the least busy.
+        assert_eq!(choose([(full + 5, true), (full + 1, true)].into_iter()), 1);
+        assert_eq!(choose([(0, false)].into_iter()), 0);
+    }
 
     #[test]
     fn ttls_are_relative_rounded_up_and_bounded() {
