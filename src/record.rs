@@ -460,9 +460,12 @@ pub(crate) fn validate_data(data: &Data) -> Result<(), &'static str> {
     }
     /// Recursion stops at the depth limit, however deep the value.
     fn check(value: &serde_json::Value, depth: usize) -> Result<(), &'static str> {
-        let deeper = || match depth < MAX_DATA_DEPTH {
-            true => Ok(depth + 1),
-            false => Err("session data is nested more than 64 levels deep"),
+        let deeper = || {
+            if depth < MAX_DATA_DEPTH {
+                Ok(depth + 1)
+            } else {
+                Err("session data is nested more than 64 levels deep")
+            }
         };
         match value {
             serde_json::Value::String(s) if s.contains('\0') => Err(NUL),
@@ -472,9 +475,12 @@ pub(crate) fn validate_data(data: &Data) -> Result<(), &'static str> {
             }
             serde_json::Value::Object(map) => {
                 let depth = deeper()?;
-                map.iter().try_for_each(|(k, v)| match k.contains('\0') {
-                    true => Err(NUL),
-                    false => check(v, depth),
+                map.iter().try_for_each(|(k, v)| {
+                    if k.contains('\0') {
+                        Err(NUL)
+                    } else {
+                        check(v, depth)
+                    }
                 })
             }
             _ => Ok(()),

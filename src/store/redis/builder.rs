@@ -217,12 +217,10 @@ impl RedisStoreBuilder {
         Ok(RedisStore {
             connections: connections
                 .into_iter()
-                .map(|manager| {
-                    Arc::new(Connection {
-                        manager,
-                        in_flight: AtomicUsize::new(0),
-                        stalled_until: AtomicU64::new(0),
-                    })
+                .map(|manager| Connection {
+                    manager,
+                    in_flight: AtomicUsize::new(0),
+                    stalled_until: AtomicU64::new(0),
                 })
                 .collect(),
             next: Arc::new(AtomicUsize::new(0)),

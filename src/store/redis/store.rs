@@ -102,23 +102,23 @@ pub(super) struct Connection {
 }
 
 /// A connection taken for one command: counted in flight until dropped.
-struct Lease {
-    manager: ConnectionManager,
-    slot: Arc<Connection>,
+struct Lease<'a> {
+    slot: &'a Connection,
 }
 
-impl Lease {
-    /// Records how the command went (see [`Connection::stalled_until`]).
-    fn settle<T>(&self, result: &Result<T, StoreError>, now_ms: u64) {
+impl Lease<'_> {
+    /// Records how the command went (see [`Connection::stalled_until`]);
+    /// the clock is read only after a timeout.
+    fn settle<T>(&self, result: &Result<T, StoreError>, now_ms: impl FnOnce() -> u64) {
         let until = match result {
-            Err(StoreError::Timeout { .. }) => now_ms.saturating_add(STALL_MS),
+            Err(StoreError::Timeout { .. }) => now_ms().saturating_add(STALL_MS),
             _ => 0,
         };
         self.slot.stalled_until.store(until, Ordering::Relaxed);
     }
 }
 
-impl Drop for Lease {
+impl Drop for Lease<'_> {
     fn drop(&mut self) {
         self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -154,7 +154,7 @@ impl Drop for Lease {
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    pub(super) connections: Arc<[Arc<Connection>]>,
+    pub(super) connections: Arc<[Connection]>,
     pub(super) next: Arc<AtomicUsize>,
     /// What [`Connection::stalled_until`] counts from.
     pub(super) epoch: std::time::Instant,
@@ -211,7 +211,7 @@ impl RedisStore {
 
     /// The connection for the next command, counted in flight while the
     /// lease lives.
-    fn connection(&self) -> Lease {
+    fn connection(&self) -> Lease<'_> {
         // Fill first: one connection takes the commands while it has room,
         // so that concurrent commands share its writes (one system call on
         // each side for several commands) rather than each going alone down
@@ -229,12 +229,9 @@ impl RedisStore {
             let stalled = c.stalled_until.load(Ordering::Relaxed) > now;
             (c.in_flight.load(Ordering::Relaxed), !stalled)
         }));
-        let pick = &self.connections[(first + pick) % count];
-        pick.in_flight.fetch_add(1, Ordering::Relaxed);
-        Lease {
-            manager: pick.manager.clone(),
-            slot: pick.clone(),
-        }
+        let slot = &self.connections[(first + pick) % count];
+        slot.in_flight.fetch_add(1, Ordering::Relaxed);
+        Lease { slot }
     }
 
     /// Milliseconds since the store was built (monotonic).
@@ -242,19 +239,32 @@ impl RedisStore {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Runs `command` on the connection for the next command (see
+    /// Runs `op` on the connection for the next command (see
     /// [`connection`](Self::connection)), under the store's timeout.
+    async fn leased<T, F>(
+        &self,
+        operation: &'static str,
+        op: impl FnOnce(ConnectionManager) -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let lease = self.connection();
+        let result = self.run(operation, op(lease.slot.manager.clone())).await;
+        lease.settle(&result, || self.now_ms());
+        result
+    }
+
+    /// Runs `command` (see [`leased`](Self::leased)).
     async fn query<T: redis::FromRedisValue>(
         &self,
         operation: &'static str,
         command: &redis::Cmd,
     ) -> Result<T, StoreError> {
-        let mut lease = self.connection();
-        let result = self
-            .run(operation, command.query_async(&mut lease.manager))
-            .await;
-        lease.settle(&result, self.now_ms());
-        result
+        self.leased(operation, |mut connection| async move {
+            command.query_async(&mut connection).await
+        })
+        .await
     }
 
     fn key(&self, kind: &str, hex: &str) -> String {
@@ -303,12 +313,10 @@ impl RedisStore {
         for arg in args {
             invocation.arg(*arg);
         }
-        let mut lease = self.connection();
-        let result = self
-            .run(operation, invocation.invoke_async(&mut lease.manager))
-            .await;
-        lease.settle(&result, self.now_ms());
-        result
+        self.leased(operation, |mut connection| async move {
+            invocation.invoke_async(&mut connection).await
+        })
+        .await
     }
 
     /// One step of a scan over the `s:` keys: the next cursor and the ids
