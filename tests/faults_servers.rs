@@ -481,14 +481,7 @@ mod redis_faults {
         // was a 200 or a 503, and what follows checks nothing was lost.
         assert_recovered(&h, &clients, true).await;
         assert_store_state(&store, &clients, h.manager.now()).await;
-        let keys: Vec<String> = cmd(&mut admin, &["KEYS", &format!("{prefix}*")]).await;
-        if !keys.is_empty() {
-            let _: i64 = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut admin)
-                .await
-                .unwrap();
-        }
+        common::redis_delete_prefix(&mut admin, &prefix).await;
         let _: i64 = cmd(&mut admin, &["ACL", "DELUSER", &user]).await;
     }
 

@@ -530,16 +530,5 @@ async fn no_secret_reaches_the_log_over_redis() {
     assert_clean(&logs, &ids, &ledger);
     drop(h);
     let mut admin = admin;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-    }
+    common::redis_delete_prefix(&mut admin, &prefix).await;
 }

@@ -255,18 +255,7 @@ fn model_on_redis() {
                     .get_multiplexed_async_connection()
                     .await
                     .unwrap();
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{prefix}*"))
-                    .query_async(&mut admin)
-                    .await
-                    .unwrap();
-                if !keys.is_empty() {
-                    let () = redis::cmd("DEL")
-                        .arg(keys)
-                        .query_async(&mut admin)
-                        .await
-                        .unwrap();
-                }
+                common::redis_delete_prefix(&mut admin, &prefix).await;
             };
             (driver::harness_on(driver::wrap(store)), cleanup)
         }

@@ -81,16 +81,7 @@ async fn killed_connections_reconnect_by_themselves_before_a_request_fails() {
     let bob = h.login("bob").await;
     assert_eq!(h.call("GET", "/me", Some(&bob)).await.body, "bob");
     store.ping().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", store.prefix()))
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    common::redis_delete_prefix(&mut admin, store.prefix()).await;
     let _: i64 = redis::cmd("ACL")
         .arg(&["DELUSER", &user][..])
         .query_async(&mut admin)

@@ -862,3 +862,20 @@ pub async fn redis_acl_user(
         .unwrap();
     (user, password)
 }
+
+/// Deletes every Redis key under `prefix` (a test's own).
+#[cfg(feature = "redis")]
+pub async fn redis_delete_prefix(admin: &mut redis::aio::MultiplexedConnection, prefix: &str) {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(admin)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(admin)
+            .await
+            .unwrap();
+    }
+}
