@@ -42,7 +42,9 @@ fn config() -> SessionConfig {
         .access_ttl(Some(Duration::from_secs(900)))
         .rotation_grace(Duration::from_secs(60))
         .touch_interval(Duration::from_secs(60))
-        .store_timeout(Some(Duration::from_millis(100)))
+        // Cuts the injected hangs short, with room for a real server's
+        // login (three round trips) on a loaded CI machine: 100 ms was not.
+        .store_timeout(Some(Duration::from_secs(1)))
         .build()
         .unwrap()
 }
