@@ -42,7 +42,13 @@ use tower::ServiceExt as _;
 const SESSIONS: usize = 1_000;
 const CONNECTIONS: u32 = 64;
 const ROUNDS: usize = 3;
-const SECONDS: u32 = 6;
+/// Seconds per wrk run; `SECONDS=30` makes longer runs, e.g. to profile.
+fn seconds() -> u32 {
+    std::env::var("SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6)
+}
 /// The same pool size for both crates: PostgreSQL connections.
 const PG_POOL: u32 = 16;
 /// The same pool size for both crates: Redis connections.
@@ -244,7 +250,11 @@ fn wrk(target: &Target, path: &str, script: &std::path::Path) -> Run {
     let before = cpu_time();
     let store_before = store_cpu_time(target.store);
     let out = Command::new("wrk")
-        .args(["-t2", &format!("-c{CONNECTIONS}"), &format!("-d{SECONDS}s")])
+        .args([
+            "-t2",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{}s", seconds()),
+        ])
         .arg("-s")
         .arg(script)
         .arg(format!("http://{}{path}", target.addr))
@@ -259,7 +269,7 @@ fn wrk(target: &Target, path: &str, script: &std::path::Path) -> Run {
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no throughput in wrk's output:\n{text}"));
-    let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / (rate * f64::from(SECONDS));
+    let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / (rate * f64::from(seconds()));
     Run {
         rate,
         cpu_per_request: per_request(cpu_time().saturating_sub(before)),
@@ -331,7 +341,8 @@ fn main() {
     }
     println!(
         "## Loopback, tower-hmac-session ÷ tower-sessions 0.14: wrk -t2 -c{CONNECTIONS}, \
-         {SESSIONS} sessions, {SECONDS} s × {ROUNDS} alternating rounds (median)\n"
+         {SESSIONS} sessions, {} s × {ROUNDS} alternating rounds (median)\n",
+        seconds()
     );
     println!(
         "| store | scenario | tower-hmac-session req/s | tower-sessions req/s | ratio (min–max of rounds) | app CPU µs/request (ours / theirs) | store server CPU µs/request (ours / theirs) |"
