@@ -124,8 +124,9 @@ impl Records {
                         ledger.stored_lookup_key(key);
                     }
                 }
+                // Each row's own key (its slot's, or a placeholder).
                 let index: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
-                    "SELECT lookup_key FROM \"{schema}\".tower_hmac_session_lookup_keys"
+                    "SELECT lookup_key FROM \"{schema}\".tower_hmac_session_records"
                 ))
                 .fetch_all(pool)
                 .await

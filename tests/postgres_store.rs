@@ -87,6 +87,94 @@ async fn postgres_store_passes_the_conformance_suite() {
     }
 }
 
+/// A database at schema version 1 (a row per record, keyed by id) is
+/// converted by version 2 to a row per slot, with every record kept: found
+/// by its current and by its previous key, listed, and then written.
+#[tokio::test]
+async fn version_2_converts_version_1_records() {
+    let Some(pool) = pool("ths-migrate-v1").await else {
+        return;
+    };
+    let (v1, source) = (unique("ths_v1"), unique("ths_v1_source"));
+    // Version 1's table, as its rows were: the record's columns, keyed by id,
+    // filled from records written through a current store.
+    let store = store_in(&pool, &source).await;
+    let plain = planner_record();
+    let rotated = SessionRecord {
+        previous: Some(tower_hmac_session::PreviousCredential {
+            credential: Credential {
+                lookup_key: random_lookup_key(),
+                key_version: KeyVersion(1),
+            },
+            rotated_at: common::T0,
+            valid_until: None,
+        }),
+        ..planner_record()
+    };
+    for r in [&plain, &rotated] {
+        store.insert(r).await.unwrap();
+    }
+    sqlx::raw_sql(&format!(
+        "CREATE SCHEMA \"{v1}\"; \
+         CREATE TABLE \"{v1}\".{TABLE}_migrations (version BIGINT NOT NULL PRIMARY KEY, \
+         applied_at TIMESTAMPTZ NOT NULL DEFAULT now()); \
+         INSERT INTO \"{v1}\".{TABLE}_migrations (version) VALUES (1); \
+         CREATE TABLE \"{v1}\".{TABLE} AS SELECT * FROM \"{source}\".{TABLE} WHERE slot = 0; \
+         ALTER TABLE \"{v1}\".{TABLE} DROP COLUMN lookup_key, DROP COLUMN slot, \
+         ADD PRIMARY KEY (id);"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    drop_schema(&pool, &source).await;
+
+    let store = store_in(&pool, &v1).await;
+    let versions: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT version FROM \"{v1}\".{TABLE}_migrations ORDER BY version"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(versions, [1, 2]);
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{v1}\".{TABLE}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3 * 2, "a row per slot");
+    let previous = rotated.previous.unwrap().credential;
+    for (r, credential, slot) in [
+        (&plain, plain.current, tower_hmac_session::Slot::Current),
+        (&rotated, rotated.current, tower_hmac_session::Slot::Current),
+        (&rotated, previous, tower_hmac_session::Slot::Previous),
+    ] {
+        let candidates = [Candidate {
+            key_version: credential.key_version,
+            lookup_key: credential.lookup_key,
+            value_index: 0,
+        }];
+        let found = store.find_active(&candidates, common::T0).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].record.as_ref(), r);
+        assert_eq!(found[0].slot, slot);
+    }
+    let listed = store.list_for_subject("planner", common::T0).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    let next = SessionRecord {
+        generation: 1,
+        ..plain.clone()
+    };
+    assert!(store.replace(&plain, &next, common::T0).await.unwrap());
+    assert_eq!(
+        store
+            .get_active(&plain.id, common::T0)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&next)
+    );
+    drop_schema(&pool, &v1).await;
+}
+
 #[tokio::test]
 async fn migrations_are_idempotent_and_concurrent_safe() {
     let Some(pool) = pool("ths-migrate").await else {
@@ -104,7 +192,7 @@ async fn migrations_are_idempotent_and_concurrent_safe() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
     let indexes: Vec<(String, String)> = sqlx::query_as(
         "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = $1 \
          ORDER BY indexname",
@@ -113,10 +201,10 @@ async fn migrations_are_idempotent_and_concurrent_safe() {
     .fetch_all(&pool)
     .await
     .unwrap();
+    // Version 2: a row per slot, keyed by the slot's lookup key.
     for (wanted, unique) in [
-        ("current_lookup_key", true),
-        ("previous_lookup_key", true),
-        ("superseded_lookup_key", true),
+        ("records_pkey", true),
+        ("id_slot", true),
         ("subject", false),
         ("expires_at", false),
     ] {
@@ -127,6 +215,7 @@ async fn migrations_are_idempotent_and_concurrent_safe() {
             "no index on {wanted}: {indexes:?}"
         );
     }
+    assert_eq!(indexes.len(), 6, "{indexes:?}");
     assert!(PostgresStore::in_schema(pool.clone(), "Robert'); DROP TABLE x;--").is_err());
     drop_schema(&pool, &schema).await;
 }
@@ -464,6 +553,24 @@ async fn generic_plan(conn: &mut PgConnection, prefix: &str, name: &str) -> (i64
 
 /// Sequential and index scans so far of each table in `schema`, by name
 /// (this backend's own counts included).
+/// An `INSERT` of the records `select` returns (its columns named by
+/// `columns`) as the store keeps them: a row per slot, keyed by the slot's
+/// lookup key, or for a slot without one by the store's placeholder (the id
+/// and the slot number).
+fn insert_rows_per_slot(table: &str, columns: &str, select: &str) -> String {
+    let key = |column: &str, slot: u8| match columns.contains(column) {
+        true => format!("coalesce(v.{column}, v.id || '\\x0{slot}'::bytea)"),
+        false => format!("v.id || '\\x0{slot}'::bytea"),
+    };
+    format!(
+        "INSERT INTO {table} (lookup_key, slot, {columns}) SELECT k.lookup_key, k.slot, v.* \
+         FROM ({select}) AS v ({columns}) CROSS JOIN LATERAL (VALUES \
+         (v.current_lookup_key, 0), ({}, 1), ({}, 2)) AS k (lookup_key, slot)",
+        key("previous_lookup_key", 1),
+        key("superseded_lookup_key", 2),
+    )
+}
+
 async fn scans(conn: &mut PgConnection, schema: &str) -> Vec<(String, i64, i64)> {
     sqlx::raw_sql("SELECT pg_stat_force_next_flush(); SELECT pg_stat_clear_snapshot()")
         .execute(&mut *conn)
@@ -482,10 +589,9 @@ async fn scans(conn: &mut PgConnection, schema: &str) -> Vec<(String, i64, i64)>
 /// At 10^5 sessions, the lookup runs from a cached generic plan (re-planning
 /// on every call, as an `OR` across lookup-key columns or an array parameter
 /// made PostgreSQL do, costs more than the lookup itself) that probes the
-/// lookup-keys table's primary key and then the record's: no sequential
-/// scan, no scan of the expiry index. Insert and replace are reused generic plans too, and no statement
-/// of the store, nor of the trigger that keeps lookup keys unique across
-/// slots, scans a table sequentially.
+/// primary key (the lookup key) once, with no join: no sequential scan, no
+/// scan of the expiry index. Insert and replace are reused generic plans
+/// too, and no statement of the store scans the table sequentially.
 #[tokio::test]
 async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
     // One connection: `pg_prepared_statements` shows the session's own.
@@ -496,26 +602,26 @@ async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
     let store = store_in(&pool, &schema).await;
     let table = format!("\"{schema}\".{TABLE}");
     // A third hold a previous secret, a tenth a superseded one.
-    sqlx::raw_sql(&format!(
-        "INSERT INTO {table} (id, generation, subject, created_at, authenticated_at, \
-         last_seen_at, expires_at, absolute_expires_at, idle_timeout_secs, persistent, \
-         access_expires_at, current_lookup_key, current_key_version, previous_lookup_key, \
-         previous_key_version, previous_rotated_at, superseded_lookup_key, \
-         superseded_key_version, data) \
-         SELECT substring(sha256(('id' || i)::bytea) FROM 1 FOR 16), 0, 'user' || (i % 5000), \
+    let insert = insert_rows_per_slot(
+        &table,
+        "id, generation, subject, created_at, authenticated_at, last_seen_at, expires_at, \
+         absolute_expires_at, idle_timeout_secs, persistent, access_expires_at, \
+         current_lookup_key, current_key_version, previous_lookup_key, previous_key_version, \
+         previous_rotated_at, superseded_lookup_key, superseded_key_version, data",
+        "SELECT substring(sha256(('id' || i)::bytea) FROM 1 FOR 16), 0, 'user' || (i % 5000), \
          t, t, t, t + interval '1 hour', t + interval '1 day', 3600, false, t, \
          sha256(('c' || i)::bytea), 1, \
          CASE WHEN i % 3 = 0 THEN sha256(('p' || i)::bytea) END, \
          CASE WHEN i % 3 = 0 THEN 1 END, CASE WHEN i % 3 = 0 THEN t END, \
          CASE WHEN i % 10 = 0 THEN sha256(('s' || i)::bytea) END, \
-         CASE WHEN i % 10 = 0 THEN 1 END, '{{}}' \
+         CASE WHEN i % 10 = 0 THEN 1 END, '{}'::jsonb \
          FROM generate_series(1, 100000) AS i, \
-         (SELECT '2030-01-01 00:00+00'::timestamptz AS t) AS t0; \
-         ANALYZE {table}; ANALYZE \"{schema}\".tower_hmac_session_lookup_keys;"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+         (SELECT '2030-01-01 00:00+00'::timestamptz AS t) AS t0",
+    );
+    sqlx::raw_sql(&format!("{insert}; ANALYZE {table};"))
+        .execute(&pool)
+        .await
+        .unwrap();
     let before = scans(&mut pool.acquire().await.unwrap(), &schema).await;
 
     let mut current = planner_record();
@@ -567,19 +673,19 @@ async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
 
     let mut conn = pool.acquire().await.unwrap();
     let after = scans(&mut conn, &schema).await;
-    assert_eq!(after.len(), 3, "{after:?}");
+    assert_eq!(after.len(), 2, "{after:?}");
     for ((table, seq_before, idx_before), (_, seq_after, idx_after)) in before.iter().zip(&after) {
         assert_eq!(seq_before, seq_after, "sequential scans of {table}");
         if !table.ends_with("migrations") {
             assert!(idx_after > idx_before, "no index scan of {table}");
         }
     }
-    for (prefix, name) in [("WITH evicted", "ths_capped"), ("DELETE FROM", "ths_purge")] {
+    for (prefix, name) in [("WITH evicted", "ths_capped"), ("WITH purged", "ths_purge")] {
         let (_, _, plan) = generic_plan(&mut conn, prefix, name).await;
         assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
     }
     for (prefix, name) in [
-        ("SELECT CASE l.lookup_key", "ths_lookup"),
+        ("SELECT slot,", "ths_lookup"),
         ("INSERT INTO", "ths_insert"),
         ("UPDATE", "ths_replace"),
     ] {
@@ -591,13 +697,12 @@ async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
         assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
         assert!(!plan.contains("records_expires_at"), "{name}:\n{plan}");
         if name == "ths_lookup" {
-            // One probe of the lookup-keys table, then the record by id.
-            for index in ["lookup_keys_pkey", "records_pkey"] {
-                assert!(
-                    plan.contains(&format!("{index} on")),
-                    "{name} does not probe {index}:\n{plan}"
-                );
-            }
+            // One probe of the primary key, and nothing joined.
+            assert!(plan.contains("records_pkey on"), "{name}:\n{plan}");
+            assert!(
+                !plan.contains("Join") && !plan.contains("Nested Loop"),
+                "{name}:\n{plan}"
+            );
         }
     }
     drop(conn);
@@ -667,7 +772,7 @@ async fn concurrent_logins_of_one_user_stay_within_the_cap() {
     assert_eq!(live.len(), 3, "{live:?}");
     let reasons: Vec<(Option<String>, i64)> = sqlx::query_as(&format!(
         "SELECT revoked_reason, count(*) FROM \"{schema}\".{TABLE} WHERE subject = 'alice' \
-         GROUP BY revoked_reason ORDER BY revoked_reason NULLS FIRST"
+         AND slot = 0 GROUP BY revoked_reason ORDER BY revoked_reason NULLS FIRST"
     ))
     .fetch_all(&pool)
     .await
@@ -795,21 +900,21 @@ async fn purge_removes_more_than_one_batch() {
     let t0 = common::T0
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    let inserted = sqlx::query(&format!(
-        "INSERT INTO {table} (id, generation, subject, created_at, authenticated_at, \
-         last_seen_at, expires_at, absolute_expires_at, idle_timeout_secs, persistent, \
-         access_expires_at, current_lookup_key, current_key_version, revoked_at, \
-         revoked_reason, data) \
-         SELECT substring(sha256(('id' || i)::bytea) FROM 1 FOR 16), 0, 'user' || (i % 50), \
+    let insert = insert_rows_per_slot(
+        &table,
+        "id, generation, subject, created_at, authenticated_at, last_seen_at, expires_at, \
+         absolute_expires_at, idle_timeout_secs, persistent, access_expires_at, \
+         current_lookup_key, current_key_version, revoked_at, revoked_reason, data",
+        &format!(
+            "SELECT substring(sha256(('id' || i)::bytea) FROM 1 FOR 16), 0, 'user' || (i % 50), \
          t, t, t, t + interval '1 hour', t + interval '1 day', 3600, false, t, \
          sha256(('c' || i)::bytea), 1, \
-         CASE WHEN i > 1500 THEN t END, CASE WHEN i > 1500 THEN 'admin' END, '{{}}' \
+         CASE WHEN i > 1500 THEN t END, CASE WHEN i > 1500 THEN 'admin' END, '{{}}'::jsonb \
          FROM generate_series(1, 2700) AS i, (SELECT '{t0}'::timestamptz AS t) AS t0"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
-    assert_eq!(inserted.rows_affected(), 2700);
+        ),
+    );
+    let inserted = sqlx::query(&insert).execute(&pool).await.unwrap();
+    assert_eq!(inserted.rows_affected(), 3 * 2700);
     let live = [planner_record(), planner_record()].map(|mut r| {
         r.expires_at = common::T0 + time::Duration::hours(3);
         r
@@ -823,7 +928,7 @@ async fn purge_removes_more_than_one_batch() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(left, 2);
+    assert_eq!(left, 3 * 2);
     assert_eq!(store.purge_expired(later).await.unwrap(), 0);
     drop_schema(&pool, &schema).await;
 }

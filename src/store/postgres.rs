@@ -25,10 +25,11 @@ type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 /// `postgres`): every app instance on the same database sees every login
 /// and revocation on its next request.
 ///
-/// The table `tower_hmac_session_records` (and `tower_hmac_session_lookup_keys`,
-/// which a trigger keeps holding every lookup key, so that no key can have
-/// two holders even across slots and concurrent transactions) lives in a
-/// schema of your choice (default `public`). [`connect`](Self::connect)
+/// The table `tower_hmac_session_records` holds each record three times, a
+/// row per credential slot keyed by that slot's lookup key (so a lookup is
+/// one probe of the primary key, and no key can have two holders even
+/// across slots and concurrent transactions); it lives in a schema of your
+/// choice (default `public`). [`connect`](Self::connect)
 /// creates and migrates it; migrations take a transaction-scoped advisory
 /// lock, so instances starting together migrate once; a role without the
 /// `CREATE` privilege can use a schema migrated before. The read path is one
@@ -218,6 +219,15 @@ impl PostgresStore {
         }
     }
 
+    /// The number a statement of [`Queries`] that counts records returns
+    /// (`revoke_all`, `purge`): a record has a row per slot, so the rows a
+    /// statement changed are not the records.
+    async fn changes<'q>(&self, query: impl Fn() -> PgQuery<'q>) -> Result<u64, sqlx::Error> {
+        let count: i64 =
+            retrying(|| async { query().fetch_one(&self.pool).await?.try_get(0) }).await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     async fn replace_sql(
         &self,
         current: &SessionRecord,
@@ -225,21 +235,24 @@ impl PostgresStore {
         next: &RawRecord,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let mut query = sqlx::query(&self.queries.replace)
-            .bind(&current.id.as_bytes()[..])
-            .bind(expected)
-            .bind(timestamp(now));
-        for value in mutable_values(next) {
-            query = Self::bind(query, value);
-        }
-        // A new lookup key another record holds is a unique violation (of
-        // a column's index or of the lookup-keys table): `Conflict`, and
-        // nothing applied.
-        let done = query
-            .execute(&self.pool)
+        let query = || {
+            let mut query = sqlx::query(&self.queries.replace)
+                .bind(&current.id.as_bytes()[..])
+                .bind(expected)
+                .bind(timestamp(now));
+            for value in mutable_values(next) {
+                query = Self::bind(query, value);
+            }
+            query
+        };
+        // A new lookup key another record holds is a unique violation of
+        // the primary key (checked at the end of the statement): `Conflict`,
+        // and nothing applied. Otherwise the update changes the record's
+        // three rows, or none.
+        let done = retrying(|| query().execute(&self.pool))
             .await
             .map_err(|e| sqlx_error("replace", e))?;
-        Ok(done.rows_affected() == 1)
+        Ok(done.rows_affected() > 0)
     }
 
     async fn insert_capped_sql(
@@ -263,21 +276,25 @@ impl PostgresStore {
             "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({})",
             self.subject_lock(subject)
         );
-        let mut tx = self.pool.begin_with(begin).await.map_err(err)?;
-        let mut query = sqlx::query(&self.queries.insert_capped);
-        for value in insert_values(raw) {
-            query = Self::bind(query, value);
-        }
-        let rows = query
-            .bind(timestamp(now))
-            .bind(cap.revocation.reason.as_str())
-            .bind(cap.revocation.actor.as_deref())
-            .bind(cap.except.as_ref().map(|id| &id.as_bytes()[..]))
-            .bind(keep)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(err)?;
-        tx.commit().await.map_err(err)?;
+        let rows = retrying(|| async {
+            let mut tx = self.pool.begin_with(begin.clone()).await?;
+            let mut query = sqlx::query(&self.queries.insert_capped);
+            for value in insert_values(raw) {
+                query = Self::bind(query, value);
+            }
+            let rows = query
+                .bind(timestamp(now))
+                .bind(cap.revocation.reason.as_str())
+                .bind(cap.revocation.actor.as_deref())
+                .bind(cap.except.as_ref().map(|id| &id.as_bytes()[..]))
+                .bind(keep)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(rows)
+        })
+        .await
+        .map_err(err)?;
         rows.iter()
             .map(|row| {
                 let id: Vec<u8> = row
@@ -313,20 +330,47 @@ impl PostgresStore {
     ) -> Result<RevokeOutcome, StoreError> {
         // One statement: the update and, from the same snapshot, whether the
         // record exists at all (as the subject's, when one is given).
-        let (found, revoked): (bool, bool) = sqlx::query_as(&self.queries.revoke)
-            .bind(&id.as_bytes()[..])
-            .bind(timestamp(now))
-            .bind(revocation.reason.as_str())
-            .bind(revocation.actor.as_deref())
-            .bind(subject)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| sqlx_error("revoke", e))?;
+        let (found, revoked): (bool, bool) = retrying(|| {
+            sqlx::query_as(&self.queries.revoke)
+                .bind(&id.as_bytes()[..])
+                .bind(timestamp(now))
+                .bind(revocation.reason.as_str())
+                .bind(revocation.actor.as_deref())
+                .bind(subject)
+                .fetch_one(&self.pool)
+        })
+        .await
+        .map_err(|e| sqlx_error("revoke", e))?;
         Ok(match (found, revoked) {
             (_, true) => RevokeOutcome::Revoked,
             (true, false) => RevokeOutcome::AlreadyRevoked,
             (false, false) => RevokeOutcome::NotFound,
         })
+    }
+}
+
+/// Runs a statement again, at most twice more, when PostgreSQL chose it as
+/// the victim of a deadlock (SQLSTATE `40P01`), which rolled it back whole,
+/// so running it again is safe: its compare-and-swap is checked afresh.
+/// A record's three rows are locked by each write that changes them, and
+/// two writes reading different versions of the rows can lock them in
+/// different orders.
+async fn retrying<T, F, Fut>(mut run: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut retries = 0;
+    loop {
+        match run().await {
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("40P01") && retries < 2 =>
+            {
+                retries += 1;
+                tracing::debug!(retries, "session store statement retried after a deadlock");
+            }
+            done => return done,
+        }
     }
 }
 

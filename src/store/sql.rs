@@ -13,23 +13,30 @@
 //! IMMEDIATE`, the database's write lock; PostgreSQL: an advisory lock on
 //! the subject), then revokes and inserts.
 //!
-//! No lookup key may be held twice, in any slot of any record. Each
-//! lookup-key column has a unique index; across columns, SQLite's writes
-//! check the other columns in the same statement (a write statement holds
-//! the database's write lock from before it reads, so the check cannot
-//! race), and PostgreSQL, whose concurrent statements can, keeps every key
-//! in a table of its own whose primary key refuses a second holder
-//! (maintained by a trigger, so no write path can forget it).
+//! No lookup key may be held twice, in any slot of any record. SQLite keeps
+//! a record in one row, its three lookup keys in columns of their own, each
+//! with a unique index; across columns, its writes check the other columns
+//! in the same statement (a write statement holds the database's write lock
+//! from before it reads, so the check cannot race). PostgreSQL, whose
+//! concurrent statements can race, keeps a record three times: a row per
+//! slot (`slot` 0 current, 1 previous, 2 superseded), each with every
+//! column of the record, whose primary key is the slot's lookup key and so
+//! refuses a second holder (a slot without a key holds a 17-byte
+//! placeholder, never a lookup key). The three rows are inserted together,
+//! then only ever updated together, by one statement, in slot order (the
+//! `(id, slot)` index), so they never disagree and a concurrent statement
+//! never misses one; a rotation moves keys between rows, so the primary key
+//! is checked at the end of each statement. Statements about whole records
+//! (by subject, counts, purges) read the current slot's row.
 //!
-//! Every statement finds its rows through one index lookup per column, never
-//! an `OR` across lookup-key columns: on SQLite the lookup is a `UNION ALL`
-//! of single-column `IN` lists, on PostgreSQL one `IN` list on the
-//! lookup-keys table joined to the record by id; one parameter per lookup
-//! key, so PostgreSQL's
-//! cached generic plan is the same index scans as a custom one and is reused
-//! rather than re-planned (an array parameter, `= ANY($1)`, is estimated at
-//! ten elements in a generic plan, which then looks dearer than a custom plan
-//! and is never chosen).
+//! Every lookup is one `IN` list per index, never an `OR` across lookup-key
+//! columns: on SQLite a `UNION ALL` of single-column `IN` lists, on
+//! PostgreSQL one `IN` list on the primary key, which returns the record
+//! with the slot that matched in one probe per key. One parameter per
+//! lookup key, so PostgreSQL's cached generic plan is the same index scan as
+//! a custom one and is reused rather than re-planned (an array parameter,
+//! `= ANY($1)`, is estimated at ten elements in a generic plan, which then
+//! looks dearer than a custom plan and is never chosen).
 
 use sqlx::Row;
 
@@ -216,8 +223,6 @@ pub(crate) struct Queries {
     pub(crate) dialect: Dialect,
     table: String,
     select_list: String,
-    /// PostgreSQL: the lookup-keys table, qualified.
-    lookup_keys_table: String,
     pub(crate) migrations_table: String,
     /// `(version, statements)`, applied in order, each once.
     pub(crate) migrations: Vec<(i64, String)>,
@@ -227,13 +232,15 @@ pub(crate) struct Queries {
     pub(crate) get_active: String,
     /// `$1` … `$25`: the columns in [`COLUMNS`] order. SQLite: inserts
     /// nothing if a lookup key of the record is in any lookup-key column;
-    /// PostgreSQL: the lookup-keys table's primary key refuses it.
+    /// PostgreSQL: one row per lookup key, whose primary key refuses a key
+    /// another record holds.
     pub(crate) insert: String,
     /// `$1` id, `$2` expected generation, `$3` now; SQLite: `$4` … `$6` the
     /// replacement's lookup keys (or null) and `$7` … the mutable columns in
     /// [`COLUMNS`] order (the update does not apply on a clash: then ask
     /// [`Self::clash`]); PostgreSQL: `$4` … the mutable columns (a clash is
-    /// a unique violation).
+    /// a unique violation); it updates the record's three rows, each to the
+    /// key of its slot.
     pub(crate) replace: String,
     /// SQLite, after a replace that did not apply, with its first six
     /// parameters: whether the compare-and-swap's condition holds and
@@ -249,6 +256,8 @@ pub(crate) struct Queries {
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) exists: String,
     /// `$1` subject, `$2` now, `$3` reason, `$4` actor, `$5` except.
+    /// PostgreSQL: returns how many records it revoked; SQLite: a plain
+    /// update.
     pub(crate) revoke_all: String,
     /// `$1` subject, `$2` now.
     pub(crate) list: String,
@@ -257,7 +266,8 @@ pub(crate) struct Queries {
     /// `$1` now, `$2` batch size: deletes at most that many records that
     /// are expired or revoked. Idle expiry alone decides "expired":
     /// [`SessionRecord::validate`](crate::SessionRecord::validate) keeps
-    /// `expires_at` at or before `absolute_expires_at`.
+    /// `expires_at` at or before `absolute_expires_at`. PostgreSQL: returns
+    /// how many records it deleted; SQLite: a plain delete.
     pub(crate) purge: String,
     /// SQLite, inside the capped insert's transaction: `$1` subject, `$2`
     /// now, `$3` reason, `$4` actor, `$5` except (or null), `$6` how many
@@ -278,17 +288,24 @@ pub(crate) struct Queries {
 /// beyond the `keep` most recently used (`last_seen_at`, then
 /// `created_at`, then id, descending): those a capped insert revokes. One
 /// range of the subject index.
-fn evict_ids(table: &str, subject: &str, now: &str, except: &str, keep: &str) -> String {
+fn evict_ids(table: &str, subject: &str, now: &str, except: &str, keep: &str, one: &str) -> String {
     format!(
         "SELECT id FROM (SELECT id, row_number() OVER \
          (ORDER BY last_seen_at DESC, created_at DESC, id DESC) AS n \
-         FROM {table} WHERE subject = {subject} AND {active} \
+         FROM {table} WHERE subject = {subject}{one} AND {active} \
          AND ({except} IS NULL OR id <> {except})) AS ranked WHERE n > {keep}",
         active = active(now)
     )
 }
 
 /// `revoked_at IS NULL AND expires_at > {now} AND absolute_expires_at > {now}`.
+/// PostgreSQL: the lookup key of `slot`'s row when the record holds no key
+/// there: the record's 16-byte id and the slot number, 17 bytes, so never a
+/// 32-byte lookup key (a lookup never finds it) and never another record's.
+fn placeholder(key: &str, id: &str, slot: u8) -> String {
+    format!("coalesce({key}, {id} || '\\x0{slot}'::bytea)")
+}
+
 fn active(now: &str) -> String {
     format!("revoked_at IS NULL AND expires_at > {now} AND absolute_expires_at > {now}")
 }
@@ -327,6 +344,27 @@ impl Queries {
                 .join(" OR ")
         };
         let insert_keys = INSERT_KEY_PARAMS.map(|i| format!("${i}")).join(", ");
+        // PostgreSQL holds a record once per lookup key (see the module
+        // docs); its record-wide statements read the current key's row.
+        let one = match dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " AND slot = 0",
+        };
+        let key_rows = |params: [usize; 3]| {
+            let [current, previous, superseded] = params;
+            format!(
+                "(VALUES (${current}::bytea, 0), ({}, 1), ({}, 2)) AS k (lookup_key, slot)",
+                placeholder(&format!("${previous}::bytea"), "$1", 1),
+                placeholder(&format!("${superseded}::bytea"), "$1", 2),
+            )
+        };
+        let columns = COLUMNS.map(|c| c.name).join(", ");
+        let insert_params = COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| param(i + 1, c.kind))
+            .collect::<Vec<_>>()
+            .join(", ");
         let first_mutable = match dialect {
             Dialect::Sqlite => 7,
             Dialect::Postgres => 4,
@@ -342,6 +380,7 @@ impl Queries {
             "UPDATE {table} SET {replace_set} WHERE id = $1 AND generation = $2 AND {}",
             active("$3")
         );
+
         let revoke_set = "revoked_at = $2, revoked_reason = $3, revoked_actor = $4";
         let subject_matches = |p: &str| format!("({p} IS NULL OR subject = {p})");
         let revoke_update = format!(
@@ -357,7 +396,6 @@ impl Queries {
             dialect,
             table: table.to_owned(),
             select_list: select_list.clone(),
-            lookup_keys_table: qualified(LOOKUP_KEYS_TABLE),
             migrations_table: qualified(&format!("{TABLE}_migrations")),
             migrations: migrations(dialect, schema)
                 .into_iter()
@@ -365,29 +403,45 @@ impl Queries {
                 .collect(),
             find_active: Vec::new(),
             get_active: render(format!(
-                "SELECT {select_list} FROM {table} WHERE id = $1 AND {}",
+                "SELECT {select_list} FROM {table} WHERE id = $1{one} AND {}",
                 active("$2")
             )),
-            insert: render(format!(
-                "INSERT INTO {table} ({columns}) SELECT {values}{unique}",
-                columns = COLUMNS.map(|c| c.name).join(", "),
-                values = COLUMNS
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| param(i + 1, c.kind))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                unique = match dialect {
-                    Dialect::Sqlite => format!(" WHERE NOT ({})", clash(&insert_keys, None)),
-                    Dialect::Postgres => String::new(),
-                },
-            )),
+            insert: render(match dialect {
+                Dialect::Sqlite => format!(
+                    "INSERT INTO {table} ({columns}) SELECT {insert_params} WHERE NOT ({})",
+                    clash(&insert_keys, None)
+                ),
+                Dialect::Postgres => format!(
+                    "INSERT INTO {table} (lookup_key, slot, {columns}) \
+                     SELECT k.lookup_key, k.slot, {insert_params} FROM {}",
+                    key_rows(INSERT_KEY_PARAMS)
+                ),
+            }),
             replace: render(match dialect {
                 Dialect::Sqlite => format!(
                     "{replace_update} AND NOT ({})",
                     clash("$4, $5, $6", Some("$1"))
                 ),
-                Dialect::Postgres => replace_update,
+                Dialect::Postgres => {
+                    let key = |name: &str| {
+                        let i = COLUMNS
+                            .iter()
+                            .filter(|c| c.mutable)
+                            .position(|c| c.name == name);
+                        format!("${}::bytea", first_mutable + i.expect("a mutable column"))
+                    };
+                    let [current, previous, superseded] = LOOKUP_KEY_COLUMNS.map(key);
+                    replace_update.replacen(
+                        " SET ",
+                        &format!(
+                            " SET lookup_key = CASE slot WHEN 0 THEN {current} WHEN 1 THEN {} \
+                             ELSE {} END, ",
+                            placeholder(&previous, "id", 1),
+                            placeholder(&superseded, "id", 2),
+                        ),
+                        1,
+                    )
+                }
             }),
             clash: render(format!(
                 "SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1 AND generation = $2 AND {}) \
@@ -408,13 +462,27 @@ impl Queries {
                 "SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1 AND {})",
                 subject_matches("$2")
             )),
-            revoke_all: render(format!(
-                "UPDATE {table} SET {revoke_set} WHERE subject = $1 AND {} \
-                 AND ($5 IS NULL OR id <> $5)",
-                active("$2")
-            )),
+            revoke_all: render({
+                let update = format!(
+                    "UPDATE {table} SET {revoke_set} WHERE subject = $1 AND {} \
+                     AND ($5 IS NULL OR id <> $5)",
+                    active("$2")
+                );
+                match dialect {
+                    Dialect::Sqlite => update,
+                    // By id, so each record's rows are locked in slot order
+                    // (the `(id, slot)` index), as every other write does.
+                    Dialect::Postgres => format!(
+                        "WITH revoked AS (UPDATE {table} SET {revoke_set} WHERE id IN (\
+                         SELECT id FROM {table} WHERE subject = $1 AND slot = 0 AND {} \
+                         AND ($5 IS NULL OR id <> $5)) AND revoked_at IS NULL RETURNING slot) \
+                         SELECT count(*) FROM revoked WHERE slot = 0",
+                        active("$2")
+                    ),
+                }
+            }),
             list: render(format!(
-                "SELECT {select_list} FROM {table} WHERE subject = $1 AND {} \
+                "SELECT {select_list} FROM {table} WHERE subject = $1{one} AND {} \
                  ORDER BY created_at DESC, id ASC",
                 active("$2")
             )),
@@ -423,9 +491,9 @@ impl Queries {
                  SUM(CASE WHEN last_seen_at >= $2 THEN 1 ELSE 0 END), \
                  SUM(CASE WHEN last_seen_at >= $2 THEN 0 ELSE 1 END) FROM (\
                  SELECT current_key_version AS key_version, last_seen_at FROM {table} \
-                 WHERE {active} \
+                 WHERE {active}{one} \
                  UNION ALL \
-                 SELECT previous_key_version, last_seen_at FROM {table} WHERE {active} \
+                 SELECT previous_key_version, last_seen_at FROM {table} WHERE {active}{one} \
                  AND previous_key_version <> current_key_version \
                  AND (previous_valid_until IS NULL OR previous_valid_until > $1)\
                  ) AS versions GROUP BY key_version ORDER BY key_version",
@@ -435,38 +503,44 @@ impl Queries {
             // the number deleted: expired, then revoked but not expired.
             // (SQLite's `+` keeps it from ranging over the live records'
             // expiry rather than the revoked ones.)
-            purge: render(format!(
-                "DELETE FROM {table} WHERE id IN (\
-                 SELECT id FROM {table} WHERE expires_at <= $1 \
-                 UNION ALL \
-                 SELECT id FROM {table} WHERE revoked_at IS NOT NULL AND {not_indexed}expires_at > $1 \
-                 LIMIT $2)",
-                not_indexed = match dialect {
-                    Dialect::Sqlite => "+",
-                    Dialect::Postgres => "",
-                },
-            )),
+            purge: render({
+                let delete = format!(
+                    "DELETE FROM {table} WHERE id IN (\
+                     SELECT id FROM {table} WHERE expires_at <= $1{one} \
+                     UNION ALL \
+                     SELECT id FROM {table} WHERE revoked_at IS NOT NULL \
+                     AND {not_indexed}expires_at > $1{one} \
+                     LIMIT $2)",
+                    not_indexed = match dialect {
+                        Dialect::Sqlite => "+",
+                        Dialect::Postgres => "",
+                    },
+                );
+                match dialect {
+                    Dialect::Sqlite => delete,
+                    Dialect::Postgres => format!(
+                        "WITH purged AS ({delete} RETURNING slot) \
+                         SELECT count(*) FROM purged WHERE slot = 0"
+                    ),
+                }
+            }),
             evict: render(format!(
                 "UPDATE {table} SET {revoke_set} WHERE id IN ({ranked}) AND revoked_at IS NULL \
                  RETURNING id, last_seen_at, created_at",
-                ranked = evict_ids(table, "$1", "$2", "$5", "$6"),
+                ranked = evict_ids(table, "$1", "$2", "$5", "$6", one),
             )),
             insert_capped: render(format!(
                 "WITH evicted AS (\
                  UPDATE {table} SET revoked_at = $26, revoked_reason = $27, revoked_actor = $28 \
                  WHERE id IN ({ranked}) AND revoked_at IS NULL \
-                 RETURNING id, last_seen_at, created_at), \
-                 inserted AS (INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING 1) \
-                 SELECT evicted.id FROM evicted, inserted \
+                 RETURNING id, slot, last_seen_at, created_at), \
+                 inserted AS (INSERT INTO {table} (lookup_key, slot, {columns}) \
+                 SELECT k.lookup_key, k.slot, {insert_params} FROM {keys} RETURNING 1) \
+                 SELECT evicted.id FROM evicted \
+                 WHERE evicted.slot = 0 AND EXISTS (SELECT 1 FROM inserted) \
                  ORDER BY evicted.last_seen_at, evicted.created_at, evicted.id",
-                ranked = evict_ids(table, "$3", "$26", "$29", "$30"),
-                columns = COLUMNS.map(|c| c.name).join(", "),
-                values = COLUMNS
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| param(i + 1, c.kind))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                ranked = evict_ids(table, "$3", "$26", "$29", "$30", one),
+                keys = key_rows(INSERT_KEY_PARAMS),
             )),
         };
         queries.find_active = (1..=PREPARED_LOOKUPS)
@@ -497,25 +571,12 @@ impl Queries {
         match self.dialect {
             Dialect::Postgres => {
                 let keys = (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>();
-                let now = format!("${}", n + 1);
-                let [current, previous, superseded] = LOOKUP_KEY_COLUMNS;
-                let columns = COLUMNS
-                    .iter()
-                    .map(|c| match c.kind {
-                        Kind::Json => format!("r.{0}::text AS {0}", c.name),
-                        _ => format!("r.{}", c.name),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
                 format!(
-                    "SELECT CASE l.lookup_key WHEN r.{current} THEN 0 WHEN r.{previous} THEN 1 \
-                     WHEN r.{superseded} THEN 2 ELSE -1 END AS slot, {columns} \
-                     FROM {keys_table} AS l JOIN {table} AS r ON r.id = l.id \
-                     WHERE l.lookup_key IN ({keys}) AND r.revoked_at IS NULL \
-                     AND r.expires_at > {now} AND r.absolute_expires_at > {now}",
-                    keys_table = self.lookup_keys_table,
-                    table = self.table,
-                    keys = keys.join(", "),
+                    "SELECT slot, {} FROM {} WHERE lookup_key IN ({}) AND {}",
+                    self.select_list,
+                    self.table,
+                    keys.join(", "),
+                    active(&format!("${}", n + 1)),
                 )
             }
             Dialect::Sqlite => {
@@ -652,7 +713,63 @@ fn migrations(dialect: Dialect, schema: Option<&str>) -> Vec<(i64, String)> {
              FOR EACH ROW EXECUTE FUNCTION {function}();\n"
         ));
     }
-    vec![(1, schema_sql)]
+    let mut migrations = vec![(1, schema_sql)];
+    if dialect == Dialect::Postgres {
+        migrations.push((2, postgres_rows_per_key(schema, &columns)));
+    }
+    migrations
+}
+
+/// PostgreSQL, version 2: the record three times, a row per slot, in one
+/// table whose primary key is the slot's lookup key (so a lookup is one
+/// probe of one index and no key can have two holders), in place of the
+/// records table and the lookup-keys table a trigger kept. Existing records
+/// are copied.
+fn postgres_rows_per_key(schema: Option<&str>, columns: &str) -> String {
+    let qualified = |name: &str| match schema {
+        Some(schema) => format!("\"{schema}\".{name}"),
+        None => name.to_owned(),
+    };
+    let table = qualified(TABLE);
+    let old = format!("{TABLE}_v1");
+    let names = COLUMNS.map(|c| c.name).join(", ");
+    let copied = COLUMNS.map(|c| format!("r.{}", c.name)).join(", ");
+    let [current, previous, superseded] = LOOKUP_KEY_COLUMNS;
+    let previous = placeholder(&format!("r.{previous}"), "r.id", 1);
+    let superseded = placeholder(&format!("r.{superseded}"), "r.id", 2);
+    let dropped_indexes = LOOKUP_KEY_COLUMNS
+        .iter()
+        .chain(&["subject", "expires_at", "revoked_at"])
+        .map(|name| qualified(&format!("{TABLE}_{name}")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The version-1 columns, `id` no longer the primary key: a record's
+    // rows share it, and `(id, slot)` is unique instead.
+    let columns = columns.replace("id BYTEA NOT NULL PRIMARY KEY", "id BYTEA NOT NULL");
+    format!(
+        "DROP FUNCTION IF EXISTS {function}() CASCADE;\n\
+         DROP TABLE IF EXISTS {keys};\n\
+         DROP INDEX IF EXISTS {dropped_indexes};\n\
+         ALTER TABLE {table} RENAME TO {old};\n\
+         ALTER INDEX {pkey} RENAME TO {old}_pkey;\n\
+         CREATE TABLE {table} (lookup_key BYTEA NOT NULL, slot INTEGER NOT NULL, {columns}, \
+         CONSTRAINT {TABLE}_pkey PRIMARY KEY (lookup_key) DEFERRABLE INITIALLY IMMEDIATE, \
+         CONSTRAINT {TABLE}_id_slot UNIQUE (id, slot)) WITH (fillfactor = 70);\n\
+         CREATE INDEX {TABLE}_subject ON {table} (subject, created_at DESC) \
+         WHERE subject IS NOT NULL AND slot = 0;\n\
+         CREATE INDEX {TABLE}_expires_at ON {table} (expires_at) WHERE slot = 0;\n\
+         CREATE INDEX {TABLE}_revoked_at ON {table} (revoked_at) \
+         WHERE revoked_at IS NOT NULL AND slot = 0;\n\
+         INSERT INTO {table} (lookup_key, slot, {names}) \
+         SELECT k.lookup_key, k.slot, {copied} FROM {old_table} AS r \
+         CROSS JOIN LATERAL (VALUES (r.{current}, 0), ({previous}, 1), ({superseded}, 2)) \
+         AS k (lookup_key, slot);\n\
+         DROP TABLE {old_table};\n",
+        function = qualified(&format!("{TABLE}_sync_lookup_keys")),
+        keys = qualified(LOOKUP_KEYS_TABLE),
+        pkey = qualified(&format!("{TABLE}_pkey")),
+        old_table = qualified(&old),
+    )
 }
 
 /// A database error without its detail: PostgreSQL's detail and SQLite's
@@ -813,11 +930,15 @@ macro_rules! sql_store_impl {
                 for key in keys.distinct() {
                     query = query.bind(&key.as_bytes()[..]);
                 }
-                let rows = query
-                    .bind($ts(now))
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(|e| $crate::store::sql::sqlx_error("find_active", e))?;
+                let query = query.bind($ts(now));
+                // One key (the usual lookup) is held by one slot of one record
+                // at most: sqlx's `fetch_optional` skips the row stream that
+                // `fetch_all` builds.
+                let rows = match keys.distinct().len() {
+                    1 => query.fetch_optional(&self.pool).await.map(Vec::from_iter),
+                    _ => query.fetch_all(&self.pool).await,
+                }
+                .map_err(|e| $crate::store::sql::sqlx_error("find_active", e))?;
                 let mut found = Vec::with_capacity(rows.len());
                 for row in &rows {
                     // `slot` comes first, before the record's columns.
@@ -869,10 +990,11 @@ macro_rules! sql_store_impl {
                     .execute(&self.pool)
                     .await
                     .map_err(|e| $crate::store::sql::sqlx_error("insert", e))?;
+                // SQLite inserts one row, PostgreSQL one per lookup key.
                 match done.rows_affected() {
-                    1 => Ok(()),
                     // A lookup key of the record is already held.
-                    _ => Err($crate::store::StoreError::Conflict),
+                    0 => Err($crate::store::StoreError::Conflict),
+                    _ => Ok(()),
                 }
             }
 
@@ -934,16 +1056,17 @@ macro_rules! sql_store_impl {
                 revocation
                     .validate()
                     .map_err($crate::store::StoreError::Invalid)?;
-                let done = sqlx::query(&self.queries.revoke_all)
-                    .bind(subject)
-                    .bind($ts(now))
-                    .bind(revocation.reason.as_str())
-                    .bind(revocation.actor.as_deref())
-                    .bind(except.map(|id| &id.as_bytes()[..]))
-                    .execute(&self.pool)
+                let query = || {
+                    sqlx::query(&self.queries.revoke_all)
+                        .bind(subject)
+                        .bind($ts(now))
+                        .bind(revocation.reason.as_str())
+                        .bind(revocation.actor.as_deref())
+                        .bind(except.map(|id| &id.as_bytes()[..]))
+                };
+                self.changes(query)
                     .await
-                    .map_err(|e| $crate::store::sql::sqlx_error("revoke_all_for_subject", e))?;
-                Ok(done.rows_affected())
+                    .map_err(|e| $crate::store::sql::sqlx_error("revoke_all_for_subject", e))
             }
 
             async fn list_for_subject(
@@ -1006,14 +1129,13 @@ macro_rules! sql_store_impl {
                 let batch = $crate::store::sql::PURGE_BATCH;
                 let mut purged = 0;
                 loop {
-                    let done = sqlx::query(&self.queries.purge)
-                        .bind($ts(now))
-                        .bind(batch)
-                        .execute(&self.pool)
+                    let query = || sqlx::query(&self.queries.purge).bind($ts(now)).bind(batch);
+                    let done = self
+                        .changes(query)
                         .await
                         .map_err(|e| $crate::store::sql::sqlx_error("purge_expired", e))?;
-                    purged += done.rows_affected();
-                    if done.rows_affected() < batch as u64 {
+                    purged += done;
+                    if done < batch as u64 {
                         return Ok(purged);
                     }
                 }
@@ -1075,20 +1197,42 @@ mod tests {
     fn postgres_statements_cast_json_and_avoid_or_across_key_columns() {
         let q = Queries::new(Dialect::Postgres, Some("s"));
         assert!(q.insert.contains("$25::jsonb"));
-        assert!(q.replace.contains("data = $24::jsonb"), "{}", q.replace);
-        assert!(!q.insert.contains("EXISTS"), "{}", q.insert);
         assert!(
-            q.migrations[0]
-                .1
-                .contains("\"s\".tower_hmac_session_lookup_keys")
+            q.insert.contains(
+                "(VALUES ($12::bytea, 0), (coalesce($14::bytea, $1 || '\\x01'::bytea), 1), \
+                 (coalesce($18::bytea, $1 || '\\x02'::bytea), 2))"
+            ),
+            "{}",
+            q.insert
         );
+        assert!(q.replace.contains("data = $24::jsonb"), "{}", q.replace);
+        assert!(
+            q.replace.contains(
+                "SET lookup_key = CASE slot WHEN 0 THEN $11::bytea \
+                 WHEN 1 THEN coalesce($13::bytea, id || '\\x01'::bytea) \
+                 ELSE coalesce($17::bytea, id || '\\x02'::bytea) END, generation = $4"
+            ),
+            "{}",
+            q.replace
+        );
+        assert!(!q.insert.contains("EXISTS"), "{}", q.insert);
         let lookup = q.find_active(3);
-        assert!(lookup.contains("l.lookup_key IN ($1, $2, $3)"), "{lookup}");
-        assert!(lookup.contains("\"s\".tower_hmac_session_lookup_keys AS l"));
-        assert!(lookup.contains("r.data::text AS data"));
-        assert!(lookup.contains("ELSE -1 END AS slot"));
+        assert!(
+            lookup.contains("WHERE lookup_key IN ($1, $2, $3)"),
+            "{lookup}"
+        );
+        assert!(
+            lookup.starts_with("SELECT slot, id, generation"),
+            "{lookup}"
+        );
+        assert!(lookup.contains("data::text AS data"));
         assert!(!lookup.contains(" OR "), "{lookup}");
+        assert!(!lookup.contains("JOIN"), "{lookup}");
+        for whole in [&q.get_active, &q.list, &q.count] {
+            assert!(whole.contains("slot = 0"), "{whole}");
+        }
         assert!(q.revoke.starts_with("WITH updated AS"));
+        assert!(q.revoke_all.ends_with("WHERE slot = 0"), "{}", q.revoke_all);
         assert!(
             q.insert_capped.contains("$25::jsonb"),
             "{}",
@@ -1097,6 +1241,12 @@ mod tests {
         assert!(q.insert_capped.contains("n > $30"), "{}", q.insert_capped);
         assert!(!q.purge.contains("absolute_expires_at"), "{}", q.purge);
         assert!(q.purge.contains("LIMIT $2"), "{}", q.purge);
+        assert!(q.purge.ends_with("WHERE slot = 0"), "{}", q.purge);
         assert!(q.migrations[0].1.contains("superseded_lookup_key BYTEA,"));
+        let (version, v2) = &q.migrations[1];
+        assert_eq!(*version, 2);
+        assert!(v2.contains("\"s\".tower_hmac_session_lookup_keys"), "{v2}");
+        assert!(v2.contains("PRIMARY KEY (lookup_key) DEFERRABLE"), "{v2}");
+        assert!(v2.contains(", id BYTEA NOT NULL,"), "{v2}");
     }
 }

@@ -195,6 +195,15 @@ impl SqliteStore {
         }
     }
 
+    /// The rows a plain `UPDATE` or `DELETE` changed: SQLite holds a record
+    /// in one row.
+    async fn changes<'q>(
+        &self,
+        query: impl FnOnce() -> SqliteQuery<'q>,
+    ) -> Result<u64, sqlx::Error> {
+        Ok(query().execute(&self.pool).await?.rows_affected())
+    }
+
     async fn replace_sql(
         &self,
         current: &SessionRecord,
