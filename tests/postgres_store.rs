@@ -121,7 +121,8 @@ async fn version_2_converts_version_1_records() {
          INSERT INTO \"{v1}\".{TABLE}_migrations (version) VALUES (1); \
          CREATE TABLE \"{v1}\".{TABLE} AS SELECT * FROM \"{source}\".{TABLE} WHERE slot = 0; \
          ALTER TABLE \"{v1}\".{TABLE} DROP COLUMN lookup_key, DROP COLUMN slot, \
-         ADD PRIMARY KEY (id);"
+         ADD PRIMARY KEY (id); \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON \"{v1}\".{TABLE} TO PUBLIC;"
     ))
     .execute(&pool)
     .await
@@ -141,6 +142,14 @@ async fn version_2_converts_version_1_records() {
         .await
         .unwrap();
     assert_eq!(rows, 3 * 2, "a row per slot");
+    // Converted in place: the grants of the table stay.
+    let granted: bool = sqlx::query_scalar(&format!(
+        "SELECT has_table_privilege('public', '\"{v1}\".{TABLE}', 'UPDATE')"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(granted, "the table's grants were lost");
     let previous = rotated.previous.unwrap().credential;
     for (r, credential, slot) in [
         (&plain, plain.current, tower_hmac_session::Slot::Current),
@@ -551,8 +560,6 @@ async fn generic_plan(conn: &mut PgConnection, prefix: &str, name: &str) -> (i64
     (generic, custom, plan.join("\n"))
 }
 
-/// Sequential and index scans so far of each table in `schema`, by name
-/// (this backend's own counts included).
 /// An `INSERT` of the records `select` returns (its columns named by
 /// `columns`) as the store keeps them: a row per slot, keyed by the slot's
 /// lookup key, or for a slot without one by the store's placeholder (the id
@@ -571,6 +578,8 @@ fn insert_rows_per_slot(table: &str, columns: &str, select: &str) -> String {
     )
 }
 
+/// Sequential and index scans so far of each table in `schema`, by name
+/// (this backend's own counts included).
 async fn scans(conn: &mut PgConnection, schema: &str) -> Vec<(String, i64, i64)> {
     sqlx::raw_sql("SELECT pg_stat_force_next_flush(); SELECT pg_stat_clear_snapshot()")
         .execute(&mut *conn)
@@ -636,7 +645,7 @@ async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
         }];
         let found = store.find_active(&candidates, common::T0).await.unwrap();
         assert_eq!(found.len(), 1);
-        // A rotation: the trigger moves one key and adds another.
+        // A rotation: one key moves to slot 1, a new one takes slot 0.
         let mut next = SessionRecord {
             generation: current.generation + 1,
             ..current.clone()

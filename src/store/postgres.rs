@@ -252,7 +252,14 @@ impl PostgresStore {
         let done = retrying(|| query().execute(&self.pool))
             .await
             .map_err(|e| sqlx_error("replace", e))?;
-        Ok(done.rows_affected() > 0)
+        match done.rows_affected() {
+            0 => Ok(false),
+            3 => Ok(true),
+            n => Err(StoreError::corrupt(
+                Some(current.id),
+                format!("the record has {n} rows, not one per slot"),
+            )),
+        }
     }
 
     async fn insert_capped_sql(

@@ -23,10 +23,11 @@
 //! column of the record, whose primary key is the slot's lookup key and so
 //! refuses a second holder (a slot without a key holds a 17-byte
 //! placeholder, never a lookup key). The three rows are inserted together,
-//! then only ever updated together, by one statement, in slot order (the
-//! `(id, slot)` index), so they never disagree and a concurrent statement
-//! never misses one; a rotation moves keys between rows, so the primary key
-//! is checked at the end of each statement. Statements about whole records
+//! then only ever updated together, by one statement, so they never
+//! disagree and a concurrent statement never misses one (two writes that
+//! lock them in different orders can deadlock; PostgreSQL then rolls one
+//! back and the store runs it again); a rotation moves keys between rows,
+//! so the primary key is checked at the end of each statement. Statements about whole records
 //! (by subject, counts, purges) read the current slot's row.
 //!
 //! Every lookup is one `IN` list per index, never an `OR` across lookup-key
@@ -470,8 +471,8 @@ impl Queries {
                 );
                 match dialect {
                     Dialect::Sqlite => update,
-                    // By id, so each record's rows are locked in slot order
-                    // (the `(id, slot)` index), as every other write does.
+                    // The subject's records by slot 0's row, then all
+                    // three rows of each.
                     Dialect::Postgres => format!(
                         "WITH revoked AS (UPDATE {table} SET {revoke_set} WHERE id IN (\
                          SELECT id FROM {table} WHERE subject = $1 AND slot = 0 AND {} \
@@ -553,13 +554,11 @@ impl Queries {
     /// at time `$n+1`. Each row starts with `slot`, the position in
     /// [`LOOKUP_KEY_COLUMNS`] of the column that matched.
     ///
-    /// PostgreSQL: one probe of the lookup-keys table's primary key per key,
-    /// then the record by its primary key: two index probes for the usual
-    /// single key, a plan the server caches and reuses (`IN` over scalar
-    /// parameters, no `OR` across columns). A lookup-keys row whose record
-    /// holds that key in no slot gives slot -1, which decodes as corruption.
-    /// SQLite (no lookup-keys table): one `SELECT` per lookup-key column,
-    /// each an index lookup, joined by `UNION ALL`.
+    /// PostgreSQL: one probe of the primary key per key, which finds the
+    /// row of the slot holding it (the row's `slot`), with no join: a plan
+    /// the server caches and reuses (`IN` over scalar parameters, no `OR`
+    /// across columns). SQLite: one `SELECT` per lookup-key column, each an
+    /// index lookup, joined by `UNION ALL`.
     pub(crate) fn find_active(&self, n: usize) -> std::borrow::Cow<'_, str> {
         match self.find_active.get(n.wrapping_sub(1)) {
             Some(sql) => sql.as_str().into(),
@@ -604,7 +603,7 @@ impl Queries {
 }
 
 /// The versioned schema. Each entry is applied once, in order, inside the
-/// migration transaction; `IF NOT EXISTS` keeps a half-applied history safe.
+/// migration transaction, so a failed one leaves nothing behind.
 ///
 /// Each lookup-key column has a unique index: a lookup is an index probe
 /// per key and column, and two records can never hold one key in the same
@@ -623,8 +622,7 @@ fn migrations(dialect: Dialect, schema: Option<&str>) -> Vec<(i64, String)> {
         }),
         // Pages kept 30% free: a data write changes no indexed column, so
         // with room on its page it is a heap-only (HOT) update that touches
-        // none of the seven indexes; on full pages every write would add an
-        // entry to each.
+        // no index; on full pages every write would add an entry to each.
         Dialect::Postgres => (" WITH (fillfactor = 70)", |kind| match kind {
             Kind::Bytes => "BYTEA",
             Kind::Int => "BIGINT",
@@ -715,66 +713,57 @@ fn migrations(dialect: Dialect, schema: Option<&str>) -> Vec<(i64, String)> {
     }
     let mut migrations = vec![(1, schema_sql)];
     if dialect == Dialect::Postgres {
-        migrations.push((2, postgres_rows_per_key(schema, &columns)));
+        migrations.push((2, postgres_rows_per_key(schema)));
     }
     migrations
 }
 
-/// PostgreSQL, version 2: the record three times, a row per slot, in one
-/// table whose primary key is the slot's lookup key (so a lookup is one
-/// probe of one index and no key can have two holders), in place of the
-/// records table and the lookup-keys table a trigger kept. Existing records
-/// are copied.
-fn postgres_rows_per_key(schema: Option<&str>, columns: &str) -> String {
+/// PostgreSQL, version 2: the record three times, a row per slot, keyed by
+/// the slot's lookup key (so a lookup is one probe of one index and no key
+/// can have two holders), in place of a row per record and the lookup-keys
+/// table a trigger kept. The table is converted in place, so its owner,
+/// grants and settings stay, and every record is kept: its row becomes slot
+/// 0's, and rows for slots 1 and 2 are added.
+fn postgres_rows_per_key(schema: Option<&str>) -> String {
     let qualified = |name: &str| match schema {
         Some(schema) => format!("\"{schema}\".{name}"),
         None => name.to_owned(),
     };
     let table = qualified(TABLE);
-    let old = format!("{TABLE}_v1");
     let names = COLUMNS.map(|c| c.name).join(", ");
-    let copied = COLUMNS.map(|c| format!("r.{}", c.name)).join(", ");
-    let [current, previous, superseded] = LOOKUP_KEY_COLUMNS;
-    let previous = placeholder(&format!("r.{previous}"), "r.id", 1);
-    let superseded = placeholder(&format!("r.{superseded}"), "r.id", 2);
+    let [_, previous, superseded] = LOOKUP_KEY_COLUMNS;
+    let previous = placeholder(previous, "id", 1);
+    let superseded = placeholder(superseded, "id", 2);
     let dropped_indexes = LOOKUP_KEY_COLUMNS
         .iter()
         .chain(&["subject", "expires_at", "revoked_at"])
         .map(|name| qualified(&format!("{TABLE}_{name}")))
         .collect::<Vec<_>>()
         .join(", ");
-    // The version-1 columns, `id` no longer the primary key: a record's
-    // rows share it, and `(id, slot)` is unique instead.
-    let columns = columns.replace("id BYTEA NOT NULL PRIMARY KEY", "id BYTEA NOT NULL");
     format!(
         "DROP FUNCTION IF EXISTS {function}() CASCADE;\n\
          DROP TABLE IF EXISTS {keys};\n\
          DROP INDEX IF EXISTS {dropped_indexes};\n\
-         ALTER TABLE {table} RENAME TO {old};\n\
-         ALTER INDEX {pkey} RENAME TO {old}_pkey;\n\
-         CREATE TABLE {table} (lookup_key BYTEA NOT NULL, slot INTEGER NOT NULL, {columns}, \
-         CONSTRAINT {TABLE}_pkey PRIMARY KEY (lookup_key) DEFERRABLE INITIALLY IMMEDIATE, \
-         CONSTRAINT {TABLE}_id_slot UNIQUE (id, slot)) WITH (fillfactor = 70);\n\
+         ALTER TABLE {table} DROP CONSTRAINT {TABLE}_pkey, \
+         ADD COLUMN lookup_key BYTEA, ADD COLUMN slot INTEGER;\n\
+         UPDATE {table} SET lookup_key = current_lookup_key, slot = 0;\n\
+         INSERT INTO {table} (lookup_key, slot, {names}) \
+         SELECT {previous}, 1, {names} FROM {table} WHERE slot = 0 \
+         UNION ALL SELECT {superseded}, 2, {names} FROM {table} WHERE slot = 0;\n\
+         ALTER TABLE {table} ALTER COLUMN lookup_key SET NOT NULL, \
+         ALTER COLUMN slot SET NOT NULL, \
+         ADD CONSTRAINT {TABLE}_pkey PRIMARY KEY (lookup_key) DEFERRABLE INITIALLY IMMEDIATE, \
+         ADD CONSTRAINT {TABLE}_id_slot UNIQUE (id, slot);\n\
          CREATE INDEX {TABLE}_subject ON {table} (subject, created_at DESC) \
          WHERE subject IS NOT NULL AND slot = 0;\n\
          CREATE INDEX {TABLE}_expires_at ON {table} (expires_at) WHERE slot = 0;\n\
          CREATE INDEX {TABLE}_revoked_at ON {table} (revoked_at) \
-         WHERE revoked_at IS NOT NULL AND slot = 0;\n\
-         INSERT INTO {table} (lookup_key, slot, {names}) \
-         SELECT k.lookup_key, k.slot, {copied} FROM {old_table} AS r \
-         CROSS JOIN LATERAL (VALUES (r.{current}, 0), ({previous}, 1), ({superseded}, 2)) \
-         AS k (lookup_key, slot);\n\
-         DROP TABLE {old_table};\n",
+         WHERE revoked_at IS NOT NULL AND slot = 0;\n",
         function = qualified(&format!("{TABLE}_sync_lookup_keys")),
         keys = qualified(LOOKUP_KEYS_TABLE),
-        pkey = qualified(&format!("{TABLE}_pkey")),
-        old_table = qualified(&old),
     )
 }
 
-/// A database error without its detail: PostgreSQL's detail and SQLite's
-/// messages can quote the values of a row (a lookup key), which must never
-/// reach an error chain or a log.
 #[derive(Debug, thiserror::Error)]
 #[error("database error{}: {message}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
 pub(crate) struct DatabaseError {
@@ -1247,6 +1236,6 @@ mod tests {
         assert_eq!(*version, 2);
         assert!(v2.contains("\"s\".tower_hmac_session_lookup_keys"), "{v2}");
         assert!(v2.contains("PRIMARY KEY (lookup_key) DEFERRABLE"), "{v2}");
-        assert!(v2.contains(", id BYTEA NOT NULL,"), "{v2}");
+        assert!(!v2.contains("CREATE TABLE"), "converted in place: {v2}");
     }
 }
