@@ -87,100 +87,199 @@ async fn postgres_store_passes_the_conformance_suite() {
     }
 }
 
-/// A database at schema version 1 (a row per record, keyed by id) is
-/// converted by version 2 to a row per slot, with every record kept: found
-/// by its current and by its previous key, listed, and then written.
+/// Writes `r` into a version-1 table, as version-1 stores did (its trigger
+/// fills the lookup-keys table).
+async fn insert_v1(pool: &PgPool, table: &str, r: &SessionRecord) {
+    let previous = r.previous.as_ref();
+    sqlx::query(&format!(
+        "INSERT INTO {table} (id, generation, subject, created_at, authenticated_at, \
+         last_seen_at, expires_at, absolute_expires_at, idle_timeout_secs, persistent, \
+         access_expires_at, current_lookup_key, current_key_version, previous_lookup_key, \
+         previous_key_version, previous_rotated_at, previous_valid_until, \
+         superseded_lookup_key, superseded_key_version, revoked_at, revoked_reason, \
+         revoked_actor, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+         $14, $15, $16, $17, $18, $19, $20, $21, $22, '{{}}'::jsonb)"
+    ))
+    .bind(&r.id.as_bytes()[..])
+    .bind(r.generation as i64)
+    .bind(r.subject.as_deref())
+    .bind(r.created_at)
+    .bind(r.authenticated_at)
+    .bind(r.last_seen_at)
+    .bind(r.expires_at)
+    .bind(r.absolute_expires_at)
+    .bind(r.idle_timeout.as_secs() as i64)
+    .bind(r.persistent)
+    .bind(r.access_expires_at)
+    .bind(&r.current.lookup_key.as_bytes()[..])
+    .bind(i64::from(r.current.key_version.0))
+    .bind(previous.map(|p| p.credential.lookup_key.as_bytes().to_vec()))
+    .bind(previous.map(|p| i64::from(p.credential.key_version.0)))
+    .bind(previous.map(|p| p.rotated_at))
+    .bind(previous.and_then(|p| p.valid_until))
+    .bind(r.superseded.map(|c| c.lookup_key.as_bytes().to_vec()))
+    .bind(r.superseded.map(|c| i64::from(c.key_version.0)))
+    .bind(r.revoked.as_ref().map(|v| v.at))
+    .bind(r.revoked.as_ref().map(|v| v.revocation.reason.as_str()))
+    .bind(r.revoked.as_ref().and_then(|v| v.revocation.actor.clone()))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// A database at schema version 1 (`tests/fixtures/postgres_schema_v1.sql`:
+/// a row per record keyed by id, and a lookup-keys table a trigger keeps)
+/// is converted in place by version 2 to a row per slot: every record is
+/// kept and found by each of its keys, revoked and expired ones stay out of
+/// reach and are purged, the table's grants stay, and the records can be
+/// written.
 #[tokio::test]
 async fn version_2_converts_version_1_records() {
     let Some(pool) = pool("ths-migrate-v1").await else {
         return;
     };
-    let (v1, source) = (unique("ths_v1"), unique("ths_v1_source"));
-    // Version 1's table, as its rows were: the record's columns, keyed by id,
-    // filled from records written through a current store.
-    let store = store_in(&pool, &source).await;
-    let plain = planner_record();
-    let rotated = SessionRecord {
-        previous: Some(tower_hmac_session::PreviousCredential {
-            credential: Credential {
-                lookup_key: random_lookup_key(),
-                key_version: KeyVersion(1),
-            },
-            rotated_at: common::T0,
-            valid_until: None,
-        }),
-        ..planner_record()
-    };
-    for r in [&plain, &rotated] {
-        store.insert(r).await.unwrap();
-    }
+    let v1 = unique("ths_v1");
+    let table = format!("\"{v1}\".{TABLE}");
+    let schema_v1 = include_str!("fixtures/postgres_schema_v1.sql").replace("ths_schema_v1", &v1);
     sqlx::raw_sql(&format!(
-        "CREATE SCHEMA \"{v1}\"; \
-         CREATE TABLE \"{v1}\".{TABLE}_migrations (version BIGINT NOT NULL PRIMARY KEY, \
+        "CREATE SCHEMA \"{v1}\"; {schema_v1} \
+         CREATE TABLE {table}_migrations (version BIGINT NOT NULL PRIMARY KEY, \
          applied_at TIMESTAMPTZ NOT NULL DEFAULT now()); \
-         INSERT INTO \"{v1}\".{TABLE}_migrations (version) VALUES (1); \
-         CREATE TABLE \"{v1}\".{TABLE} AS SELECT * FROM \"{source}\".{TABLE} WHERE slot = 0; \
-         ALTER TABLE \"{v1}\".{TABLE} DROP COLUMN lookup_key, DROP COLUMN slot, \
-         ADD PRIMARY KEY (id); \
-         GRANT SELECT, INSERT, UPDATE, DELETE ON \"{v1}\".{TABLE} TO PUBLIC;"
+         INSERT INTO {table}_migrations (version) VALUES (1); \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO PUBLIC;"
     ))
     .execute(&pool)
     .await
     .unwrap();
-    drop_schema(&pool, &source).await;
+    let credential = || Credential {
+        lookup_key: random_lookup_key(),
+        key_version: KeyVersion(1),
+    };
+    let plain = planner_record();
+    let rotated = SessionRecord {
+        previous: Some(tower_hmac_session::PreviousCredential {
+            credential: credential(),
+            rotated_at: common::T0,
+            valid_until: Some(common::T0 + time::Duration::minutes(1)),
+        }),
+        superseded: Some(credential()),
+        ..planner_record()
+    };
+    let revoked = SessionRecord {
+        revoked: Some(tower_hmac_session::Revoked {
+            at: common::T0,
+            revocation: tower_hmac_session::RevocationReason::Logout.into(),
+        }),
+        ..planner_record()
+    };
+    let expired = SessionRecord {
+        created_at: common::T0 - time::Duration::hours(2),
+        authenticated_at: Some(common::T0 - time::Duration::hours(2)),
+        last_seen_at: common::T0 - time::Duration::hours(2),
+        access_expires_at: common::T0 - time::Duration::hours(2),
+        expires_at: common::T0 - time::Duration::hours(1),
+        ..planner_record()
+    };
+    for r in [&plain, &rotated, &revoked, &expired] {
+        insert_v1(&pool, &table, r).await;
+    }
+    let index: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM \"{v1}\".tower_hmac_session_lookup_keys"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(index, 6, "version 1's trigger keeps every key");
 
     let store = store_in(&pool, &v1).await;
     let versions: Vec<i64> = sqlx::query_scalar(&format!(
-        "SELECT version FROM \"{v1}\".{TABLE}_migrations ORDER BY version"
+        "SELECT version FROM {table}_migrations ORDER BY version"
     ))
     .fetch_all(&pool)
     .await
     .unwrap();
     assert_eq!(versions, [1, 2]);
-    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{v1}\".{TABLE}"))
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(rows, 3 * 2, "a row per slot");
+    let (rows, leftovers): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT (SELECT count(*) FROM {table}), \
+         (SELECT count(*) FROM pg_class WHERE relname = 'tower_hmac_session_lookup_keys' \
+         AND relnamespace = '\"{v1}\"'::regnamespace)"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (rows, leftovers),
+        (3 * 4, 0),
+        "a row per slot, no lookup-keys table"
+    );
     // Converted in place: the grants of the table stay.
     let granted: bool = sqlx::query_scalar(&format!(
-        "SELECT has_table_privilege('public', '\"{v1}\".{TABLE}', 'UPDATE')"
+        "SELECT has_table_privilege('public', '{table}', 'UPDATE')"
     ))
     .fetch_one(&pool)
     .await
     .unwrap();
     assert!(granted, "the table's grants were lost");
-    let previous = rotated.previous.unwrap().credential;
+
+    let find = |credential: Credential| {
+        let store = store.clone();
+        async move {
+            let candidates = [Candidate {
+                key_version: credential.key_version,
+                lookup_key: credential.lookup_key,
+                value_index: 0,
+            }];
+            store.find_active(&candidates, common::T0).await.unwrap()
+        }
+    };
+    use tower_hmac_session::Slot;
     for (r, credential, slot) in [
-        (&plain, plain.current, tower_hmac_session::Slot::Current),
-        (&rotated, rotated.current, tower_hmac_session::Slot::Current),
-        (&rotated, previous, tower_hmac_session::Slot::Previous),
+        (&plain, plain.current, Slot::Current),
+        (&rotated, rotated.current, Slot::Current),
+        (
+            &rotated,
+            rotated.previous.unwrap().credential,
+            Slot::Previous,
+        ),
+        (&rotated, rotated.superseded.unwrap(), Slot::Superseded),
     ] {
-        let candidates = [Candidate {
-            key_version: credential.key_version,
-            lookup_key: credential.lookup_key,
-            value_index: 0,
-        }];
-        let found = store.find_active(&candidates, common::T0).await.unwrap();
+        let found = find(credential).await;
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].record.as_ref(), r);
         assert_eq!(found[0].slot, slot);
     }
+    for gone in [&revoked, &expired] {
+        assert!(find(gone.current).await.is_empty());
+    }
     let listed = store.list_for_subject("planner", common::T0).await.unwrap();
     assert_eq!(listed.len(), 2);
+    let counts = store
+        .count_by_key_version(common::T0, common::T0)
+        .await
+        .unwrap();
+    assert_eq!(counts[&KeyVersion(1)].recent, 2, "{counts:?}");
+    // A rotation moves every key of the converted record.
     let next = SessionRecord {
         generation: 1,
-        ..plain.clone()
+        previous: Some(tower_hmac_session::PreviousCredential {
+            credential: rotated.current,
+            rotated_at: common::T0,
+            valid_until: None,
+        }),
+        current: credential(),
+        superseded: rotated.previous.map(|p| p.credential),
+        ..rotated.clone()
     };
-    assert!(store.replace(&plain, &next, common::T0).await.unwrap());
-    assert_eq!(
-        store
-            .get_active(&plain.id, common::T0)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some(&next)
-    );
+    assert!(store.replace(&rotated, &next, common::T0).await.unwrap());
+    assert_eq!(find(next.current).await[0].slot, Slot::Current);
+    assert_eq!(find(rotated.current).await[0].slot, Slot::Previous);
+    assert!(find(rotated.superseded.unwrap()).await.is_empty());
+    assert_eq!(store.purge_expired(common::T0).await.unwrap(), 2);
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3 * 2);
     drop_schema(&pool, &v1).await;
 }
 

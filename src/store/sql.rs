@@ -1158,6 +1158,19 @@ mod tests {
         assert_eq!(COLUMNS.iter().filter(|c| !c.mutable).count(), 4);
     }
 
+    /// `tests/fixtures/postgres_schema_v1.sql` is schema version 1 as
+    /// PostgreSQL stores applied it (in schema `ths_schema_v1`): the
+    /// upgrade test starts from it.
+    #[test]
+    fn the_version_1_fixture_is_version_1() {
+        let v1 = &migrations(Dialect::Postgres, Some("ths_schema_v1"))[0];
+        assert_eq!(v1.0, 1);
+        assert_eq!(
+            v1.1,
+            include_str!("../../tests/fixtures/postgres_schema_v1.sql")
+        );
+    }
+
     #[test]
     fn sqlite_statements_use_numbered_parameters() {
         let q = Queries::new(Dialect::Sqlite, None);
