@@ -778,6 +778,14 @@ async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
     for _ in 0..5 {
         assert_eq!(store.purge_expired(common::T0).await.unwrap(), 0);
     }
+    // Signing a subject out everywhere: its records by the subject index,
+    // then each record's rows by id.
+    let revocation = tower_hmac_session::RevocationReason::Logout.into();
+    let revoked = store
+        .revoke_all_for_subject("user8", common::T0, &revocation, None)
+        .await
+        .unwrap();
+    assert_eq!(revoked, 20, "records, not rows");
 
     let mut conn = pool.acquire().await.unwrap();
     let after = scans(&mut conn, &schema).await;
@@ -788,7 +796,11 @@ async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
             assert!(idx_after > idx_before, "no index scan of {table}");
         }
     }
-    for (prefix, name) in [("WITH evicted", "ths_capped"), ("WITH purged", "ths_purge")] {
+    for (prefix, name) in [
+        ("WITH evicted", "ths_capped"),
+        ("WITH purged", "ths_purge"),
+        ("WITH revoked", "ths_revoke_all"),
+    ] {
         let (_, _, plan) = generic_plan(&mut conn, prefix, name).await;
         assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
     }
