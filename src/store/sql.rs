@@ -668,6 +668,9 @@ fn migrations(dialect: Dialect, schema: Option<&str>) -> Vec<(i64, String)> {
         revoked = index("revoked_at"),
     );
     if dialect == Dialect::Postgres {
+        // Version 1 as stores applied it (a migration never changes once
+        // released; version 2 replaces this table and trigger, and
+        // `tests/fixtures/postgres_schema_v1.sql` pins the text).
         // Every key a record holds, in any slot, is a row here: a second
         // holder, even one racing in a concurrent transaction, is a unique
         // violation. The trigger keeps it in step with every insert, delete
