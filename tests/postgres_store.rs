@@ -1082,3 +1082,76 @@ async fn an_invalid_revocation_actor_is_refused() {
 fn connect_is_spawnable(url: String) -> tokio::task::JoinHandle<Result<PostgresStore, StoreError>> {
     tokio::spawn(async move { PostgresStore::connect(&url).await })
 }
+
+/// A write PostgreSQL aborts as a deadlock victim runs again and applies.
+/// Another transaction holds slot 2's row of the record while the store's
+/// replace, having locked slot 0's, waits for it; that transaction then
+/// asks for slot 0's row: a deadlock. Its own `deadlock_timeout` is long,
+/// so the store's statement is the one PostgreSQL rolls back (after its
+/// 1 s); run again, it waits for the other transaction and then applies.
+#[tokio::test]
+async fn a_write_chosen_as_a_deadlock_victim_runs_again() {
+    let (Some(pool), Some(holder)) = (
+        pool("ths-deadlock").await,
+        pool_of("ths-deadlock-holder", 1).await,
+    ) else {
+        return;
+    };
+    let schema = unique("ths_deadlock");
+    let store = store_in(&pool, &schema).await;
+    let table = format!("\"{schema}\".{TABLE}");
+    let current = planner_record();
+    store.insert(&current).await.unwrap();
+    let next = SessionRecord {
+        generation: 1,
+        ..current.clone()
+    };
+    let id = current.id.as_bytes().to_vec();
+
+    let mut tx = holder.begin().await.unwrap();
+    sqlx::raw_sql("SET LOCAL deadlock_timeout = '30s'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let lock_sql = format!("SELECT 1 FROM {table} WHERE id = $1 AND slot = $2 FOR UPDATE");
+    let lock = |slot: i32| sqlx::query(&lock_sql).bind(id.clone()).bind(slot);
+    lock(2).execute(&mut *tx).await.unwrap();
+    let write = tokio::spawn({
+        let (store, current, next) = (store.clone(), current.clone(), next.clone());
+        async move { store.replace(&current, &next, common::T0).await }
+    });
+    // The replace waits for slot 2's row.
+    let mut waiting = false;
+    for _ in 0..500 {
+        waiting = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+             WHERE application_name = 'ths-deadlock' AND wait_event_type = 'Lock')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(waiting, "the replace never waited for the held row");
+    // Slot 0's row, which the replace holds: granted once PostgreSQL rolls
+    // the replace's statement back.
+    lock(0).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let applied = tokio::time::timeout(Duration::from_secs(30), write)
+        .await
+        .expect("the replace finished")
+        .unwrap();
+    assert!(matches!(applied, Ok(true)), "{applied:?}");
+    assert_eq!(
+        store
+            .get_active(&current.id, common::T0)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&next)
+    );
+    drop_schema(&pool, &schema).await;
+}
