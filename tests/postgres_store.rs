@@ -1086,15 +1086,30 @@ fn connect_is_spawnable(url: String) -> tokio::task::JoinHandle<Result<PostgresS
 /// A write PostgreSQL aborts as a deadlock victim runs again and applies.
 /// Another transaction holds slot 2's row of the record while the store's
 /// replace, having locked slot 0's, waits for it; that transaction then
-/// asks for slot 0's row: a deadlock. Its own `deadlock_timeout` is long,
-/// so the store's statement is the one PostgreSQL rolls back (after its
-/// 1 s); run again, it waits for the other transaction and then applies.
+/// asks for slot 0's row: a deadlock. The store's connections check for
+/// one after 2 s, the other transaction's after 60 s, so the store's
+/// statement is the one PostgreSQL rolls back; run again, it waits for the
+/// other transaction and then applies. Setting `deadlock_timeout` needs a
+/// superuser, as the default URL's `postgres` is.
 #[tokio::test]
 async fn a_write_chosen_as_a_deadlock_victim_runs_again() {
-    let (Some(pool), Some(holder)) = (
-        pool("ths-deadlock").await,
-        pool_of("ths-deadlock-holder", 1).await,
-    ) else {
+    const STORE_CHECKS_AFTER: Duration = Duration::from_secs(2);
+    let options = PgConnectOptions::from_str(&url())
+        .unwrap()
+        .application_name("ths-deadlock")
+        .options([("deadlock_timeout", "2s")]);
+    let pool = match PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+    {
+        Ok(pool) => pool,
+        Err(error) => {
+            common::unreachable("PostgreSQL", &url(), &error);
+            return;
+        }
+    };
+    let Some(holder) = pool_of("ths-deadlock-holder", 1).await else {
         return;
     };
     let schema = unique("ths_deadlock");
@@ -1109,7 +1124,7 @@ async fn a_write_chosen_as_a_deadlock_victim_runs_again() {
     let id = current.id.as_bytes().to_vec();
 
     let mut tx = holder.begin().await.unwrap();
-    sqlx::raw_sql("SET LOCAL deadlock_timeout = '30s'")
+    sqlx::raw_sql("SET LOCAL deadlock_timeout = '60s'")
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -1137,9 +1152,15 @@ async fn a_write_chosen_as_a_deadlock_victim_runs_again() {
     }
     assert!(waiting, "the replace never waited for the held row");
     // Slot 0's row, which the replace holds: granted once PostgreSQL rolls
-    // the replace's statement back.
+    // the replace's statement back, not before its deadlock check.
+    let asked = std::time::Instant::now();
     lock(0).execute(&mut *tx).await.unwrap();
+    let waited = asked.elapsed();
     tx.commit().await.unwrap();
+    assert!(
+        waited >= STORE_CHECKS_AFTER - Duration::from_millis(500),
+        "slot 0's row was free after {waited:?}: no deadlock to resolve"
+    );
     let applied = tokio::time::timeout(Duration::from_secs(30), write)
         .await
         .expect("the replace finished")

@@ -126,6 +126,9 @@ impl PostgresStore {
     /// privilege even for `CREATE … IF NOT EXISTS`): on a database already
     /// migrated, the role needs no `CREATE` privilege, only `USAGE` on the
     /// schema and `SELECT`, `INSERT`, `UPDATE` and `DELETE` on its tables.
+    /// Upgrading a version-1 schema (before 2026-12-06) alters the table in
+    /// place, so it needs the table's owner; run `VACUUM ANALYZE` on the
+    /// table afterwards.
     ///
     /// # Errors
     ///

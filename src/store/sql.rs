@@ -605,9 +605,11 @@ impl Queries {
 /// The versioned schema. Each entry is applied once, in order, inside the
 /// migration transaction, so a failed one leaves nothing behind.
 ///
-/// Each lookup-key column has a unique index: a lookup is an index probe
-/// per key and column, and two records can never hold one key in the same
-/// column. Across columns, see the module docs.
+/// Version 1 gives each lookup-key column a unique index: a lookup is an
+/// index probe per key and column, and two records can never hold one key
+/// in the same column (SQLite's layout to this day). PostgreSQL's version 2
+/// replaces them with a row per slot keyed by its lookup key; see the module
+/// docs.
 fn migrations(dialect: Dialect, schema: Option<&str>) -> Vec<(i64, String)> {
     let qualified = |name: &str| match schema {
         Some(schema) => format!("\"{schema}\".{name}"),
@@ -767,6 +769,9 @@ fn postgres_rows_per_key(schema: Option<&str>) -> String {
     )
 }
 
+/// A database error without its detail: PostgreSQL's detail and SQLite's
+/// messages can quote the values of a row (a lookup key), which must never
+/// reach an error chain or a log.
 #[derive(Debug, thiserror::Error)]
 #[error("database error{}: {message}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
 pub(crate) struct DatabaseError {
