@@ -1083,20 +1083,32 @@ fn connect_is_spawnable(url: String) -> tokio::task::JoinHandle<Result<PostgresS
     tokio::spawn(async move { PostgresStore::connect(&url).await })
 }
 
-/// A write PostgreSQL aborts as a deadlock victim runs again and applies.
-/// Another transaction holds slot 2's row of the record while the store's
-/// replace, having locked slot 0's, waits for it; that transaction then
-/// asks for slot 0's row: a deadlock. The store's connections check for
-/// one after 2 s, the other transaction's after 60 s, so the store's
-/// statement is the one PostgreSQL rolls back; run again, it waits for the
-/// other transaction and then applies. Setting `deadlock_timeout` needs a
-/// superuser, as the default URL's `postgres` is.
-#[tokio::test]
-async fn a_write_chosen_as_a_deadlock_victim_runs_again() {
+/// A replace of a record expiring `expires_in` after `T0`, at `T0`, that
+/// PostgreSQL rolls back as a deadlock victim. Another transaction holds
+/// slot 2's row of the record while the store's replace, having locked slot
+/// 0's, waits for it; that transaction then asks for slot 0's row: a
+/// deadlock. The store's connections (application `app`) check for one
+/// after 2 s, the other transaction's after 60 s, so the store's statement
+/// is the one rolled back; the store runs it again, which waits for the
+/// other transaction. Setting `deadlock_timeout` needs a superuser, as the
+/// default URL's `postgres` is. The store, its pool and schema, the record
+/// and its successor, and what the replace returned; `None` (a skip) when
+/// the server is unreachable outside CI.
+async fn deadlocked_replace(
+    app: &str,
+    expires_in: time::Duration,
+) -> Option<(
+    PostgresStore,
+    PgPool,
+    String,
+    SessionRecord,
+    SessionRecord,
+    Result<bool, StoreError>,
+)> {
     const STORE_CHECKS_AFTER: Duration = Duration::from_secs(2);
     let options = PgConnectOptions::from_str(&url())
         .unwrap()
-        .application_name("ths-deadlock")
+        .application_name(app)
         .options([("deadlock_timeout", "2s")]);
     let pool = match PgPoolOptions::new()
         .max_connections(2)
@@ -1106,16 +1118,17 @@ async fn a_write_chosen_as_a_deadlock_victim_runs_again() {
         Ok(pool) => pool,
         Err(error) => {
             common::unreachable("PostgreSQL", &url(), &error);
-            return;
+            return None;
         }
     };
-    let Some(holder) = pool_of("ths-deadlock-holder", 1).await else {
-        return;
-    };
+    let holder = pool_of(&format!("{app}-holder"), 1).await?;
     let schema = unique("ths_deadlock");
     let store = store_in(&pool, &schema).await;
     let table = format!("\"{schema}\".{TABLE}");
-    let current = planner_record();
+    let current = SessionRecord {
+        expires_at: common::T0 + expires_in,
+        ..planner_record()
+    };
     store.insert(&current).await.unwrap();
     let next = SessionRecord {
         generation: 1,
@@ -1140,8 +1153,9 @@ async fn a_write_chosen_as_a_deadlock_victim_runs_again() {
     for _ in 0..500 {
         waiting = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
-             WHERE application_name = 'ths-deadlock' AND wait_event_type = 'Lock')",
+             WHERE application_name = $1 AND wait_event_type = 'Lock')",
         )
+        .bind(app)
         .fetch_one(&pool)
         .await
         .unwrap();
@@ -1165,6 +1179,18 @@ async fn a_write_chosen_as_a_deadlock_victim_runs_again() {
         .await
         .expect("the replace finished")
         .unwrap();
+    Some((store, pool, schema, current, next, applied))
+}
+
+/// A write PostgreSQL rolls back as a deadlock victim runs again and
+/// applies.
+#[tokio::test]
+async fn a_write_chosen_as_a_deadlock_victim_runs_again() {
+    let Some((store, pool, schema, current, next, applied)) =
+        deadlocked_replace("ths-deadlock", time::Duration::hours(1)).await
+    else {
+        return;
+    };
     assert!(matches!(applied, Ok(true)), "{applied:?}");
     assert_eq!(
         store
@@ -1173,6 +1199,29 @@ async fn a_write_chosen_as_a_deadlock_victim_runs_again() {
             .unwrap()
             .as_deref(),
         Some(&next)
+    );
+    drop_schema(&pool, &schema).await;
+}
+
+/// The run again checks the record at its own time: a session that ended
+/// while the write waited out the deadlock (1 s after the write's time; the
+/// deadlock takes 2) is not written.
+#[tokio::test]
+async fn a_write_run_again_after_a_deadlock_does_not_revive_an_ended_session() {
+    let Some((store, pool, schema, current, _, applied)) =
+        deadlocked_replace("ths-deadlock-ended", time::Duration::seconds(1)).await
+    else {
+        return;
+    };
+    assert!(matches!(applied, Ok(false)), "{applied:?}");
+    assert_eq!(
+        store
+            .get_active(&current.id, common::T0)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&current),
+        "unchanged"
     );
     drop_schema(&pool, &schema).await;
 }

@@ -227,7 +227,7 @@ impl PostgresStore {
     /// statement changed are not the records.
     async fn changes<'q>(&self, query: impl Fn() -> PgQuery<'q>) -> Result<u64, sqlx::Error> {
         let count: i64 =
-            retrying(|| async { query().fetch_one(&self.pool).await?.try_get(0) }).await?;
+            retrying(|_| async { query().fetch_one(&self.pool).await?.try_get(0) }).await?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -238,11 +238,14 @@ impl PostgresStore {
         next: &RawRecord,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let query = || {
+        // A retry checks the record is still active at its own time, not
+        // the first attempt's: a write never applies to a session that
+        // ended while it waited.
+        let query = |waited: Duration| {
             let mut query = sqlx::query(&self.queries.replace)
                 .bind(&current.id.as_bytes()[..])
                 .bind(expected)
-                .bind(timestamp(now));
+                .bind(timestamp(now + waited));
             for value in mutable_values(next) {
                 query = Self::bind(query, value);
             }
@@ -252,7 +255,7 @@ impl PostgresStore {
         // the primary key (checked at the end of the statement): `Conflict`,
         // and nothing applied. Otherwise the update changes the record's
         // three rows, or none.
-        let done = retrying(|| query().execute(&self.pool))
+        let done = retrying(|waited| query(waited).execute(&self.pool))
             .await
             .map_err(|e| sqlx_error("replace", e))?;
         match done.rows_affected() {
@@ -286,7 +289,7 @@ impl PostgresStore {
             "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({})",
             self.subject_lock(subject)
         );
-        let rows = retrying(|| async {
+        let rows = retrying(|_| async {
             let mut tx = self.pool.begin_with(begin.clone()).await?;
             let mut query = sqlx::query(&self.queries.insert_capped);
             for value in insert_values(raw) {
@@ -340,7 +343,7 @@ impl PostgresStore {
     ) -> Result<RevokeOutcome, StoreError> {
         // One statement: the update and, from the same snapshot, whether the
         // record exists at all (as the subject's, when one is given).
-        let (found, revoked): (bool, bool) = retrying(|| {
+        let (found, revoked): (bool, bool) = retrying(|_| {
             sqlx::query_as(&self.queries.revoke)
                 .bind(&id.as_bytes()[..])
                 .bind(timestamp(now))
@@ -364,15 +367,21 @@ impl PostgresStore {
 /// so running it again is safe: its compare-and-swap is checked afresh.
 /// A record's three rows are locked by each write that changes them, and
 /// two writes reading different versions of the rows can lock them in
-/// different orders.
+/// different orders. `run` is given how long ago the first attempt started
+/// (zero for it), as PostgreSQL detects a deadlock only after a wait.
 async fn retrying<T, F, Fut>(mut run: F) -> Result<T, sqlx::Error>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Duration) -> Fut,
     Fut: Future<Output = Result<T, sqlx::Error>>,
 {
+    let started = std::time::Instant::now();
     let mut retries = 0;
     loop {
-        match run().await {
+        let waited = match retries {
+            0 => Duration::ZERO,
+            _ => started.elapsed(),
+        };
+        match run(waited).await {
             Err(sqlx::Error::Database(e))
                 if e.code().as_deref() == Some("40P01") && retries < 2 =>
             {
