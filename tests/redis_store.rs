@@ -940,23 +940,7 @@ async fn connecting_refuses_a_server_that_may_evict_keys() {
     // A user who may not read the configuration (managed Redis): warned,
     // and connected.
     let prefix = unique("ths-noconfig") + ":";
-    let user = unique("ths_noconfig");
-    let password = unique("pw");
-    let _: () = redis::cmd("ACL")
-        .arg(
-            &[
-                "SETUSER",
-                &user,
-                "on",
-                &format!(">{password}"),
-                &format!("~{prefix}*"),
-                "+@all",
-                "-config",
-            ][..],
-        )
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let (user, password) = common::redis_acl_user_with(&mut admin, &prefix, &["-config"]).await;
     let store = RedisStore::builder(url())
         .prefix(&prefix)
         .username(&user)

@@ -845,6 +845,16 @@ pub async fn redis_acl_user(
     admin: &mut redis::aio::MultiplexedConnection,
     prefix: &str,
 ) -> (String, String) {
+    redis_acl_user_with(admin, prefix, &[]).await
+}
+
+/// As [`redis_acl_user`], with further ACL rules (`"-config"`, say).
+#[cfg(feature = "redis")]
+pub async fn redis_acl_user_with(
+    admin: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    rules: &[&str],
+) -> (String, String) {
     let (user, password) = (unique("ths_user"), unique("pw"));
     let () = redis::cmd("ACL")
         .arg(
@@ -857,6 +867,7 @@ pub async fn redis_acl_user(
                 "+@all",
             ][..],
         )
+        .arg(rules)
         .query_async(admin)
         .await
         .unwrap();

@@ -78,7 +78,8 @@ local function drop_dead(u, nowsecs)
 end
 -- The parsed records of at most READ index entries that may be live, those
 -- expiring first, other than `except`: unrevoked and active at `now`.
--- Entries met that are gone, revoked or ended leave the index. `live.seen` is how many entries were read.
+-- Entries met that are gone, revoked or ended leave the index. `live.seen`
+-- is how many entries were read.
 -- Returns nil and an id when a value does not parse, is another record's, or
 -- (with `hex` given) is not the subject's.
 local function read_live(u, nowsecs, now, hex, except)

@@ -223,10 +223,12 @@ impl RedisStore {
         // few more than `FILL` on one connection: harmless.
         let count = self.connections.len();
         let first = self.next.fetch_add(1, Ordering::Relaxed) / TURN % count;
-        let now = self.now_ms();
+        // The clock is read only when some connection is passed over.
+        let mut now = None;
         let order = (0..count).map(|i| &self.connections[(first + i) % count]);
         let pick = choose(order.map(|c| {
-            let stalled = c.stalled_until.load(Ordering::Relaxed) > now;
+            let until = c.stalled_until.load(Ordering::Relaxed);
+            let stalled = until != 0 && until > *now.get_or_insert_with(|| self.now_ms());
             (c.in_flight.load(Ordering::Relaxed), !stalled)
         }));
         let slot = &self.connections[(first + pick) % count];

@@ -407,6 +407,7 @@ fn canonical_u64(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::RevocationReason;
 
     #[test]
     fn canonical_integers_are_exactly_what_to_string_writes() {
@@ -444,7 +445,6 @@ mod tests {
         assert_eq!(split_exact::<3>("a|b|c|", '|'), None);
         assert_eq!(split_exact::<2>("|", '|'), Some(["", ""]));
     }
-    use crate::record::RevocationReason;
 
     const T: i64 = 1_893_456_000_000_000;
 
