@@ -121,11 +121,11 @@ pub fn sql_encode(record: &SessionRecord) -> Result<SqlRow, StoreError> {
 /// Decodes a stored Redis value as `RedisStore` does.
 #[cfg(feature = "redis")]
 pub fn redis_decode(value: &[u8]) -> Result<SessionRecord, StoreError> {
-    crate::store::redis::value::decode(value, None)
+    crate::store::value::decode(value, None)
 }
 
 /// Encodes a record as `RedisStore` stores it.
 #[cfg(feature = "redis")]
 pub fn redis_encode(record: &SessionRecord) -> Vec<u8> {
-    crate::store::redis::value::encode(record)
+    crate::store::value::encode(record)
 }

@@ -129,12 +129,13 @@ async fn insert_v1(pool: &PgPool, table: &str, r: &SessionRecord) {
 
 /// A database at schema version 1 (`tests/fixtures/postgres_schema_v1.sql`:
 /// a row per record keyed by id, and a lookup-keys table a trigger keeps)
-/// is converted in place by version 2 to a row per slot: every record is
-/// kept and found by each of its keys, revoked and expired ones stay out of
-/// reach and are purged, the table's grants stay, and the records can be
-/// written.
+/// is converted in place by version 2 to a row per slot, and by version 3
+/// to the whole record in one `record` column (filled in batches): every
+/// record is kept and found by each of its keys, a damaged one stays
+/// corrupt, revoked and expired ones stay out of reach and are purged, the
+/// table's grants stay, and the records can be written.
 #[tokio::test]
-async fn version_2_converts_version_1_records() {
+async fn versions_2_and_3_convert_version_1_records() {
     let Some(pool) = pool("ths-migrate-v1").await else {
         return;
     };
@@ -180,16 +181,43 @@ async fn version_2_converts_version_1_records() {
         expires_at: common::T0 - time::Duration::hours(1),
         ..planner_record()
     };
-    for r in [&plain, &rotated, &revoked, &expired] {
+    let damaged = SessionRecord {
+        subject: Some("damaged".into()),
+        ..planner_record()
+    };
+    for r in [&plain, &rotated, &revoked, &expired, &damaged] {
         insert_v1(&pool, &table, r).await;
     }
+    sqlx::query(&format!(
+        "UPDATE {table} SET idle_timeout_secs = -3 WHERE subject = 'damaged'"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    // More records than one batch of the upgrade.
+    const BULK: i64 = 2500;
+    sqlx::query(&format!(
+        "INSERT INTO {table} (id, generation, subject, created_at, authenticated_at, \
+         last_seen_at, expires_at, absolute_expires_at, idle_timeout_secs, persistent, \
+         access_expires_at, current_lookup_key, current_key_version, data) \
+         SELECT substring(sha256(('bulk' || i)::bytea) FROM 1 FOR 16), 0, 'bulk', \
+         t, t, t, t + interval '1 hour', t + interval '1 day', 3600, false, \
+         t + interval '15 minutes', sha256(('bulk key' || i)::bytea), 1, \
+         jsonb_build_object('n', i) \
+         FROM generate_series(1, $2) AS i, (SELECT $1::timestamptz AS t) AS t0"
+    ))
+    .bind(common::T0)
+    .bind(BULK)
+    .execute(&pool)
+    .await
+    .unwrap();
     let index: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM \"{v1}\".tower_hmac_session_lookup_keys"
     ))
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(index, 6, "version 1's trigger keeps every key");
+    assert_eq!(index, 7 + BULK, "version 1's trigger keeps every key");
 
     let store = store_in(&pool, &v1).await;
     let versions: Vec<i64> = sqlx::query_scalar(&format!(
@@ -198,20 +226,49 @@ async fn version_2_converts_version_1_records() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(versions, [1, 2]);
-    let (rows, leftovers): (i64, i64) = sqlx::query_as(&format!(
+    assert_eq!(versions, [1, 2, 3]);
+    let (rows, leftovers, empty): (i64, i64, i64) = sqlx::query_as(&format!(
         "SELECT (SELECT count(*) FROM {table}), \
          (SELECT count(*) FROM pg_class WHERE relname = 'tower_hmac_session_lookup_keys' \
-         AND relnamespace = '\"{v1}\"'::regnamespace)"
+         AND relnamespace = '\"{v1}\"'::regnamespace), \
+         (SELECT count(*) FROM {table} WHERE record = '')"
     ))
     .fetch_one(&pool)
     .await
     .unwrap();
     assert_eq!(
-        (rows, leftovers),
-        (3 * 4, 0),
-        "a row per slot, no lookup-keys table"
+        (rows, leftovers, empty),
+        (3 * (5 + BULK), 0, 3),
+        "a row per slot, no lookup-keys table, a record in every row but the damaged one's"
     );
+    // Version 3 keeps only the columns its statements select by.
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns \
+         WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+    )
+    .bind(&v1)
+    .bind(TABLE)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for gone in [
+        "data",
+        "user_agent",
+        "current_lookup_key",
+        "idle_timeout_secs",
+    ] {
+        assert!(!columns.iter().any(|c| c == gone), "{gone}: {columns:?}");
+    }
+    for kept in [
+        "lookup_key",
+        "slot",
+        "id",
+        "expires_at",
+        "revoked_at",
+        "record",
+    ] {
+        assert!(columns.iter().any(|c| c == kept), "{kept}: {columns:?}");
+    }
     // Converted in place: the grants of the table stay.
     let granted: bool = sqlx::query_scalar(&format!(
         "SELECT has_table_privilege('public', '{table}', 'UPDATE')"
@@ -251,13 +308,30 @@ async fn version_2_converts_version_1_records() {
     for gone in [&revoked, &expired] {
         assert!(find(gone.current).await.is_empty());
     }
+    let candidates = [Candidate {
+        key_version: KeyVersion(1),
+        lookup_key: damaged.current.lookup_key,
+        value_index: 0,
+    }];
+    let error = store
+        .find_active(&candidates, common::T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
     let listed = store.list_for_subject("planner", common::T0).await.unwrap();
     assert_eq!(listed.len(), 2);
+    // Every record of every batch, with its data.
+    let mut bulk = store.list_for_subject("bulk", common::T0).await.unwrap();
+    assert_eq!(bulk.len() as i64, BULK);
+    bulk.sort_by_key(|r| r.get::<i64>("n"));
+    for (i, r) in (1..).zip(&bulk) {
+        assert_eq!(r.get::<i64>("n"), Some(i));
+    }
     let counts = store
         .count_by_key_version(common::T0, common::T0)
         .await
         .unwrap();
-    assert_eq!(counts[&KeyVersion(1)].recent, 2, "{counts:?}");
+    assert_eq!(counts[&KeyVersion(1)].recent, 3 + BULK as u64, "{counts:?}");
     // A rotation moves every key of the converted record.
     let next = SessionRecord {
         generation: 1,
@@ -279,7 +353,7 @@ async fn version_2_converts_version_1_records() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(rows, 3 * 2);
+    assert_eq!(rows, 3 * (3 + BULK));
     drop_schema(&pool, &v1).await;
 }
 
@@ -300,7 +374,7 @@ async fn migrations_are_idempotent_and_concurrent_safe() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     let indexes: Vec<(String, String)> = sqlx::query_as(
         "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = $1 \
          ORDER BY indexname",
@@ -384,39 +458,59 @@ async fn corrupt_rows_are_reported_as_corruption() {
         SessionConfig::default(),
         ring(1, &[1]),
     );
-    let cases = [
-        "data = '[1, 2]'::jsonb",
-        "data = '\"text\"'::jsonb",
-        "subject = ''",
-        "subject = NULL",
-        "revoked_reason = 'bogus'",
-        "previous_key_version = 3",
-        "superseded_key_version = 1",
-        "current_key_version = -5",
-        "current_key_version = 5000000000",
-        "generation = -1",
-        "idle_timeout_secs = -3",
-        "client_ip = '10.0.0.1 '",
-        "user_agent = E'a\\nb'",
-        "expires_at = absolute_expires_at + interval '1 second'",
-        "id = '\\x0102'::bytea",
-        "previous_lookup_key = '\\x0102'::bytea, previous_key_version = 1, previous_rotated_at = now()",
-        // Past what a timestamp can hold in Rust: corruption, not a panic.
-        "created_at = 'infinity'",
-        "authenticated_at = '-infinity'",
-        "last_seen_at = '10000-01-01 00:00:00+00'",
-        "expires_at = 'infinity', absolute_expires_at = 'infinity'",
+    // The record is the `record` column: damage to it, whole or in part
+    // (a header field, a JSON member), and a record that disagrees with
+    // the row's own columns.
+    let edits = [
+        ("^ths2", "ths1"),
+        ("^ths2\\|[0-9a-f]+", "ths2|0102"),
+        // The generation, then the expiry, out of any range.
+        ("^(ths2\\|[^|]*\\|)[0-9]+", "\\1-1"),
+        ("^((?:[^|]*\\|){3})[0-9]+", "\\1+1"),
+        ("^((?:[^|]*\\|){3})[0-9]+", "\\19999999999999999999"),
+        // Revoked, in a row that is not.
+        ("^((?:[^|]*\\|){5})-", "\\11,logout"),
+        ("^((?:[^|]*\\|){5})-", "\\11,bogus"),
+        // The row's lookup key is not the record's.
+        (
+            "^((?:[^|]*\\|){6})[0-9a-f]+",
+            "\\1ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        ),
+        ("^((?:[^|]*\\|){9})[0-9a-f]+", "\\1zz"),
+        ("\"persistent\":true", "\"persistent\":1"),
+        (
+            "\"persistent\":true",
+            "\"persistent\":true,\"unexpected\":1",
+        ),
+        ("\"idle_timeout\":", "\"idle_timeout\":-"),
+        ("\"created_at\":", "\"created_at\":9"),
+        ("\n\\{", "\n["),
     ];
+    let edited = edits.map(|(pattern, replacement)| {
+        format!(
+            "record = convert_to(regexp_replace(convert_from(record, 'UTF8'), \
+             '{pattern}', '{replacement}'), 'UTF8')"
+        )
+    });
+    let mut cases = vec![
+        "record = ''".to_owned(),
+        "record = 'garbage'".to_owned(),
+        "record = substring(record FROM 1 FOR length(record) - 1)".to_owned(),
+        "record = convert_to(E'ths2|x\\n{}', 'UTF8')".to_owned(),
+    ];
+    cases.extend(edited);
+    let cases: Vec<&str> = cases.iter().map(String::as_str).collect();
     common::assert_damage_is_corruption(&h, &cases, |user, _id, set| {
         let (pool, schema) = (pool.clone(), schema.clone());
         async move {
-            sqlx::query(&format!(
+            let changed = sqlx::query(&format!(
                 "UPDATE \"{schema}\".{TABLE} SET {set} WHERE subject = $1"
             ))
             .bind(user)
             .execute(&pool)
             .await
             .unwrap();
+            assert_eq!(changed.rows_affected(), 3, "{set}");
         }
     })
     .await;
@@ -560,8 +654,10 @@ async fn corruption_names_the_record_but_never_its_lookup_key() {
         .create_session("mallory", Data::new())
         .await
         .unwrap();
+    // The generation out of range: the header's id still names the record.
     sqlx::raw_sql(&format!(
-        "UPDATE \"{schema}\".{TABLE} SET created_at = 'infinity'"
+        "UPDATE \"{schema}\".{TABLE} SET record = convert_to(regexp_replace(\
+         convert_from(record, 'UTF8'), '^(ths2\\|[^|]*\\|)[0-9]+', '\\1-1'), 'UTF8')"
     ))
     .execute(&pool)
     .await
@@ -659,21 +755,25 @@ async fn generic_plan(conn: &mut PgConnection, prefix: &str, name: &str) -> (i64
     (generic, custom, plan.join("\n"))
 }
 
-/// An `INSERT` of the records `select` returns (its columns named by
-/// `columns`) as the store keeps them: a row per slot, keyed by the slot's
-/// lookup key, or for a slot without one by the store's placeholder (the id
-/// and the slot number).
+/// An `INSERT` of the records `select` returns as the store keeps them: a
+/// row per slot, keyed by the slot's lookup key, or for a slot without one
+/// by the store's placeholder (the id and the slot number). `select`
+/// returns the table's `columns` (`id` first), then the current, previous
+/// and superseded lookup keys. The rows' `record` is left empty: the tests
+/// that bulk-load rows never read these records back (an empty `record`
+/// reads as corruption).
 fn insert_rows_per_slot(table: &str, columns: &str, select: &str) -> String {
-    let key = |column: &str, slot: u8| match columns.contains(column) {
-        true => format!("coalesce(v.{column}, v.id || '\\x0{slot}'::bytea)"),
-        false => format!("v.id || '\\x0{slot}'::bytea"),
-    };
+    let values = columns
+        .split(',')
+        .map(|c| format!("v.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
-        "INSERT INTO {table} (lookup_key, slot, {columns}) SELECT k.lookup_key, k.slot, v.* \
-         FROM ({select}) AS v ({columns}) CROSS JOIN LATERAL (VALUES \
-         (v.current_lookup_key, 0), ({}, 1), ({}, 2)) AS k (lookup_key, slot)",
-        key("previous_lookup_key", 1),
-        key("superseded_lookup_key", 2),
+        "INSERT INTO {table} (lookup_key, slot, {columns}, record) \
+         SELECT k.lookup_key, k.slot, {values}, ''::bytea \
+         FROM ({select}) AS v ({columns}, k0, k1, k2) CROSS JOIN LATERAL (VALUES \
+         (v.k0, 0), (coalesce(v.k1, v.id || '\\x01'::bytea), 1), \
+         (coalesce(v.k2, v.id || '\\x02'::bytea), 2)) AS k (lookup_key, slot)"
     )
 }
 
@@ -712,17 +812,13 @@ async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
     // A third hold a previous secret, a tenth a superseded one.
     let insert = insert_rows_per_slot(
         &table,
-        "id, generation, subject, created_at, authenticated_at, last_seen_at, expires_at, \
-         absolute_expires_at, idle_timeout_secs, persistent, access_expires_at, \
-         current_lookup_key, current_key_version, previous_lookup_key, previous_key_version, \
-         previous_rotated_at, superseded_lookup_key, superseded_key_version, data",
+        "id, generation, subject, created_at, last_seen_at, expires_at, \
+         absolute_expires_at, current_key_version, previous_key_version",
         "SELECT substring(sha256(('id' || i)::bytea) FROM 1 FOR 16), 0, 'user' || (i % 5000), \
-         t, t, t, t + interval '1 hour', t + interval '1 day', 3600, false, t, \
-         sha256(('c' || i)::bytea), 1, \
+         t, t, t + interval '1 hour', t + interval '1 day', 1, \
+         CASE WHEN i % 3 = 0 THEN 1 END, sha256(('c' || i)::bytea), \
          CASE WHEN i % 3 = 0 THEN sha256(('p' || i)::bytea) END, \
-         CASE WHEN i % 3 = 0 THEN 1 END, CASE WHEN i % 3 = 0 THEN t END, \
-         CASE WHEN i % 10 = 0 THEN sha256(('s' || i)::bytea) END, \
-         CASE WHEN i % 10 = 0 THEN 1 END, '{}'::jsonb \
+         CASE WHEN i % 10 = 0 THEN sha256(('s' || i)::bytea) END \
          FROM generate_series(1, 100000) AS i, \
          (SELECT '2030-01-01 00:00+00'::timestamptz AS t) AS t0",
     );
@@ -804,10 +900,13 @@ async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
         let (_, _, plan) = generic_plan(&mut conn, prefix, name).await;
         assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
     }
+    // (The migrations' own statements ran on this connection too.)
+    let insert = format!("INSERT INTO {table} (lookup_key");
+    let replace = format!("UPDATE {table} SET lookup_key");
     for (prefix, name) in [
         ("SELECT slot,", "ths_lookup"),
-        ("INSERT INTO", "ths_insert"),
-        ("UPDATE", "ths_replace"),
+        (insert.as_str(), "ths_insert"),
+        (replace.as_str(), "ths_replace"),
     ] {
         let (generic, custom, plan) = generic_plan(&mut conn, prefix, name).await;
         assert!(
@@ -1022,14 +1121,13 @@ async fn purge_removes_more_than_one_batch() {
         .unwrap();
     let insert = insert_rows_per_slot(
         &table,
-        "id, generation, subject, created_at, authenticated_at, last_seen_at, expires_at, \
-         absolute_expires_at, idle_timeout_secs, persistent, access_expires_at, \
-         current_lookup_key, current_key_version, revoked_at, revoked_reason, data",
+        "id, generation, subject, created_at, last_seen_at, expires_at, \
+         absolute_expires_at, current_key_version, revoked_at, revoked_reason",
         &format!(
             "SELECT substring(sha256(('id' || i)::bytea) FROM 1 FOR 16), 0, 'user' || (i % 50), \
-         t, t, t, t + interval '1 hour', t + interval '1 day', 3600, false, t, \
-         sha256(('c' || i)::bytea), 1, \
-         CASE WHEN i > 1500 THEN t END, CASE WHEN i > 1500 THEN 'admin' END, '{{}}'::jsonb \
+         t, t, t + interval '1 hour', t + interval '1 day', 1, \
+         CASE WHEN i > 1500 THEN t END, CASE WHEN i > 1500 THEN 'admin' END, \
+         sha256(('c' || i)::bytea), NULL::bytea, NULL::bytea \
          FROM generate_series(1, 2700) AS i, (SELECT '{t0}'::timestamptz AS t) AS t0"
         ),
     );

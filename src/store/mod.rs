@@ -28,6 +28,8 @@ pub(crate) mod raw;
 pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) mod value;
 #[cfg(feature = "sqlite")]
 #[doc(inline)]
 pub use sqlite::SqliteStore;

@@ -14,7 +14,8 @@ use time::OffsetDateTime;
 
 use super::raw::{RawRecord, session_id, to_micros};
 use super::sql::{
-    Dialect, DialectRow, Queries, Value, insert_values, mutable_values, sql_store_impl, sqlx_error,
+    Dialect, DialectRow, Queries, RECORD_COLUMN, Value, insert_values, mutable_values,
+    raw_from_row, sql_store_impl, sqlx_error,
 };
 use crate::record::{Revocation, RevokeOutcome, SessionId, SessionRecord};
 use crate::store::{StoreError, SubjectCap};
@@ -28,7 +29,10 @@ type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 /// The table `tower_hmac_session_records` holds each record three times, a
 /// row per credential slot keyed by that slot's lookup key (so a lookup is
 /// one probe of the primary key, and no key can have two holders even
-/// across slots and concurrent transactions); it lives in a schema of your
+/// across slots and concurrent transactions). Each row holds the whole
+/// record in its `record` column (the encoding the Redis store uses), and
+/// as columns only what the statements select, order or count by. The
+/// table lives in a schema of your
 /// choice (default `public`). [`connect`](Self::connect)
 /// creates and migrates it; migrations take a transaction-scoped advisory
 /// lock, so instances starting together migrate once; a role without the
@@ -126,9 +130,10 @@ impl PostgresStore {
     /// privilege even for `CREATE … IF NOT EXISTS`): on a database already
     /// migrated, the role needs no `CREATE` privilege, only `USAGE` on the
     /// schema and `SELECT`, `INSERT`, `UPDATE` and `DELETE` on its tables.
-    /// Upgrading a version-1 schema (before 2026-12-06) alters the table in
-    /// place, so it needs the table's owner; run `VACUUM ANALYZE` on the
-    /// table afterwards.
+    /// Upgrading an older schema (version 1, before 2026-12-06, or 2,
+    /// before 2026-12-07) alters the table in place, so it needs the
+    /// table's owner, and rewrites every record (version 3 moves it into
+    /// one `record` column); run `VACUUM ANALYZE` on the table afterwards.
     ///
     /// # Errors
     ///
@@ -200,6 +205,9 @@ impl PostgresStore {
             sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(sql))
                 .await
                 .map_err(err)?;
+            if *version == RECORD_COLUMN {
+                self.fill_records(&mut tx).await.map_err(err)?;
+            }
             sqlx::query(&format!("INSERT INTO {migrations} (version) VALUES ($1)"))
                 .bind(*version)
                 .execute(&mut *tx)
@@ -208,6 +216,65 @@ impl PostgresStore {
             tracing::info!(version, schema = %self.schema, "session store schema migrated (postgres)");
         }
         tx.commit().await.map_err(err)
+    }
+
+    /// Upgrading to schema version 3: sets each record's new `record` column
+    /// from its other columns, in batches in the migration's transaction,
+    /// then drops the columns `record` replaces. A record whose columns do
+    /// not decode gets an empty `record`, which reads as corruption, as the
+    /// record did before: nothing is lost and nothing revived.
+    async fn fill_records(&self, tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        const BATCH: i64 = 1000;
+        let mut after: Vec<u8> = Vec::new();
+        loop {
+            let rows = sqlx::query(&self.queries.fill_select)
+                .bind(&after)
+                .bind(BATCH)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut records = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let id: Vec<u8> = row.try_get(0)?;
+                let record = raw_from_row(row)
+                    .and_then(RawRecord::decode)
+                    .map(|record| super::value::encode(&record))
+                    .unwrap_or_default();
+                ids.push(id);
+                records.push(record);
+            }
+            sqlx::query(&self.queries.fill_update)
+                .bind(&ids)
+                .bind(&records)
+                .execute(&mut *tx)
+                .await?;
+            match ids.pop() {
+                Some(last) if rows.len() as i64 == BATCH => after = last,
+                _ => break,
+            }
+        }
+        // Rows no batch reached (an empty id, or no slot-0 row: damage).
+        sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&self.queries.fill_rest)).await?;
+        sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&self.queries.fill_finish)).await?;
+        Ok(())
+    }
+
+    /// The `record` column's value: the whole record, in the encoding
+    /// Redis stores too ([`value`](super::value)).
+    fn encode_record(record: &SessionRecord) -> Vec<u8> {
+        super::value::encode(record)
+    }
+
+    /// The record a row's last column, `record`, holds. The decoding is
+    /// strict and checks the record's invariants; the lookup then checks
+    /// the record holds the key that found it, so a damaged row is
+    /// corruption, never another session.
+    fn record_from_row(row: &PgRow) -> Result<SessionRecord, StoreError> {
+        let last = row.len().saturating_sub(1);
+        let record: &[u8] = row
+            .try_get(last)
+            .map_err(|_| StoreError::corrupt(None, "`record` does not decode"))?;
+        super::value::decode(record, None)
     }
 
     fn bind<'q>(query: PgQuery<'q>, value: Value<'q>) -> PgQuery<'q> {
@@ -236,6 +303,7 @@ impl PostgresStore {
         current: &SessionRecord,
         expected: i64,
         next: &RawRecord,
+        record: &[u8],
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         // A retry checks the record is still active at its own time, not
@@ -246,7 +314,7 @@ impl PostgresStore {
                 .bind(&current.id.as_bytes()[..])
                 .bind(expected)
                 .bind(timestamp(now + waited));
-            for value in mutable_values(next) {
+            for value in mutable_values(Dialect::Postgres, next, record) {
                 query = Self::bind(query, value);
             }
             query
@@ -272,6 +340,7 @@ impl PostgresStore {
         &self,
         subject: &str,
         raw: &RawRecord,
+        record: &[u8],
         now: OffsetDateTime,
         cap: &SubjectCap,
         keep: i64,
@@ -292,7 +361,7 @@ impl PostgresStore {
         let rows = retrying(|_| async {
             let mut tx = self.pool.begin_with(begin.clone()).await?;
             let mut query = sqlx::query(&self.queries.insert_capped);
-            for value in insert_values(raw) {
+            for value in insert_values(Dialect::Postgres, raw, record) {
                 query = Self::bind(query, value);
             }
             let rows = query

@@ -19,8 +19,10 @@
 //! in the same statement (a write statement holds the database's write lock
 //! from before it reads, so the check cannot race). PostgreSQL, whose
 //! concurrent statements can race, keeps a record three times: a row per
-//! slot (`slot` 0 current, 1 previous, 2 superseded), each with every
-//! column of the record, whose primary key is the slot's lookup key and so
+//! slot (`slot` 0 current, 1 previous, 2 superseded), each with the whole
+//! record (a `record` column in [`value`](super::value)'s encoding, and
+//! the columns its statements select by), whose primary key is the slot's
+//! lookup key and so
 //! refuses a second holder (a slot without a key holds a 17-byte
 //! placeholder, never a lookup key). The three rows are inserted together,
 //! then only ever updated together, by one statement, so they never
@@ -128,9 +130,38 @@ const LOOKUP_KEY_COLUMNS: [&str; 3] = [
     "superseded_lookup_key",
 ];
 
-/// The positions (1-based, as `$n`) of the lookup keys among the insert's
-/// parameters, which follow [`COLUMNS`].
+/// SQLite: the positions (1-based, as `$n`) of the lookup keys among the
+/// insert's parameters, which follow [`COLUMNS`].
 const INSERT_KEY_PARAMS: [usize; 3] = [12, 14, 18];
+
+/// The columns of [`COLUMNS`] PostgreSQL keeps beside the whole record
+/// (schema version 3): those its statements filter, order, count or revoke
+/// by. The record itself is one `record` column in the encoding of
+/// [`value`](super::value), which is all a read returns: one column to send
+/// and decode rather than twenty-six.
+const POSTGRES_COLUMNS: [&str; 13] = [
+    "id",
+    "generation",
+    "subject",
+    "created_at",
+    "last_seen_at",
+    "expires_at",
+    "absolute_expires_at",
+    "current_key_version",
+    "previous_key_version",
+    "previous_valid_until",
+    "revoked_at",
+    "revoked_reason",
+    "revoked_actor",
+];
+
+/// Whether `dialect`'s table has `column`.
+fn stored(dialect: Dialect, column: &Column) -> bool {
+    match dialect {
+        Dialect::Sqlite => true,
+        Dialect::Postgres => POSTGRES_COLUMNS.contains(&column.name),
+    }
+}
 
 /// The most distinct lookup keys one lookup binds with a prepared text;
 /// more get a text of their own, rendered per call.
@@ -180,26 +211,55 @@ fn values(raw: &RawRecord) -> [Value<'_>; 25] {
     ]
 }
 
-/// The values an insert binds: every column, in [`COLUMNS`] order.
-pub(crate) fn insert_values(raw: &RawRecord) -> [Value<'_>; 25] {
-    values(raw)
-}
-
-/// The values a replace binds after its leading parameters: the mutable
-/// columns, in [`COLUMNS`] order.
-pub(crate) fn mutable_values(raw: &RawRecord) -> impl Iterator<Item = Value<'_>> {
-    COLUMNS
+/// The values an insert binds: the dialect's columns, in [`COLUMNS`] order;
+/// PostgreSQL: then the three lookup keys (each slot's row is keyed by its
+/// own) and the whole record, `record` ([`value`](super::value)'s
+/// encoding).
+pub(crate) fn insert_values<'a>(
+    dialect: Dialect,
+    raw: &'a RawRecord,
+    record: &'a [u8],
+) -> Vec<Value<'a>> {
+    let mut bound: Vec<_> = COLUMNS
         .iter()
         .zip(values(raw))
-        .filter(|(c, _)| c.mutable)
+        .filter(|(c, _)| stored(dialect, c))
         .map(|(_, v)| v)
+        .collect();
+    if dialect == Dialect::Postgres {
+        bound.extend(lookup_keys(raw).map(Value::Bytes));
+        bound.push(Value::Bytes(Some(record)));
+    }
+    bound
+}
+
+/// The values a replace binds after its leading parameters: SQLite, the
+/// mutable columns, in [`COLUMNS`] order; PostgreSQL, the three lookup keys
+/// and `record` first, then its mutable columns.
+pub(crate) fn mutable_values<'a>(
+    dialect: Dialect,
+    raw: &'a RawRecord,
+    record: &'a [u8],
+) -> Vec<Value<'a>> {
+    let mut bound = Vec::with_capacity(COLUMNS.len());
+    if dialect == Dialect::Postgres {
+        bound.extend(lookup_keys(raw).map(Value::Bytes));
+        bound.push(Value::Bytes(Some(record)));
+    }
+    bound.extend(
+        COLUMNS
+            .iter()
+            .zip(values(raw))
+            .filter(|(c, _)| c.mutable && stored(dialect, c))
+            .map(|(_, v)| v),
+    );
+    bound
 }
 
 /// Every lookup key `next` holds (`None` for an empty slot, so there are
 /// always three to bind): a replace checks each of them against the other
 /// records (SQLite), whatever the caller says `current` holds, so a stale or
 /// mistaken `current` can never let a key get a second holder.
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn lookup_keys(next: &RawRecord) -> [Option<&[u8]>; 3] {
     [
         Some(next.current_lookup_key.as_slice()),
@@ -223,6 +283,8 @@ const LOOKUP_KEYS_TABLE: &str = "tower_hmac_session_lookup_keys";
 pub(crate) struct Queries {
     pub(crate) dialect: Dialect,
     table: String,
+    /// What a statement returning records selects: SQLite, every column of
+    /// [`COLUMNS`]; PostgreSQL, `record`.
     select_list: String,
     pub(crate) migrations_table: String,
     /// `(version, statements)`, applied in order, each once.
@@ -231,17 +293,15 @@ pub(crate) struct Queries {
     find_active: Vec<String>,
     /// `$1` id, `$2` now.
     pub(crate) get_active: String,
-    /// `$1` … `$25`: the columns in [`COLUMNS`] order. SQLite: inserts
-    /// nothing if a lookup key of the record is in any lookup-key column;
-    /// PostgreSQL: one row per lookup key, whose primary key refuses a key
-    /// another record holds.
+    /// [`insert_values`]. SQLite: inserts nothing if a lookup key of the
+    /// record is in any lookup-key column; PostgreSQL: one row per lookup
+    /// key, whose primary key refuses a key another record holds.
     pub(crate) insert: String,
-    /// `$1` id, `$2` expected generation, `$3` now; SQLite: `$4` … `$6` the
-    /// replacement's lookup keys (or null) and `$7` … the mutable columns in
-    /// [`COLUMNS`] order (the update does not apply on a clash: then ask
-    /// [`Self::clash`]); PostgreSQL: `$4` … the mutable columns (a clash is
-    /// a unique violation); it updates the record's three rows, each to the
-    /// key of its slot.
+    /// `$1` id, `$2` expected generation, `$3` now, then
+    /// [`mutable_values`]; SQLite: `$4` … `$6` the replacement's lookup keys
+    /// (or null) first (the update does not apply on a clash: then ask
+    /// [`Self::clash`]); PostgreSQL: a clash is a unique violation; it
+    /// updates the record's three rows, each to the key of its slot.
     pub(crate) replace: String,
     /// SQLite, after a replace that did not apply, with its first six
     /// parameters: whether the compare-and-swap's condition holds and
@@ -277,12 +337,29 @@ pub(crate) struct Queries {
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) evict: String,
     /// PostgreSQL, inside a transaction holding the subject's advisory
-    /// lock: `$1` … `$25` the columns as for [`Self::insert`], `$26` now,
-    /// `$27` reason, `$28` actor, `$29` except (or null), `$30` how many
-    /// live sessions to keep. Revokes the others and inserts, in one
-    /// statement; returns the revoked ids, least recently used first.
+    /// lock: [`insert_values`] as for [`Self::insert`], then now, reason,
+    /// actor, except (or null) and how many live sessions to keep. Revokes
+    /// the others and inserts, in one statement; returns the revoked ids,
+    /// least recently used first.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) insert_capped: String,
+    /// PostgreSQL, upgrading to version 3 (see [`RECORD_COLUMN`]): `$1` the
+    /// id to start after, `$2` how many records; each row's `id`, then every
+    /// column of version 2 as [`raw_from_row`] reads them.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fill_select: String,
+    /// PostgreSQL, upgrading to version 3: `$1` ids, `$2` their records, as
+    /// arrays; sets `record` on each of their rows.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fill_update: String,
+    /// PostgreSQL, upgrading to version 3, after the batches: an empty
+    /// (corrupt) `record` for rows none reached.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fill_rest: String,
+    /// PostgreSQL, upgrading to version 3, after every record is filled in:
+    /// `record` becomes `NOT NULL` and the columns it replaces are dropped.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fill_finish: String,
 }
 
 /// The ids of `subject`'s sessions active at `now`, other than `except`,
@@ -320,7 +397,9 @@ impl Queries {
             None => name.to_owned(),
         };
         let table = &qualified(TABLE);
-        let select_list = COLUMNS
+        // Every column of the record (PostgreSQL: as in version 2, which
+        // the upgrade to version 3 reads).
+        let wide_select_list = COLUMNS
             .iter()
             .map(|c| match (dialect, c.kind) {
                 (Dialect::Postgres, Kind::Json) => format!("{0}::text AS {0}", c.name),
@@ -328,6 +407,11 @@ impl Queries {
             })
             .collect::<Vec<_>>()
             .join(", ");
+        let select_list = match dialect {
+            Dialect::Sqlite => wide_select_list.clone(),
+            Dialect::Postgres => "record".to_owned(),
+        };
+        let stored_columns: Vec<&Column> = COLUMNS.iter().filter(|c| stored(dialect, c)).collect();
         let param = |i: usize, kind: Kind| match (dialect, kind) {
             (Dialect::Postgres, Kind::Json) => format!("${i}::jsonb"),
             _ => format!("${i}"),
@@ -345,6 +429,11 @@ impl Queries {
                 .join(" OR ")
         };
         let insert_keys = INSERT_KEY_PARAMS.map(|i| format!("${i}")).join(", ");
+        // PostgreSQL: the insert's lookup keys and `record` follow its
+        // columns.
+        let n = stored_columns.len();
+        let key_params = [n + 1, n + 2, n + 3];
+        let record_param = n + 4;
         // PostgreSQL holds a record once per lookup key (see the module
         // docs); its record-wide statements read the current key's row.
         let one = match dialect {
@@ -359,18 +448,24 @@ impl Queries {
                 placeholder(&format!("${superseded}::bytea"), "$1", 2),
             )
         };
-        let columns = COLUMNS.map(|c| c.name).join(", ");
-        let insert_params = COLUMNS
+        let columns = stored_columns
+            .iter()
+            .map(|c| c.name)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let insert_params = stored_columns
             .iter()
             .enumerate()
             .map(|(i, c)| param(i + 1, c.kind))
             .collect::<Vec<_>>()
             .join(", ");
+        // After `$1` … `$3`: SQLite's three keys to check for a clash,
+        // PostgreSQL's three keys and `record`.
         let first_mutable = match dialect {
             Dialect::Sqlite => 7,
-            Dialect::Postgres => 4,
+            Dialect::Postgres => 8,
         };
-        let replace_set = COLUMNS
+        let replace_set = stored_columns
             .iter()
             .filter(|c| c.mutable)
             .enumerate()
@@ -413,9 +508,9 @@ impl Queries {
                     clash(&insert_keys, None)
                 ),
                 Dialect::Postgres => format!(
-                    "INSERT INTO {table} (lookup_key, slot, {columns}) \
-                     SELECT k.lookup_key, k.slot, {insert_params} FROM {}",
-                    key_rows(INSERT_KEY_PARAMS)
+                    "INSERT INTO {table} (lookup_key, slot, {columns}, record) \
+                     SELECT k.lookup_key, k.slot, {insert_params}, ${record_param} FROM {}",
+                    key_rows(key_params)
                 ),
             }),
             replace: render(match dialect {
@@ -423,26 +518,16 @@ impl Queries {
                     "{replace_update} AND NOT ({})",
                     clash("$4, $5, $6", Some("$1"))
                 ),
-                Dialect::Postgres => {
-                    let key = |name: &str| {
-                        let i = COLUMNS
-                            .iter()
-                            .filter(|c| c.mutable)
-                            .position(|c| c.name == name);
-                        format!("${}::bytea", first_mutable + i.expect("a mutable column"))
-                    };
-                    let [current, previous, superseded] = LOOKUP_KEY_COLUMNS.map(key);
-                    replace_update.replacen(
-                        " SET ",
-                        &format!(
-                            " SET lookup_key = CASE slot WHEN 0 THEN {current} WHEN 1 THEN {} \
-                             ELSE {} END, ",
-                            placeholder(&previous, "id", 1),
-                            placeholder(&superseded, "id", 2),
-                        ),
-                        1,
-                    )
-                }
+                Dialect::Postgres => replace_update.replacen(
+                    " SET ",
+                    &format!(
+                        " SET lookup_key = CASE slot WHEN 0 THEN $4::bytea WHEN 1 THEN {} \
+                         ELSE {} END, record = $7, ",
+                        placeholder("$5::bytea", "id", 1),
+                        placeholder("$6::bytea", "id", 2),
+                    ),
+                    1,
+                ),
             }),
             clash: render(format!(
                 "SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1 AND generation = $2 AND {}) \
@@ -530,19 +615,44 @@ impl Queries {
                  RETURNING id, last_seen_at, created_at",
                 ranked = evict_ids(table, "$1", "$2", "$5", "$6", one),
             )),
-            insert_capped: render(format!(
-                "WITH evicted AS (\
-                 UPDATE {table} SET revoked_at = $26, revoked_reason = $27, revoked_actor = $28 \
-                 WHERE id IN ({ranked}) AND revoked_at IS NULL \
-                 RETURNING id, slot, last_seen_at, created_at), \
-                 inserted AS (INSERT INTO {table} (lookup_key, slot, {columns}) \
-                 SELECT k.lookup_key, k.slot, {insert_params} FROM {keys} RETURNING 1) \
-                 SELECT evicted.id FROM evicted \
-                 WHERE evicted.slot = 0 AND EXISTS (SELECT 1 FROM inserted) \
-                 ORDER BY evicted.last_seen_at, evicted.created_at, evicted.id",
-                ranked = evict_ids(table, "$3", "$26", "$29", "$30", one),
-                keys = key_rows(INSERT_KEY_PARAMS),
-            )),
+            insert_capped: render({
+                // After the insert's parameters: now, reason, actor, except,
+                // how many to keep.
+                let [now, reason, actor, except, keep] =
+                    [1, 2, 3, 4, 5].map(|i| format!("${}", record_param + i));
+                format!(
+                    "WITH evicted AS (\
+                     UPDATE {table} SET revoked_at = {now}, revoked_reason = {reason}, \
+                     revoked_actor = {actor} \
+                     WHERE id IN ({ranked}) AND revoked_at IS NULL \
+                     RETURNING id, slot, last_seen_at, created_at), \
+                     inserted AS (INSERT INTO {table} (lookup_key, slot, {columns}, record) \
+                     SELECT k.lookup_key, k.slot, {insert_params}, ${record_param} \
+                     FROM {keys} RETURNING 1) \
+                     SELECT evicted.id FROM evicted \
+                     WHERE evicted.slot = 0 AND EXISTS (SELECT 1 FROM inserted) \
+                     ORDER BY evicted.last_seen_at, evicted.created_at, evicted.id",
+                    ranked = evict_ids(table, "$3", &now, &except, &keep, one),
+                    keys = key_rows(key_params),
+                )
+            }),
+            fill_select: format!(
+                "SELECT id, {wide_select_list} FROM {table} WHERE slot = 0 AND id > $1 \
+                 ORDER BY id LIMIT $2"
+            ),
+            fill_update: format!(
+                "UPDATE {table} SET record = v.record \
+                 FROM unnest($1::bytea[], $2::bytea[]) AS v (id, record) WHERE {table}.id = v.id"
+            ),
+            fill_rest: format!("UPDATE {table} SET record = '' WHERE record IS NULL"),
+            fill_finish: {
+                let dropped = COLUMNS
+                    .iter()
+                    .filter(|c| !stored(Dialect::Postgres, c))
+                    .map(|c| format!(", DROP COLUMN {}", c.name))
+                    .collect::<String>();
+                format!("ALTER TABLE {table} ALTER COLUMN record SET NOT NULL{dropped}")
+            },
         };
         queries.find_active = (1..=PREPARED_LOOKUPS)
             .map(|n| queries.render_find_active(n))
@@ -719,9 +829,21 @@ fn migrations(dialect: Dialect, schema: Option<&str>) -> Vec<(i64, String)> {
     let mut migrations = vec![(1, schema_sql)];
     if dialect == Dialect::Postgres {
         migrations.push((2, postgres_rows_per_key(schema)));
+        // Then the store fills `record` in from the other columns
+        // ([`Queries::fill_select`]) and drops those it replaces
+        // ([`Queries::fill_finish`]), in the same transaction.
+        migrations.push((
+            RECORD_COLUMN,
+            format!("ALTER TABLE {table} ADD COLUMN record BYTEA;\n"),
+        ));
     }
     migrations
 }
+
+/// PostgreSQL's schema version 3: the whole record in one `record` column
+/// (see [`POSTGRES_COLUMNS`]), filled in by the store from the columns of
+/// version 2 as it upgrades.
+pub(crate) const RECORD_COLUMN: i64 = 3;
 
 /// PostgreSQL, version 2: the record three times, a row per slot, keyed by
 /// the slot's lookup key (so a lookup is one probe of one index and no key
@@ -893,6 +1015,33 @@ where
     })
 }
 
+/// Checks a record a read returned against the row that returned it:
+/// `selected` is whether the record has what the statement selected the row
+/// by (the lookup key in the row's slot, the id, the subject), and the row
+/// was active at `now`, so the record must be. PostgreSQL writes its
+/// `record` column in the same statement as the columns its reads select
+/// by, so a disagreement is damage: corruption, never another session, nor
+/// one served past its end.
+pub(crate) fn check_read(
+    record: &crate::record::SessionRecord,
+    selected: bool,
+    now: time::OffsetDateTime,
+) -> Result<(), StoreError> {
+    if !selected {
+        return Err(StoreError::corrupt(
+            Some(record.id),
+            "a row holds a record other than the one it was found by",
+        ));
+    }
+    if !record.is_active(now) {
+        return Err(StoreError::corrupt(
+            Some(record.id),
+            "an active row holds a record that is not",
+        ));
+    }
+    Ok(())
+}
+
 /// The slot a lookup row's `slot` column names.
 pub(crate) fn slot_of_row(slot: i32) -> Result<crate::record::Slot, StoreError> {
     use crate::record::Slot;
@@ -907,7 +1056,9 @@ pub(crate) fn slot_of_row(slot: i32) -> Result<crate::record::Slot, StoreError> 
 /// Implements [`SessionStore`](crate::SessionStore) for a SQL store with
 /// fields `pool` and `queries`. The store provides, as inherent functions:
 /// `bind(query, Value) -> query`, `insert_capped_sql`, `replace_sql` and
-/// `revoke_sql` (which differ per dialect); `$ts` encodes a timestamp for the driver.
+/// `revoke_sql` (which differ per dialect), `encode_record(record) ->
+/// Vec<u8>` (the `record` column's value; SQLite has none) and
+/// `record_from_row(row)`; `$ts` encodes a timestamp for the driver.
 macro_rules! sql_store_impl {
     ($store:ty, ts = $ts:path) => {
         #[async_trait::async_trait]
@@ -943,7 +1094,11 @@ macro_rules! sql_store_impl {
                         $crate::store::StoreError::corrupt(None, "`slot` does not decode")
                     })?;
                     let slot = $crate::store::sql::slot_of_row(slot)?;
-                    let record = $crate::store::sql::raw_from_row(row)?.decode()?;
+                    let record = Self::record_from_row(row)?;
+                    let holds = record
+                        .credential(slot)
+                        .is_some_and(|c| keys.distinct().contains(&c.lookup_key));
+                    $crate::store::sql::check_read(&record, holds, now)?;
                     keys.matches(&std::sync::Arc::new(record), slot, &mut found);
                 }
                 Ok(found)
@@ -965,9 +1120,11 @@ macro_rules! sql_store_impl {
                     .map_err(|e| $crate::store::sql::sqlx_error("get_active", e))?;
                 match row {
                     None => Ok(None),
-                    Some(row) => Ok(Some(std::sync::Arc::new(
-                        $crate::store::sql::raw_from_row(&row)?.decode()?,
-                    ))),
+                    Some(row) => {
+                        let record = Self::record_from_row(&row)?;
+                        $crate::store::sql::check_read(&record, record.id == *id, now)?;
+                        Ok(Some(std::sync::Arc::new(record)))
+                    }
                 }
             }
 
@@ -979,8 +1136,10 @@ macro_rules! sql_store_impl {
                     .validate()
                     .map_err($crate::store::StoreError::Invalid)?;
                 let raw = $crate::store::raw::RawRecord::encode(record)?;
+                let stored = Self::encode_record(record);
                 let mut query = sqlx::query(&self.queries.insert);
-                for value in $crate::store::sql::insert_values(&raw) {
+                for value in $crate::store::sql::insert_values(self.queries.dialect, &raw, &stored)
+                {
                     query = Self::bind(query, value);
                 }
                 let done = query
@@ -1011,9 +1170,11 @@ macro_rules! sql_store_impl {
                     return self.insert(record).await.map(|()| Vec::new());
                 };
                 let raw = $crate::store::raw::RawRecord::encode(record)?;
+                let stored = Self::encode_record(record);
                 // How many of the others stay: the new one takes a place.
                 let keep = i64::from(cap.max_sessions.saturating_sub(1));
-                self.insert_capped_sql(subject, &raw, now, cap, keep).await
+                self.insert_capped_sql(subject, &raw, &stored, now, cap, keep)
+                    .await
             }
 
             async fn replace(
@@ -1027,7 +1188,9 @@ macro_rules! sql_store_impl {
                     $crate::store::StoreError::Invalid("the generation is out of range")
                 })?;
                 let raw = $crate::store::raw::RawRecord::encode(next)?;
-                self.replace_sql(current, expected, &raw, now).await
+                let stored = Self::encode_record(next);
+                self.replace_sql(current, expected, &raw, &stored, now)
+                    .await
             }
 
             async fn revoke(
@@ -1079,7 +1242,9 @@ macro_rules! sql_store_impl {
                     .map_err(|e| $crate::store::sql::sqlx_error("list_for_subject", e))?;
                 rows.iter()
                     .map(|row| {
-                        let record = $crate::store::sql::raw_from_row(row)?.decode()?;
+                        let record = Self::record_from_row(row)?;
+                        let theirs = record.subject.as_deref() == Some(subject);
+                        $crate::store::sql::check_read(&record, theirs, now)?;
                         Ok(record.to_active(record.current.key_version))
                     })
                     .collect()
@@ -1204,51 +1369,79 @@ mod tests {
     }
 
     #[test]
-    fn postgres_statements_cast_json_and_avoid_or_across_key_columns() {
+    fn postgres_statements_read_the_record_column_and_avoid_or_across_key_columns() {
         let q = Queries::new(Dialect::Postgres, Some("s"));
-        assert!(q.insert.contains("$25::jsonb"));
+        // The kept columns, then the three keys and the record.
         assert!(
-            q.insert.contains(
-                "(VALUES ($12::bytea, 0), (coalesce($14::bytea, $1 || '\\x01'::bytea), 1), \
-                 (coalesce($18::bytea, $1 || '\\x02'::bytea), 2))"
+            q.insert.starts_with(
+                "INSERT INTO \"s\".tower_hmac_session_records (lookup_key, slot, id, generation, \
+                 subject, created_at, last_seen_at, expires_at, absolute_expires_at, \
+                 current_key_version, previous_key_version, previous_valid_until, revoked_at, \
+                 revoked_reason, revoked_actor, record) SELECT k.lookup_key, k.slot, $1, $2, $3,"
             ),
             "{}",
             q.insert
         );
-        assert!(q.replace.contains("data = $24::jsonb"), "{}", q.replace);
+        assert!(
+            q.insert.contains(
+                "$13, $17 FROM (VALUES ($14::bytea, 0), \
+                 (coalesce($15::bytea, $1 || '\\x01'::bytea), 1), \
+                 (coalesce($16::bytea, $1 || '\\x02'::bytea), 2))"
+            ),
+            "{}",
+            q.insert
+        );
+        let raw = RawRecord::default();
+        assert_eq!(insert_values(Dialect::Postgres, &raw, b"r").len(), 17);
+        // `$1` id, `$2` generation, `$3` now, then `mutable_values`.
+        // The keys, the record and nine mutable columns: `$4` … `$16`.
+        assert_eq!(mutable_values(Dialect::Postgres, &raw, b"r").len(), 13);
         assert!(
             q.replace.contains(
-                "SET lookup_key = CASE slot WHEN 0 THEN $11::bytea \
-                 WHEN 1 THEN coalesce($13::bytea, id || '\\x01'::bytea) \
-                 ELSE coalesce($17::bytea, id || '\\x02'::bytea) END, generation = $4"
+                "SET lookup_key = CASE slot WHEN 0 THEN $4::bytea \
+                 WHEN 1 THEN coalesce($5::bytea, id || '\\x01'::bytea) \
+                 ELSE coalesce($6::bytea, id || '\\x02'::bytea) END, record = $7, \
+                 generation = $8, last_seen_at = $9,"
             ),
             "{}",
             q.replace
         );
+        assert!(
+            q.replace.contains("revoked_actor = $16 WHERE"),
+            "{}",
+            q.replace
+        );
         assert!(!q.insert.contains("EXISTS"), "{}", q.insert);
+        assert!(!q.insert.contains("jsonb"), "{}", q.insert);
         let lookup = q.find_active(3);
-        assert!(
-            lookup.contains("WHERE lookup_key IN ($1, $2, $3)"),
-            "{lookup}"
+        assert_eq!(
+            lookup,
+            "SELECT slot, record FROM \"s\".tower_hmac_session_records \
+             WHERE lookup_key IN ($1, $2, $3) AND revoked_at IS NULL AND expires_at > $4 \
+             AND absolute_expires_at > $4"
         );
-        assert!(
-            lookup.starts_with("SELECT slot, id, generation"),
-            "{lookup}"
-        );
-        assert!(lookup.contains("data::text AS data"));
-        assert!(!lookup.contains(" OR "), "{lookup}");
-        assert!(!lookup.contains("JOIN"), "{lookup}");
         for whole in [&q.get_active, &q.list, &q.count] {
             assert!(whole.contains("slot = 0"), "{whole}");
         }
+        assert!(q.get_active.starts_with("SELECT record FROM"));
+        assert!(q.list.starts_with("SELECT record FROM"));
         assert!(q.revoke.starts_with("WITH updated AS"));
         assert!(q.revoke_all.ends_with("WHERE slot = 0"), "{}", q.revoke_all);
+        // The subject is the insert's `$3`; after the record (`$17`): now,
+        // reason, actor, except, keep.
         assert!(
-            q.insert_capped.contains("$25::jsonb"),
+            q.insert_capped
+                .contains("revoked_at = $18, revoked_reason = $19, revoked_actor = $20"),
             "{}",
             q.insert_capped
         );
-        assert!(q.insert_capped.contains("n > $30"), "{}", q.insert_capped);
+        assert!(
+            q.insert_capped.contains("WHERE subject = $3 AND slot = 0"),
+            "{}",
+            q.insert_capped
+        );
+        assert!(q.insert_capped.contains("$21 IS NULL OR id <> $21"));
+        assert!(q.insert_capped.contains("n > $22"), "{}", q.insert_capped);
         assert!(!q.purge.contains("absolute_expires_at"), "{}", q.purge);
         assert!(q.purge.contains("LIMIT $2"), "{}", q.purge);
         assert!(q.purge.ends_with("WHERE slot = 0"), "{}", q.purge);
@@ -1258,5 +1451,22 @@ mod tests {
         assert!(v2.contains("\"s\".tower_hmac_session_lookup_keys"), "{v2}");
         assert!(v2.contains("PRIMARY KEY (lookup_key) DEFERRABLE"), "{v2}");
         assert!(!v2.contains("CREATE TABLE"), "converted in place: {v2}");
+        assert_eq!(q.migrations[2].0, RECORD_COLUMN);
+        // Version 3 drops every column but those its statements use.
+        for column in COLUMNS {
+            let dropped = q
+                .fill_finish
+                .contains(&format!("DROP COLUMN {},", column.name))
+                || q.fill_finish
+                    .ends_with(&format!("DROP COLUMN {}", column.name));
+            assert_eq!(
+                dropped,
+                !POSTGRES_COLUMNS.contains(&column.name),
+                "{}",
+                column.name
+            );
+        }
+        assert!(q.fill_select.starts_with("SELECT id, id, generation"));
+        assert!(q.fill_select.contains("data::text AS data"));
     }
 }

@@ -185,6 +185,15 @@ impl SqliteStore {
         tx.commit().await.map_err(err)
     }
 
+    /// SQLite keeps a record in its columns alone: no `record` column.
+    fn encode_record(_: &SessionRecord) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn record_from_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
+        super::sql::raw_from_row(row)?.decode()
+    }
+
     fn bind<'q>(query: SqliteQuery<'q>, value: Value<'q>) -> SqliteQuery<'q> {
         match value {
             Value::Bytes(bytes) => query.bind(bytes),
@@ -209,6 +218,7 @@ impl SqliteStore {
         current: &SessionRecord,
         expected: i64,
         next: &RawRecord,
+        _record: &[u8],
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         // Every key of `next`, not only those `current` lacks: `current` is
@@ -221,7 +231,7 @@ impl SqliteStore {
         for key in new_keys {
             query = query.bind(key);
         }
-        for value in mutable_values(next) {
+        for value in mutable_values(Dialect::Sqlite, next, &[]) {
             query = Self::bind(query, value);
         }
         let done = query
@@ -258,6 +268,7 @@ impl SqliteStore {
         &self,
         subject: &str,
         raw: &RawRecord,
+        _record: &[u8],
         now: OffsetDateTime,
         cap: &SubjectCap,
         keep: i64,
@@ -292,7 +303,7 @@ impl SqliteStore {
             evicted.push((last_seen_at, created_at, id));
         }
         let mut query = sqlx::query(&self.queries.insert);
-        for value in super::sql::insert_values(raw) {
+        for value in super::sql::insert_values(Dialect::Sqlite, raw, &[]) {
             query = Self::bind(query, value);
         }
         let done = query.execute(&mut *tx).await.map_err(err)?;

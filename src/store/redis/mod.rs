@@ -115,7 +115,6 @@
 mod builder;
 mod scripts;
 mod store;
-pub(crate) mod value;
 
 #[doc(inline)]
 pub use builder::{DEFAULT_CONNECTIONS, RedisStoreBuilder};

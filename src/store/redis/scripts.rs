@@ -1,6 +1,6 @@
 //! The Lua scripts behind every write: each is one atomic, conditional
 //! operation on the server, and reads only the header line of the values
-//! it touches (see [`value`](super::value)), and for the per-subject cap the
+//! it touches (see [`value`](crate::store::value)), and for the per-subject cap the
 //! first two JSON fields (`created_at`, `last_seen_at`). Reads use no
 //! script. Scripts on a subject's index read and drop a bounded number of
 //! entries (see the [module docs](super#per-subject-index)).
@@ -158,7 +158,7 @@ return out
 "#;
 
 /// ARGV: P, id, the header of the record the caller read (see
-/// [`header`](super::value::header)), ttl (ms), value, the index score
+/// [`header`](crate::store::value::header)), ttl (ms), value, the index score
 /// of the new record (see [`INSERT`]), the subject or ''
 /// (none), how many lookup keys the new record holds (n), its n lookup keys,
 /// then the lookup keys of the record the caller read. 1 applied, 0 not, -1

@@ -14,12 +14,12 @@ use time::OffsetDateTime;
 
 use super::builder::RedisStoreBuilder;
 use super::scripts::Scripts;
-use super::value::{decode, encode, header, hex_of, revocation_field, to_micros};
 use crate::keys::{Candidate, KeyVersion, LookupKey};
 use crate::record::{
     ActiveSessionRecord, Revocation, RevokeOutcome, SessionId, SessionMatch, SessionRecord,
     VersionCount,
 };
+use crate::store::value::{decode, encode, header, hex_of, revocation_field, to_micros};
 use crate::store::{SessionStore, StoreError, SubjectCap, check_successor};
 
 /// How many keys one step of an admin scan (`count_by_key_version`,

@@ -1,5 +1,6 @@
-//! The one value a record is stored as, under its id and each lookup key:
-//! a header line the write scripts read, then JSON that only Rust reads.
+//! The one value a record is stored as: by Redis under its id and each
+//! lookup key, and by PostgreSQL in the `record` column of each of its rows.
+//! A header line Redis' write scripts read, then JSON that only Rust reads.
 //!
 //! ```text
 //! ths2|<id>|<generation>|<expires_at>|<absolute_expires_at>|<revocation>|<current>|<previous>|<superseded>|<subject>
