@@ -130,10 +130,10 @@ impl PostgresStore {
     /// privilege even for `CREATE … IF NOT EXISTS`): on a database already
     /// migrated, the role needs no `CREATE` privilege, only `USAGE` on the
     /// schema and `SELECT`, `INSERT`, `UPDATE` and `DELETE` on its tables.
-    /// Upgrading an older schema (version 1, before 2026-12-06, or 2,
-    /// before 2026-12-07) alters the table in place, so it needs the
-    /// table's owner, and rewrites every record (version 3 moves it into
-    /// one `record` column); run `VACUUM ANALYZE` on the table afterwards.
+    /// Upgrading an older schema (version 1 or 2) alters the table in
+    /// place, so it needs the table's owner, and rewrites every record
+    /// (version 3 moves it into one `record` column); run `VACUUM ANALYZE`
+    /// on the table afterwards.
     ///
     /// # Errors
     ///
