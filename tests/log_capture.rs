@@ -111,20 +111,8 @@ impl Records {
             }
             #[cfg(feature = "postgres")]
             Records::Postgres { pool, schema } => {
-                let rows: Vec<SlotRow> = sqlx::query_as(&format!(
-                    "SELECT current_lookup_key, previous_lookup_key, superseded_lookup_key \
-                         FROM \"{schema}\".tower_hmac_session_records"
-                ))
-                .fetch_all(pool)
-                .await
-                .unwrap();
-                for (current, previous, superseded) in rows {
-                    let slots = [Some(current), previous, superseded];
-                    for key in slots.iter().flatten().filter_map(|k| key_of(k)) {
-                        ledger.stored_lookup_key(key);
-                    }
-                }
-                // Each row's own key (its slot's, or a placeholder).
+                // Each row's own key (its slot's, or a placeholder): every
+                // key a record holds has its row.
                 let index: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
                     "SELECT lookup_key FROM \"{schema}\".tower_hmac_session_records"
                 ))

@@ -957,6 +957,55 @@ async fn a_stale_replace_is_not_applied_even_when_its_new_key_is_taken() {
     drop_schema(&pool, &schema).await;
 }
 
+/// A replace whose `current` is not the stored record in what never changes
+/// (subject, creation, absolute expiry), though its id and generation are,
+/// is not applied: the row's `record` is written whole and must never
+/// disagree with the columns revoke-all, lists and counts select by.
+#[tokio::test]
+async fn a_replace_from_a_record_that_is_not_the_stored_one_is_not_applied() {
+    let Some(pool) = pool("ths-other").await else {
+        return;
+    };
+    let schema = unique("ths_other");
+    let store = store_in(&pool, &schema).await;
+    let stored = planner_record();
+    store.insert(&stored).await.unwrap();
+    let others = [
+        SessionRecord {
+            subject: Some("someone else".into()),
+            ..stored.clone()
+        },
+        SessionRecord {
+            subject: None,
+            authenticated_at: None,
+            ..stored.clone()
+        },
+        SessionRecord {
+            created_at: stored.created_at - time::Duration::seconds(1),
+            ..stored.clone()
+        },
+        SessionRecord {
+            absolute_expires_at: stored.absolute_expires_at + time::Duration::seconds(1),
+            ..stored.clone()
+        },
+    ];
+    for other in &others {
+        let next = SessionRecord {
+            generation: other.generation + 1,
+            ..other.clone()
+        };
+        assert!(
+            !store.replace(other, &next, common::T0).await.unwrap(),
+            "{other:?}"
+        );
+    }
+    let found = store.get_active(&stored.id, common::T0).await.unwrap();
+    assert_eq!(found.as_deref(), Some(&stored));
+    let listed = store.list_for_subject("planner", common::T0).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    drop_schema(&pool, &schema).await;
+}
+
 /// 20 concurrent logins of one user through the router, with a cap of 3:
 /// never more than 3 live sessions, and each of the others revoked as
 /// `session_limit`, not deleted and not left live.

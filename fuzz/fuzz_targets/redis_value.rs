@@ -1,4 +1,5 @@
-//! Redis value → record decoding (`store/redis/value.rs`), three ways:
+//! Stored value → record decoding (`store/value.rs`: Redis values and
+//! PostgreSQL's `record` column), three ways:
 //! - arbitrary bytes: a record or `StoreError::Corrupt`, never a panic; a
 //!   decoded record is valid, and its header line is exactly what encoding
 //!   writes (the Lua scripts parse it), and it re-encodes to a value that

@@ -1,5 +1,5 @@
-//! SQL row → record decoding (`RawRecord::decode`, shared by SQLite and
-//! PostgreSQL), three ways:
+//! SQL row → record decoding (`RawRecord::decode`: SQLite's reads and
+//! PostgreSQL's upgrade to schema version 3), three ways:
 //! - an arbitrary row: decoding gives a record or `StoreError::Corrupt`,
 //!   never a panic; a decoded record is valid and re-encodes to a row that
 //!   decodes to the same record;

@@ -29,9 +29,11 @@ type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 /// The table `tower_hmac_session_records` holds each record three times, a
 /// row per credential slot keyed by that slot's lookup key (so a lookup is
 /// one probe of the primary key, and no key can have two holders even
-/// across slots and concurrent transactions). Each row holds the whole
-/// record in its `record` column (the encoding the Redis store uses), and
-/// as columns only what the statements select, order or count by. The
+/// across slots and concurrent transactions). Each row holds the record in
+/// its `record` column (the encoding the Redis store uses), and as columns
+/// only what the statements select, order, count or revoke by; the
+/// `revoked_*` columns keep a revocation (no read returns a revoked
+/// record). The
 /// table lives in a schema of your
 /// choice (default `public`). [`connect`](Self::connect)
 /// creates and migrates it; migrations take a transaction-scoped advisory
@@ -139,7 +141,7 @@ impl PostgresStore {
     ///
     /// The database failed; nothing was applied then.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let err = |e| StoreError::backend("migrate", e);
+        let err = |e| sqlx_error("migrate", e);
         let mut tx = self.pool.begin().await.map_err(err)?;
         let migrations = &self.queries.migrations_table;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
@@ -236,10 +238,15 @@ impl PostgresStore {
             let mut records = Vec::with_capacity(rows.len());
             for row in &rows {
                 let id: Vec<u8> = row.try_get(0)?;
-                let record = raw_from_row(row)
-                    .and_then(RawRecord::decode)
-                    .map(|record| super::value::encode(&record))
-                    .unwrap_or_default();
+                let record = match raw_from_row(row).and_then(RawRecord::decode) {
+                    Ok(record) => super::value::encode(&record),
+                    Err(error) => {
+                        // The error names the record (an id is no
+                        // credential), never a value of it.
+                        tracing::warn!(%error, "a corrupt session record stays corrupt (schema upgrade)");
+                        Vec::new()
+                    }
+                };
                 ids.push(id);
                 records.push(record);
             }

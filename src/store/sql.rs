@@ -235,7 +235,10 @@ pub(crate) fn insert_values<'a>(
 
 /// The values a replace binds after its leading parameters: SQLite, the
 /// mutable columns, in [`COLUMNS`] order; PostgreSQL, the three lookup keys
-/// and `record` first, then its mutable columns.
+/// and `record` first, then its mutable columns, then the columns that
+/// never change (`subject`, `created_at`, `absolute_expires_at`), which the
+/// update requires to be as stored: `record` is written whole, so it never
+/// disagrees with them (Redis compares the whole header the same way).
 pub(crate) fn mutable_values<'a>(
     dialect: Dialect,
     raw: &'a RawRecord,
@@ -253,6 +256,13 @@ pub(crate) fn mutable_values<'a>(
             .filter(|(c, _)| c.mutable && stored(dialect, c))
             .map(|(_, v)| v),
     );
+    if dialect == Dialect::Postgres {
+        bound.extend([
+            Value::Text(raw.subject.as_deref()),
+            Value::Time(raw.created_at),
+            Value::Time(raw.absolute_expires_at),
+        ]);
+    }
     bound
 }
 
@@ -518,16 +528,28 @@ impl Queries {
                     "{replace_update} AND NOT ({})",
                     clash("$4, $5, $6", Some("$1"))
                 ),
-                Dialect::Postgres => replace_update.replacen(
-                    " SET ",
-                    &format!(
-                        " SET lookup_key = CASE slot WHEN 0 THEN $4::bytea WHEN 1 THEN {} \
-                         ELSE {} END, record = $7, ",
-                        placeholder("$5::bytea", "id", 1),
-                        placeholder("$6::bytea", "id", 2),
-                    ),
-                    1,
-                ),
+                Dialect::Postgres => {
+                    // After the mutable columns: the columns that never
+                    // change, as the caller read them.
+                    let next = first_mutable + stored_columns.iter().filter(|c| c.mutable).count();
+                    let update = replace_update.replacen(
+                        " SET ",
+                        &format!(
+                            " SET lookup_key = CASE slot WHEN 0 THEN $4::bytea WHEN 1 THEN {} \
+                             ELSE {} END, record = $7, ",
+                            placeholder("$5::bytea", "id", 1),
+                            placeholder("$6::bytea", "id", 2),
+                        ),
+                        1,
+                    );
+                    format!(
+                        "{update} AND subject IS NOT DISTINCT FROM ${} \
+                         AND created_at = ${} AND absolute_expires_at = ${}",
+                        next,
+                        next + 1,
+                        next + 2
+                    )
+                }
             }),
             clash: render(format!(
                 "SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1 AND generation = $2 AND {}) \
@@ -1394,8 +1416,9 @@ mod tests {
         let raw = RawRecord::default();
         assert_eq!(insert_values(Dialect::Postgres, &raw, b"r").len(), 17);
         // `$1` id, `$2` generation, `$3` now, then `mutable_values`.
-        // The keys, the record and nine mutable columns: `$4` … `$16`.
-        assert_eq!(mutable_values(Dialect::Postgres, &raw, b"r").len(), 13);
+        // The keys, the record, nine mutable columns and three that never
+        // change: `$4` … `$19`.
+        assert_eq!(mutable_values(Dialect::Postgres, &raw, b"r").len(), 16);
         assert!(
             q.replace.contains(
                 "SET lookup_key = CASE slot WHEN 0 THEN $4::bytea \
@@ -1408,6 +1431,14 @@ mod tests {
         );
         assert!(
             q.replace.contains("revoked_actor = $16 WHERE"),
+            "{}",
+            q.replace
+        );
+        assert!(
+            q.replace.ends_with(
+                "AND subject IS NOT DISTINCT FROM $17 AND created_at = $18 \
+                 AND absolute_expires_at = $19"
+            ),
             "{}",
             q.replace
         );
