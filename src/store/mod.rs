@@ -30,6 +30,32 @@ pub(crate) mod sql;
 mod sqlite;
 #[cfg(any(feature = "postgres", feature = "redis"))]
 pub(crate) mod value;
+
+/// Microseconds since the Unix epoch, rounded down: the stored form of an
+/// instant in every persistent store (sub-microsecond digits are dropped).
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis",
+    feature = "fuzzing"
+))]
+pub(crate) fn to_micros(t: OffsetDateTime) -> i64 {
+    // Every `OffsetDateTime` (years ±9999) fits: ±3.2e17 µs < i64::MAX.
+    // Whole seconds are rounded down and the nanoseconds within the second
+    // are never negative, so this is the floor (in 64 bits, not 128).
+    t.unix_timestamp() * 1_000_000 + i64::from(t.nanosecond() / 1_000)
+}
+
+/// The inverse of [`to_micros`]; `None` outside the representable years.
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis",
+    feature = "fuzzing"
+))]
+pub(crate) fn from_micros(micros: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok()
+}
 #[cfg(feature = "sqlite")]
 #[doc(inline)]
 pub use sqlite::SqliteStore;

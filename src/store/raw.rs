@@ -289,17 +289,7 @@ impl<'a> CandidateKeys<'a> {
     }
 }
 
-/// Microseconds since the Unix epoch, rounded down: the canonical form of a
-/// stored timestamp (sub-microsecond digits are dropped).
-pub(crate) fn to_micros(t: OffsetDateTime) -> i64 {
-    // Every `OffsetDateTime` (years ±9999) fits: ±3.2e17 µs < i64::MAX.
-    (t.unix_timestamp_nanos().div_euclid(1_000)) as i64
-}
-
-/// The inverse of [`to_micros`]; `None` outside the representable years.
-pub(crate) fn from_micros(micros: i64) -> Option<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok()
-}
+pub(crate) use super::{from_micros, to_micros};
 
 /// The JSON text of a data map.
 pub(crate) fn data_json(data: &Data) -> String {

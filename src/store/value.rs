@@ -21,7 +21,6 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 
 use crate::keys::{KeyVersion, LookupKey};
 use crate::record::{
@@ -32,21 +31,26 @@ use crate::store::StoreError;
 /// The first header field: the layout's version.
 const TAG: &str = "ths2";
 
-/// Microseconds since the Unix epoch, rounded down: the stored form of an
-/// instant (sub-microsecond digits are dropped, as in the SQL stores).
-pub(super) fn to_micros(t: OffsetDateTime) -> i64 {
-    // Every `OffsetDateTime` (years ±9999) fits: ±3.2e17 µs < i64::MAX.
-    t.unix_timestamp_nanos().div_euclid(1_000) as i64
-}
-
-/// The inverse of [`to_micros`]; `None` outside the representable years.
-pub(super) fn from_micros(micros: i64) -> Option<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok()
-}
+pub(super) use super::{from_micros, to_micros};
 
 /// Lowercase hex, the one spelling of ids, lookup keys and subjects here.
 pub(super) fn hex_of(bytes: &[u8]) -> String {
-    hex::encode(bytes)
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    // Hex digits are ASCII.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends the lowercase hex of `bytes` to `out` (a table lookup per
+/// nibble: `hex::encode` collects an iterator of `char`s, several times
+/// slower, and this runs for every key of every write).
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for &byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 0x0f)]);
+    }
 }
 
 /// The previous slot, as stored in the JSON (its lookup key is in the header).
@@ -114,32 +118,51 @@ struct BodyIn {
 /// the same record always has the same header, so a write script can
 /// compare a stored header with the one its caller read, byte for byte.
 pub(super) fn header(record: &SessionRecord) -> Vec<u8> {
-    let slot =
-        |key: Option<&LookupKey>| key.map_or_else(|| "-".to_owned(), |k| hex_of(k.as_bytes()));
-    let revocation = match &record.revoked {
-        None => "-".to_owned(),
-        Some(revoked) => revocation_field(to_micros(revoked.at), &revoked.revocation),
+    // Written in place (no string per field): it is encoded on every write.
+    let mut out = Vec::with_capacity(320);
+    let mut int = itoa::Buffer::new();
+    let hex_or_dash = |out: &mut Vec<u8>, bytes: Option<&[u8]>| {
+        out.push(b'|');
+        match bytes {
+            Some(bytes) => push_hex(out, bytes),
+            None => out.push(b'-'),
+        }
     };
-    let subject = record
-        .subject
-        .as_deref()
-        .map_or_else(|| "-".to_owned(), |s| hex_of(s.as_bytes()));
-    let mut value = [
-        TAG,
-        &hex_of(record.id.as_bytes()),
-        &record.generation.to_string(),
-        &to_micros(record.expires_at).to_string(),
-        &to_micros(record.absolute_expires_at).to_string(),
-        &revocation,
-        &hex_of(record.current.lookup_key.as_bytes()),
-        &slot(record.previous.as_ref().map(|p| &p.credential.lookup_key)),
-        &slot(record.superseded.as_ref().map(|c| &c.lookup_key)),
-        &subject,
-    ]
-    .join("|")
-    .into_bytes();
-    value.push(b'\n');
-    value
+    out.extend_from_slice(TAG.as_bytes());
+    hex_or_dash(&mut out, Some(record.id.as_bytes()));
+    for number in [
+        i128::from(record.generation),
+        i128::from(to_micros(record.expires_at)),
+        i128::from(to_micros(record.absolute_expires_at)),
+    ] {
+        out.push(b'|');
+        out.extend_from_slice(int.format(number).as_bytes());
+    }
+    out.push(b'|');
+    match &record.revoked {
+        None => out.push(b'-'),
+        Some(revoked) => out.extend_from_slice(
+            revocation_field(to_micros(revoked.at), &revoked.revocation).as_bytes(),
+        ),
+    }
+    hex_or_dash(&mut out, Some(record.current.lookup_key.as_bytes()));
+    hex_or_dash(
+        &mut out,
+        record
+            .previous
+            .as_ref()
+            .map(|p| &p.credential.lookup_key.as_bytes()[..]),
+    );
+    hex_or_dash(
+        &mut out,
+        record
+            .superseded
+            .as_ref()
+            .map(|c| &c.lookup_key.as_bytes()[..]),
+    );
+    hex_or_dash(&mut out, record.subject.as_deref().map(str::as_bytes));
+    out.push(b'\n');
+    out
 }
 
 /// The stored value of `record`: its [`header`], then its JSON.
@@ -409,6 +432,7 @@ fn canonical_u64(text: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::record::RevocationReason;
+    use time::OffsetDateTime;
 
     #[test]
     fn canonical_integers_are_exactly_what_to_string_writes() {
