@@ -54,7 +54,13 @@ pub(crate) fn to_micros(t: OffsetDateTime) -> i64 {
     feature = "fuzzing"
 ))]
 pub(crate) fn from_micros(micros: i64) -> Option<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok()
+    // Whole seconds (rounded down) and the microseconds past them, in 64
+    // bits: the same instant as `from_unix_timestamp_nanos(micros × 1000)`.
+    let nanos = u32::try_from(micros.rem_euclid(1_000_000) * 1_000).ok()?;
+    OffsetDateTime::from_unix_timestamp(micros.div_euclid(1_000_000))
+        .ok()?
+        .replace_nanosecond(nanos)
+        .ok()
 }
 #[cfg(feature = "sqlite")]
 #[doc(inline)]

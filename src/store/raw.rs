@@ -649,5 +649,26 @@ mod tests {
         let t = OffsetDateTime::from_unix_timestamp_nanos(-1).unwrap();
         assert_eq!(to_micros(t), -1);
         assert!(from_micros(i64::MAX).is_none());
+        assert!(from_micros(i64::MIN).is_none());
+        // The 64-bit arithmetic agrees with the plain 128-bit definition,
+        // at the edges of the representable years too.
+        let max = OffsetDateTime::new_utc(time::Date::MAX, time::Time::MAX);
+        let min = OffsetDateTime::new_utc(time::Date::MIN, time::Time::MIDNIGHT);
+        for t in [
+            min,
+            max,
+            from_micros(-1_500_001).unwrap(),
+            OffsetDateTime::UNIX_EPOCH,
+        ] {
+            let micros = (t.unix_timestamp_nanos().div_euclid(1_000)) as i64;
+            assert_eq!(to_micros(t), micros, "{t}");
+            let back = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok();
+            assert_eq!(from_micros(micros), back, "{t}");
+            assert_eq!(from_micros(micros + 1).is_some(), t != max, "{t}");
+        }
+        for micros in [-999_999, -1_000_000, 999_999, 1_000_000, 123] {
+            let back = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok();
+            assert_eq!(from_micros(micros), back, "{micros}");
+        }
     }
 }

@@ -367,26 +367,41 @@ fn decode_revocation(text: &str) -> Option<(i64, Revocation)> {
     Some((at, Revocation { reason, actor }))
 }
 
-fn is_lower_hex(text: &str) -> bool {
-    text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+/// The value of a lowercase hex digit, or `None` for any other byte
+/// (uppercase included: one byte string has one stored spelling).
+const fn lower_hex_digit(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes lowercase hex into `out`, checking and decoding in one pass
+/// (every read decodes an id and at least one lookup key). `None` unless
+/// `text` is exactly `2 × out.len()` lowercase hex digits.
+fn unhex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
+    if text.len() != 2 * out.len() {
+        return None;
+    }
+    for (pair, byte) in text.chunks_exact(2).zip(out) {
+        *byte = (lower_hex_digit(pair[0])? << 4) | lower_hex_digit(pair[1])?;
+    }
+    Some(())
 }
 
 /// Exactly `N` bytes as lowercase hex.
 fn hex_exact<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N || !is_lower_hex(text) {
-        return None;
-    }
     let mut bytes = [0u8; N];
-    hex::decode_to_slice(text, &mut bytes).ok()?;
+    unhex_into(text.as_bytes(), &mut bytes)?;
     Some(bytes)
 }
 
 /// Lowercase hex of UTF-8 text (possibly empty).
 fn hex_text(text: &str) -> Option<String> {
-    if !is_lower_hex(text) {
-        return None;
-    }
-    String::from_utf8(hex::decode(text).ok()?).ok()
+    let mut bytes = vec![0; text.len() / 2];
+    unhex_into(text.as_bytes(), &mut bytes)?;
+    String::from_utf8(bytes).ok()
 }
 
 /// Exactly `N` fields separated by `separator`, without allocating.
