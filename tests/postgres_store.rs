@@ -185,11 +185,17 @@ async fn versions_2_and_3_convert_version_1_records() {
         subject: Some("damaged".into()),
         ..planner_record()
     };
-    for r in [&plain, &rotated, &revoked, &expired, &damaged] {
+    // An empty id sorts before every id the upgrade's batches start after.
+    let no_id = SessionRecord {
+        subject: Some("no id".into()),
+        ..planner_record()
+    };
+    for r in [&plain, &rotated, &revoked, &expired, &damaged, &no_id] {
         insert_v1(&pool, &table, r).await;
     }
-    sqlx::query(&format!(
-        "UPDATE {table} SET idle_timeout_secs = -3 WHERE subject = 'damaged'"
+    sqlx::raw_sql(&format!(
+        "UPDATE {table} SET idle_timeout_secs = -3 WHERE subject = 'damaged'; \
+         UPDATE {table} SET id = '' WHERE subject = 'no id';"
     ))
     .execute(&pool)
     .await
@@ -217,7 +223,7 @@ async fn versions_2_and_3_convert_version_1_records() {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(index, 7 + BULK, "version 1's trigger keeps every key");
+    assert_eq!(index, 8 + BULK, "version 1's trigger keeps every key");
 
     let store = store_in(&pool, &v1).await;
     let versions: Vec<i64> = sqlx::query_scalar(&format!(
@@ -238,7 +244,7 @@ async fn versions_2_and_3_convert_version_1_records() {
     .unwrap();
     assert_eq!(
         (rows, leftovers, empty),
-        (3 * (5 + BULK), 0, 3),
+        (3 * (6 + BULK), 0, 3 * 2),
         "a row per slot, no lookup-keys table, a record in every row but the damaged one's"
     );
     // Version 3 keeps only the columns its statements select by.
@@ -308,16 +314,18 @@ async fn versions_2_and_3_convert_version_1_records() {
     for gone in [&revoked, &expired] {
         assert!(find(gone.current).await.is_empty());
     }
-    let candidates = [Candidate {
-        key_version: KeyVersion(1),
-        lookup_key: damaged.current.lookup_key,
-        value_index: 0,
-    }];
-    let error = store
-        .find_active(&candidates, common::T0)
-        .await
-        .unwrap_err();
-    assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    for r in [&damaged, &no_id] {
+        let candidates = [Candidate {
+            key_version: KeyVersion(1),
+            lookup_key: r.current.lookup_key,
+            value_index: 0,
+        }];
+        let error = store
+            .find_active(&candidates, common::T0)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    }
     let listed = store.list_for_subject("planner", common::T0).await.unwrap();
     assert_eq!(listed.len(), 2);
     // Every record of every batch, with its data.
@@ -331,7 +339,7 @@ async fn versions_2_and_3_convert_version_1_records() {
         .count_by_key_version(common::T0, common::T0)
         .await
         .unwrap();
-    assert_eq!(counts[&KeyVersion(1)].recent, 3 + BULK as u64, "{counts:?}");
+    assert_eq!(counts[&KeyVersion(1)].recent, 4 + BULK as u64, "{counts:?}");
     // A rotation moves every key of the converted record.
     let next = SessionRecord {
         generation: 1,
@@ -353,7 +361,7 @@ async fn versions_2_and_3_convert_version_1_records() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(rows, 3 * (3 + BULK));
+    assert_eq!(rows, 3 * (4 + BULK));
     drop_schema(&pool, &v1).await;
 }
 
