@@ -40,10 +40,15 @@ pub(crate) mod value;
     feature = "fuzzing"
 ))]
 pub(crate) fn to_micros(t: OffsetDateTime) -> i64 {
-    // Every `OffsetDateTime` (years ±9999) fits: ±3.2e17 µs < i64::MAX.
-    // Whole seconds are rounded down and the nanoseconds within the second
-    // are never negative, so this is the floor (in 64 bits, not 128).
-    t.unix_timestamp() * 1_000_000 + i64::from(t.nanosecond() / 1_000)
+    // Every `OffsetDateTime` (years ±9999) fits: ±3.2e17 µs < i64::MAX;
+    // with time's `large-dates` (enabled by some other crate) one might
+    // not, and saturates, which no instant decodes from: corruption on
+    // read, never a panic. Whole seconds are rounded down and the
+    // nanoseconds within the second are never negative, so this is the
+    // floor (in 64 bits, not 128).
+    t.unix_timestamp()
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(t.nanosecond() / 1_000))
 }
 
 /// The inverse of [`to_micros`]; `None` outside the representable years.

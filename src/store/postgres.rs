@@ -261,7 +261,15 @@ impl PostgresStore {
             }
         }
         // Rows no batch reached (an empty id, or no slot-0 row: damage).
-        sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&self.queries.fill_rest)).await?;
+        let rest = sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&self.queries.fill_rest))
+            .await?
+            .rows_affected();
+        if rest > 0 {
+            tracing::warn!(
+                rows = rest,
+                "rows of no readable record stay corrupt (schema upgrade)"
+            );
+        }
         sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&self.queries.fill_finish)).await?;
         Ok(())
     }

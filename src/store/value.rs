@@ -130,13 +130,14 @@ pub(super) fn header(record: &SessionRecord) -> Vec<u8> {
     };
     out.extend_from_slice(TAG.as_bytes());
     hex_or_dash(&mut out, Some(record.id.as_bytes()));
-    for number in [
-        i128::from(record.generation),
-        i128::from(to_micros(record.expires_at)),
-        i128::from(to_micros(record.absolute_expires_at)),
+    out.push(b'|');
+    out.extend_from_slice(int.format(record.generation).as_bytes());
+    for micros in [
+        to_micros(record.expires_at),
+        to_micros(record.absolute_expires_at),
     ] {
         out.push(b'|');
-        out.extend_from_slice(int.format(number).as_bytes());
+        out.extend_from_slice(int.format(micros).as_bytes());
     }
     out.push(b'|');
     match &record.revoked {
