@@ -212,8 +212,8 @@ async fn measure_server_time_per_operation() {
     }
     phase(
         &mut admin,
-        "find_active, 1 candidate (MGET)",
-        &["mget"],
+        "find_active, 1 candidate (GET)",
+        &["get"],
         &mut report,
     )
     .await;

@@ -620,7 +620,7 @@ fn parse_command(buf: &[u8]) -> Option<(usize, String)> {
 }
 
 #[tokio::test]
-async fn a_lookup_is_one_mget_and_no_script() {
+async fn a_lookup_is_one_get_or_mget_and_no_script() {
     let Some(mut admin) = admin().await else {
         return;
     };
@@ -649,6 +649,27 @@ async fn a_lookup_is_one_mget_and_no_script() {
     let matches = store.find_active(&candidates, T0).await.unwrap();
     assert_eq!(matches.len(), 2);
     assert_eq!(proxy.take(), ["MGET"]);
+    // One candidate (the usual lookup): one `GET`.
+    let matches = store
+        .find_active(&[candidate(b.current, 0)], T0)
+        .await
+        .unwrap();
+    assert_eq!(matches.len(), 1);
+    assert_eq!(matches[0].slot, tower_hmac_session::Slot::Current);
+    assert_eq!(proxy.take(), ["GET"]);
+    let matches = store
+        .find_active(&[candidate(a.current, 0)], T0)
+        .await
+        .unwrap();
+    assert_eq!(matches[0].slot, tower_hmac_session::Slot::Previous);
+    assert!(
+        store
+            .find_active(&[candidate(credential(9), 0)], T0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(proxy.take(), ["GET", "GET"]);
     assert!(store.get_active(&a.id, T0).await.unwrap().is_some());
     assert_eq!(proxy.take(), ["GET"]);
     // No candidates, no command.
@@ -1472,7 +1493,7 @@ async fn a_write_deletes_the_lookup_keys_of_a_record_whose_id_key_is_gone() {
     store.insert(&a).await.unwrap();
     // What an eviction (or an operator) leaves: the lookup keys, not the id.
     let _: () = admin.del(format!("{prefix}s:{}", a.id)).await.unwrap();
-    // A lookup is one MGET of lookup keys: it still resolves.
+    // A lookup reads lookup keys only: it still resolves.
     assert_eq!(found(&store, a.current, T0).await, [Slot::Current]);
     // Revocation by id cannot find it; the next write can, and ends it.
     let revocation = Revocation::new(RevocationReason::Admin);

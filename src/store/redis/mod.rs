@@ -19,8 +19,10 @@
 //!
 //! # Reads cost what a `GET` costs
 //!
-//! [`find_active`](crate::SessionStore::find_active) is one `MGET` of the
-//! candidates' `k:` keys, decoded and filtered in Rust (active at `now`, key
+//! [`find_active`](crate::SessionStore::find_active) is one `GET` of the
+//! candidate's `k:` key (one cookie value, one key version: the usual
+//! lookup), or one `MGET` of the candidates' keys, decoded and filtered in
+//! Rust (active at `now`, key
 //! version of the matched slot); [`get_active`](crate::SessionStore::get_active)
 //! is one `GET`. No script runs on a read. A value under a lookup key it does
 //! not hold, or under an id that is not its own, is corruption.
@@ -90,7 +92,7 @@
 //! command, often unavailable on managed Redis), it logs a warning
 //! (`tracing`) and connects.
 //!
-//! A lookup stays one `MGET` of lookup keys, so it cannot see that a
+//! A lookup stays one `GET` or `MGET` of lookup keys, so it cannot see that a
 //! record's `s:` key is gone; the record's next write (a touch, a rotation)
 //! finds it gone, deletes the copies under the lookup keys it was read
 //! with, and from then on they resolve to nothing.

@@ -128,7 +128,8 @@ impl Drop for Lease<'_> {
 /// same Redis and prefix sees every login and revocation on its next
 /// request.
 ///
-/// A lookup is one `MGET`, with no script; every write is one small Lua
+/// A lookup is one `GET` (or `MGET`, for several candidates), with no
+/// script; every write is one small Lua
 /// script. Keys expire by themselves, relative to the application's clock.
 /// `rediss://` URLs need the `redis-tls` feature. See the
 /// [module docs](super) for the key layout, the expiry rule and the
@@ -475,9 +476,18 @@ impl SessionStore for RedisStore {
             .iter()
             .map(|c| self.lookup_key(&c.lookup_key))
             .collect();
-        let values: Vec<Option<Vec<u8>>> = self
-            .query("find_active", redis::cmd("MGET").arg(&keys))
-            .await?;
+        // One candidate (one cookie value, one key version: the usual
+        // lookup) is a `GET`, which costs the server less than an `MGET`.
+        let values: Vec<Option<Vec<u8>>> = match keys.as_slice() {
+            [key] => vec![
+                self.query("find_active", redis::cmd("GET").arg(key))
+                    .await?,
+            ],
+            keys => {
+                self.query("find_active", redis::cmd("MGET").arg(keys))
+                    .await?
+            }
+        };
         if values.len() != candidates.len() {
             return Err(StoreError::backend(
                 "find_active",
