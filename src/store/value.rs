@@ -581,6 +581,40 @@ mod tests {
         );
     }
 
+    /// Every field, against an independent spelling (`{:02x}`, `Display`
+    /// of the integers): the scripts compare stored headers byte for byte
+    /// with the ones the store computes, so the spelling must never drift.
+    #[test]
+    fn the_full_header_is_canonical() {
+        let mut r = record();
+        // Bytes whose two nibbles differ, above and below 0xa.
+        r.id = SessionId::from_bytes(std::array::from_fn(|i| (i * 17 + 0x9a) as u8));
+        let varied =
+            |seed: usize| LookupKey::from_bytes(std::array::from_fn(|i| (i * 37 + seed) as u8));
+        r.current.lookup_key = varied(0xc3);
+        r.previous.as_mut().unwrap().credential.lookup_key = varied(0x1f);
+        r.superseded.as_mut().unwrap().lookup_key = varied(0x5e);
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let value = String::from_utf8(encode(&r)).unwrap();
+        let header = value.lines().next().unwrap();
+        let previous = r.previous.unwrap().credential.lookup_key;
+        assert_eq!(
+            header,
+            format!(
+                "ths2|{}|{}|{}|{}|-5,admin,{}|{}|{}|{}|{}",
+                hex(r.id.as_bytes()),
+                u64::MAX,
+                T + 3,
+                T + 4,
+                hex(b"ops, on call"),
+                hex(r.current.lookup_key.as_bytes()),
+                hex(previous.as_bytes()),
+                hex(r.superseded.unwrap().lookup_key.as_bytes()),
+                hex("alice | bob,\u{e9}".as_bytes()),
+            )
+        );
+    }
+
     #[test]
     fn the_json_starts_with_what_the_cap_script_reads() {
         for record in [record(), minimal()] {
