@@ -33,9 +33,7 @@ type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 /// its `record` column (the encoding the Redis store uses), and as columns
 /// only what the statements select, order, count or revoke by; the
 /// `revoked_*` columns keep a revocation (no read returns a revoked
-/// record). The
-/// table lives in a schema of your
-/// choice (default `public`). [`connect`](Self::connect)
+/// record). The table lives in a schema of your choice (default `public`). [`connect`](Self::connect)
 /// creates and migrates it; migrations take a transaction-scoped advisory
 /// lock, so instances starting together migrate once; a role without the
 /// `CREATE` privilege can use a schema migrated before. The read path is one
@@ -272,6 +270,11 @@ impl PostgresStore {
         }
         sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&self.queries.fill_finish)).await?;
         Ok(())
+    }
+
+    /// The values of the columns beside `record`.
+    fn raw(record: &SessionRecord) -> Result<RawRecord, StoreError> {
+        RawRecord::encode_indexed(record)
     }
 
     /// The `record` column's value: the whole record, in the encoding

@@ -74,7 +74,22 @@ impl RawRecord {
     ///
     /// [`StoreError::Invalid`] if the generation does not fit a signed
     /// 64-bit column.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "fuzzing")), allow(dead_code))]
     pub(crate) fn encode(record: &SessionRecord) -> Result<Self, StoreError> {
+        Self::encode_with(record, true)
+    }
+
+    /// As [`encode`](Self::encode), for PostgreSQL, which keeps the record
+    /// whole in its `record` column and beside it only the columns its
+    /// statements select by: the fields no column of its holds (data, user
+    /// agent, client address) are left empty, so a write does not
+    /// serialize the data a second time.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn encode_indexed(record: &SessionRecord) -> Result<Self, StoreError> {
+        Self::encode_with(record, false)
+    }
+
+    fn encode_with(record: &SessionRecord, whole: bool) -> Result<Self, StoreError> {
         let generation = i64::try_from(record.generation)
             .map_err(|_| StoreError::Invalid("the generation is out of range"))?;
         let idle_timeout_secs = i64::try_from(record.idle_timeout.as_secs())
@@ -104,9 +119,13 @@ impl RawRecord {
             revoked_at: revoked.map(|r| to_micros(r.at)),
             revoked_reason: revoked.map(|r| r.revocation.reason.as_str().to_owned()),
             revoked_actor: revoked.and_then(|r| r.revocation.actor.clone()),
-            user_agent: record.user_agent.clone(),
-            client_ip: record.client_ip.map(|ip| ip.to_string()),
-            data: data_json(&record.data),
+            user_agent: record.user_agent.clone().filter(|_| whole),
+            client_ip: record.client_ip.filter(|_| whole).map(|ip| ip.to_string()),
+            data: if whole {
+                data_json(&record.data)
+            } else {
+                String::new()
+            },
         })
     }
 
@@ -339,6 +358,25 @@ mod tests {
             data: r#"{"cart":[1,2]}"#.into(),
             ..raw()
         }
+    }
+
+    /// PostgreSQL's writes bind the same values from the indexed encoding
+    /// as from the whole one: nothing it leaves out has a column there.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_binds_the_same_values_from_the_indexed_encoding() {
+        use crate::store::sql::{Dialect, insert_values, mutable_values};
+        let record = full().decode().unwrap();
+        let whole = RawRecord::encode(&record).unwrap();
+        let indexed = RawRecord::encode_indexed(&record).unwrap();
+        assert!(indexed.data.is_empty() && indexed.user_agent.is_none());
+        assert!(indexed.client_ip.is_none() && whole.client_ip.is_some());
+        let pg = Dialect::Postgres;
+        assert!(insert_values(pg, &whole, b"r") == insert_values(pg, &indexed, b"r"));
+        assert!(mutable_values(pg, &whole, b"r") == mutable_values(pg, &indexed, b"r"));
+        // SQLite has a column for each, so there they differ.
+        let sqlite = Dialect::Sqlite;
+        assert!(insert_values(sqlite, &whole, b"") != insert_values(sqlite, &indexed, b""));
     }
 
     #[test]

@@ -168,7 +168,7 @@ fn stored(dialect: Dialect, column: &Column) -> bool {
 const PREPARED_LOOKUPS: usize = crate::keys::MAX_COOKIE_VALUES * crate::keys::MAX_KEY_VERSIONS;
 
 /// One value to bind. Deliberately not `Debug`: it holds lookup keys.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 pub(crate) enum Value<'a> {
     Bytes(Option<&'a [u8]>),
     Int(Option<i64>),
@@ -1078,9 +1078,9 @@ pub(crate) fn slot_of_row(slot: i32) -> Result<crate::record::Slot, StoreError> 
 /// Implements [`SessionStore`](crate::SessionStore) for a SQL store with
 /// fields `pool` and `queries`. The store provides, as inherent functions:
 /// `bind(query, Value) -> query`, `insert_capped_sql`, `replace_sql` and
-/// `revoke_sql` (which differ per dialect), `encode_record(record) ->
-/// Vec<u8>` (the `record` column's value; SQLite has none) and
-/// `record_from_row(row)`; `$ts` encodes a timestamp for the driver.
+/// `revoke_sql` (which differ per dialect), `raw(record)` (the columns'
+/// values), `encode_record(record) -> Vec<u8>` (the `record` column's
+/// value; SQLite has none) and `record_from_row(row)`; `$ts` encodes a timestamp for the driver.
 macro_rules! sql_store_impl {
     ($store:ty, ts = $ts:path) => {
         #[async_trait::async_trait]
@@ -1157,7 +1157,7 @@ macro_rules! sql_store_impl {
                 record
                     .validate()
                     .map_err($crate::store::StoreError::Invalid)?;
-                let raw = $crate::store::raw::RawRecord::encode(record)?;
+                let raw = Self::raw(record)?;
                 let stored = Self::encode_record(record);
                 let mut query = sqlx::query(&self.queries.insert);
                 for value in $crate::store::sql::insert_values(self.queries.dialect, &raw, &stored)
@@ -1191,7 +1191,7 @@ macro_rules! sql_store_impl {
                 let Some(subject) = record.subject.as_deref() else {
                     return self.insert(record).await.map(|()| Vec::new());
                 };
-                let raw = $crate::store::raw::RawRecord::encode(record)?;
+                let raw = Self::raw(record)?;
                 let stored = Self::encode_record(record);
                 // How many of the others stay: the new one takes a place.
                 let keep = i64::from(cap.max_sessions.saturating_sub(1));
@@ -1209,7 +1209,7 @@ macro_rules! sql_store_impl {
                 let expected = i64::try_from(current.generation).map_err(|_| {
                     $crate::store::StoreError::Invalid("the generation is out of range")
                 })?;
-                let raw = $crate::store::raw::RawRecord::encode(next)?;
+                let raw = Self::raw(next)?;
                 let stored = Self::encode_record(next);
                 self.replace_sql(current, expected, &raw, &stored, now)
                     .await

@@ -185,6 +185,11 @@ impl SqliteStore {
         tx.commit().await.map_err(err)
     }
 
+    /// Every column's value.
+    fn raw(record: &SessionRecord) -> Result<RawRecord, StoreError> {
+        RawRecord::encode(record)
+    }
+
     /// SQLite keeps a record in its columns alone: no `record` column.
     fn encode_record(_: &SessionRecord) -> Vec<u8> {
         Vec::new()
