@@ -512,13 +512,14 @@ async fn corrupt_rows_are_reported_as_corruption() {
         let (pool, schema) = (pool.clone(), schema.clone());
         async move {
             let changed = sqlx::query(&format!(
-                "UPDATE \"{schema}\".{TABLE} SET {set} WHERE subject = $1"
+                "UPDATE \"{schema}\".{TABLE} SET {set} WHERE subject = $1 AND record <> ''"
             ))
             .bind(user)
             .execute(&pool)
             .await
             .unwrap();
-            assert_eq!(changed.rows_affected(), 3, "{set}");
+            // The session holds one key: one row holds the record.
+            assert_eq!(changed.rows_affected(), 1, "{set}");
         }
     })
     .await;
@@ -848,6 +849,18 @@ async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
         }];
         let found = store.find_active(&candidates, common::T0).await.unwrap();
         assert_eq!(found.len(), 1);
+        // A data write to a record holding one key: its current slot's row.
+        let mut written = SessionRecord {
+            generation: 1,
+            ..inserted.clone()
+        };
+        written.data.insert("n".into(), serde_json::json!(1));
+        assert!(
+            store
+                .replace(&inserted, &written, common::T0)
+                .await
+                .unwrap()
+        );
         // A rotation: one key moves to slot 1, a new one takes slot 0.
         let mut next = SessionRecord {
             generation: current.generation + 1,
@@ -915,6 +928,7 @@ async fn lookups_and_writes_reuse_generic_index_plans_at_100k_sessions() {
         ("SELECT slot,", "ths_lookup"),
         (insert.as_str(), "ths_insert"),
         (replace.as_str(), "ths_replace"),
+        ("WITH head AS", "ths_replace_rows"),
     ] {
         let (generic, custom, plan) = generic_plan(&mut conn, prefix, name).await;
         assert!(
@@ -1011,6 +1025,194 @@ async fn a_replace_from_a_record_that_is_not_the_stored_one_is_not_applied() {
     assert_eq!(found.as_deref(), Some(&stored));
     let listed = store.list_for_subject("planner", common::T0).await.unwrap();
     assert_eq!(listed.len(), 1);
+    drop_schema(&pool, &schema).await;
+}
+
+/// Each row of `id`, by slot: the row version (`xmin`, which changes when
+/// a statement writes the row), the length of its key (32 for a lookup key,
+/// 17 for the placeholder of an empty slot) and of its `record`.
+async fn rows_of(pool: &PgPool, table: &str, id: &SessionId) -> Vec<(String, i32, i32)> {
+    sqlx::query_as(&format!(
+        "SELECT xmin::text, length(lookup_key), length(record) FROM {table} \
+         WHERE id = $1 ORDER BY slot"
+    ))
+    .bind(&id.as_bytes()[..])
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The successor of `r`: the next generation with `n` in its data.
+fn written(r: &SessionRecord, n: u64) -> SessionRecord {
+    let mut next = SessionRecord {
+        generation: r.generation + 1,
+        ..r.clone()
+    };
+    next.data.insert("n".into(), serde_json::json!(n));
+    next
+}
+
+/// `r` rotated: its current key moves to the previous slot, a new one
+/// takes its place.
+fn rotated(r: &SessionRecord) -> SessionRecord {
+    SessionRecord {
+        generation: r.generation + 1,
+        previous: Some(tower_hmac_session::PreviousCredential {
+            credential: r.current,
+            rotated_at: common::T0,
+            valid_until: None,
+        }),
+        current: Credential {
+            lookup_key: random_lookup_key(),
+            key_version: KeyVersion(1),
+        },
+        ..r.clone()
+    }
+}
+
+/// What each of `r`'s lookup keys resolves to at `T0`, in slot order.
+async fn resolved(store: &PostgresStore, r: &SessionRecord) -> Vec<Option<SessionRecord>> {
+    let mut keys = vec![r.current.lookup_key];
+    keys.extend(r.previous.map(|p| p.credential.lookup_key));
+    keys.extend(r.superseded.map(|c| c.lookup_key));
+    let mut out = Vec::new();
+    for lookup_key in keys {
+        let candidates = [Candidate {
+            key_version: KeyVersion(1),
+            lookup_key,
+            value_index: 0,
+        }];
+        let found = store.find_active(&candidates, common::T0).await.unwrap();
+        assert!(found.len() <= 1, "{found:?}");
+        out.push(found.into_iter().next().map(|m| (*m.record).clone()));
+    }
+    out
+}
+
+/// A write changes the rows that hold a key, before or after, and no
+/// other: a data write to a session holding one key is one row. A row
+/// holds the record exactly while it holds a key, and every key reads the
+/// record as last written.
+#[tokio::test]
+async fn a_write_changes_only_the_rows_that_hold_a_key() {
+    let Some(pool) = pool("ths-rows").await else {
+        return;
+    };
+    let schema = unique("ths_rows");
+    let store = store_in(&pool, &schema).await;
+    let table = format!("\"{schema}\".{TABLE}");
+    let inserted = planner_record();
+    store.insert(&inserted).await.unwrap();
+    let rows = rows_of(&pool, &table, &inserted.id).await;
+    let lengths: Vec<_> = rows.iter().map(|r| (r.1, r.2 > 0)).collect();
+    assert_eq!(lengths, [(32, true), (17, false), (17, false)], "{rows:?}");
+
+    // A data write: slot 0's row only.
+    let data = written(&inserted, 1);
+    assert!(store.replace(&inserted, &data, common::T0).await.unwrap());
+    let after = rows_of(&pool, &table, &data.id).await;
+    assert_ne!(after[0].0, rows[0].0, "slot 0's row was not written");
+    assert_eq!(after[1..], rows[1..], "rows without a key were written");
+    assert_eq!(resolved(&store, &data).await, [Some(data.clone())]);
+
+    // A rotation: the old key's row (slot 1) joins in.
+    let rotation = rotated(&data);
+    assert!(store.replace(&data, &rotation, common::T0).await.unwrap());
+    let rows = rows_of(&pool, &table, &data.id).await;
+    assert_ne!(rows[0].0, after[0].0);
+    assert_ne!(rows[1].0, after[1].0);
+    assert_eq!((rows[1].1, rows[1].2 > 0), (32, true), "{rows:?}");
+    assert_eq!(rows[2], after[2], "slot 2's row was written");
+    let both = vec![Some(rotation.clone()); 2];
+    assert_eq!(resolved(&store, &rotation).await, both);
+
+    // A data write with a previous key: both rows holding one.
+    let data = written(&rotation, 2);
+    assert!(store.replace(&rotation, &data, common::T0).await.unwrap());
+    let after = rows_of(&pool, &table, &data.id).await;
+    assert_ne!(after[0].0, rows[0].0);
+    assert_ne!(after[1].0, rows[1].0);
+    assert_eq!(after[2], rows[2]);
+    assert_eq!(resolved(&store, &data).await, vec![Some(data.clone()); 2]);
+
+    // A renew: the previous key's row is emptied; its key resolves nothing.
+    let renewed = SessionRecord {
+        generation: data.generation + 1,
+        previous: None,
+        current: Credential {
+            lookup_key: random_lookup_key(),
+            key_version: KeyVersion(1),
+        },
+        ..data.clone()
+    };
+    assert!(store.replace(&data, &renewed, common::T0).await.unwrap());
+    let rows = rows_of(&pool, &table, &data.id).await;
+    let lengths: Vec<_> = rows.iter().map(|r| (r.1, r.2)).collect();
+    assert_eq!(lengths[1..], [(17, 0), (17, 0)], "{rows:?}");
+    assert_eq!(resolved(&store, &data).await, [None, None]);
+    assert_eq!(resolved(&store, &renewed).await, [Some(renewed.clone())]);
+    let listed = store.list_for_subject("planner", common::T0).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].id, &listed[0].data), (renewed.id, &renewed.data));
+    drop_schema(&pool, &schema).await;
+}
+
+/// A rotation (two rows) and a data write (one row) from the same stored
+/// record, at once: exactly one applies, and it applies whole. Every key of
+/// the stored record resolves to it, and the losing rotation's keys stay
+/// where they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_racing_a_data_write_applies_whole_or_not_at_all() {
+    let Some(pool) = pool("ths-race-rows").await else {
+        return;
+    };
+    let schema = unique("ths_race_rows");
+    let store = store_in(&pool, &schema).await;
+    let mut current = planner_record();
+    store.insert(&current).await.unwrap();
+    let (mut rotations, mut writes) = (0, 0);
+    for n in 0..40 {
+        let (rotation, data) = (rotated(&current), written(&current, n));
+        let (a, b) = tokio::join!(
+            tokio::spawn({
+                let (store, current, rotation) = (store.clone(), current.clone(), rotation.clone());
+                async move { store.replace(&current, &rotation, common::T0).await }
+            }),
+            tokio::spawn({
+                let (store, current, data) = (store.clone(), current.clone(), data.clone());
+                async move { store.replace(&current, &data, common::T0).await }
+            }),
+        );
+        let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
+        assert!(a != b, "round {n}: both or neither applied ({a}, {b})");
+        let winner = if a { rotation.clone() } else { data };
+        rotations += usize::from(a);
+        writes += usize::from(b);
+        let stored = store.get_active(&current.id, common::T0).await.unwrap();
+        assert_eq!(stored.as_deref(), Some(&winner), "round {n}");
+        let every = resolved(&store, &winner).await;
+        assert!(
+            every.iter().all(|r| r.as_ref() == Some(&winner)),
+            "round {n}: {every:?}"
+        );
+        if !a {
+            // The rotation's new key was never written.
+            assert_eq!(resolved(&store, &rotation).await[0], None, "round {n}");
+        }
+        current = winner;
+        // Start each round from one key, so that both kinds of write stay
+        // possible: a renew drops the previous key.
+        if current.previous.is_some() {
+            let renewed = SessionRecord {
+                generation: current.generation + 1,
+                previous: None,
+                ..current.clone()
+            };
+            assert!(store.replace(&current, &renewed, common::T0).await.unwrap());
+            current = renewed;
+        }
+    }
+    assert_eq!(rotations + writes, 40);
     drop_schema(&pool, &schema).await;
 }
 
@@ -1280,8 +1482,13 @@ async fn deadlocked_replace(
     let schema = unique("ths_deadlock");
     let store = store_in(&pool, &schema).await;
     let table = format!("\"{schema}\".{TABLE}");
+    // A superseded key: the replace writes slot 2's row as well.
     let current = SessionRecord {
         expires_at: common::T0 + expires_in,
+        superseded: Some(Credential {
+            lookup_key: random_lookup_key(),
+            key_version: KeyVersion(1),
+        }),
         ..planner_record()
     };
     store.insert(&current).await.unwrap();

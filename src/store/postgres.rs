@@ -324,11 +324,31 @@ impl PostgresStore {
         record: &[u8],
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        // The rows besides slot 0's that hold a key, in the stored record
+        // (which the compare-and-swap requires `current` to be) or in the
+        // replacement: those must be written. The others hold no key and no
+        // record, and stay as they are.
+        let slot = |n: i32, held: bool| held.then_some(n);
+        let others = [
+            slot(
+                1,
+                current.previous.is_some() || next.previous_lookup_key.is_some(),
+            ),
+            slot(
+                2,
+                current.superseded.is_some() || next.superseded_lookup_key.is_some(),
+            ),
+        ];
         // A retry checks the record is still active at its own time, not
         // the first attempt's: a write never applies to a session that
         // ended while it waited.
+        let rows = others != [None, None];
+        let sql = match rows {
+            false => self.queries.replace.as_str(),
+            true => self.queries.replace_rows.as_str(),
+        };
         let query = |waited: Duration| {
-            let mut query = sqlx::query(&self.queries.replace)
+            let mut query = sqlx::query(sql)
                 .bind(&current.id.as_bytes()[..])
                 .bind(expected)
                 .bind(timestamp(now + waited));
@@ -339,17 +359,35 @@ impl PostgresStore {
         };
         // A new lookup key another record holds is a unique violation of
         // the primary key (checked at the end of the statement): `Conflict`,
-        // and nothing applied. Otherwise the update changes the record's
-        // three rows, or none.
-        let done = retrying(|waited| query(waited).execute(&self.pool))
+        // and nothing applied.
+        let (head, rest) = if !rows {
+            let done = retrying(|waited| query(waited).execute(&self.pool))
+                .await
+                .map_err(|e| sqlx_error("replace", e))?;
+            (done.rows_affected(), 0)
+        } else {
+            let counts: (i64, i64) = retrying(|waited| async move {
+                let row = query(waited)
+                    .bind(others[0])
+                    .bind(others[1])
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok((row.try_get(0)?, row.try_get(1)?))
+            })
             .await
             .map_err(|e| sqlx_error("replace", e))?;
-        match done.rows_affected() {
-            0 => Ok(false),
-            3 => Ok(true),
-            n => Err(StoreError::corrupt(
+            (
+                u64::try_from(counts.0).unwrap_or(u64::MAX),
+                u64::try_from(counts.1).unwrap_or(u64::MAX),
+            )
+        };
+        let wanted = others.iter().flatten().count() as u64;
+        match (head, rest) {
+            (0, _) => Ok(false),
+            (1, n) if n == wanted => Ok(true),
+            (_, n) => Err(StoreError::corrupt(
                 Some(current.id),
-                format!("the record has {n} rows, not one per slot"),
+                format!("the record has {n} of its {wanted} rows with a key besides slot 0's"),
             )),
         }
     }

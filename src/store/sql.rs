@@ -311,8 +311,15 @@ pub(crate) struct Queries {
     /// [`mutable_values`]; SQLite: `$4` … `$6` the replacement's lookup keys
     /// (or null) first (the update does not apply on a clash: then ask
     /// [`Self::clash`]); PostgreSQL: a clash is a unique violation; it
-    /// updates the record's three rows, each to the key of its slot.
+    /// updates the current slot's row only, for a record that holds no
+    /// other key before or after (else [`Self::replace_rows`]).
     pub(crate) replace: String,
+    /// PostgreSQL: [`Self::replace`]'s parameters, then `$20` and `$21`,
+    /// slot 1 and 2 or null: the other rows to write (those that hold a
+    /// key before or after), only if slot 0's row was. Returns how many
+    /// rows of slot 0 and of the others it updated.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) replace_rows: String,
     /// SQLite, after a replace that did not apply, with its first six
     /// parameters: whether the compare-and-swap's condition holds and
     /// another record holds one of the replacement's keys (a conflict), rather than
@@ -453,11 +460,15 @@ impl Queries {
         let key_rows = |params: [usize; 3]| {
             let [current, previous, superseded] = params;
             format!(
-                "(VALUES (${current}::bytea, 0), ({}, 1), ({}, 2)) AS k (lookup_key, slot)",
+                "(VALUES (${current}::bytea, 0, true), ({}, 1, ${previous}::bytea IS NOT NULL), \
+                 ({}, 2, ${superseded}::bytea IS NOT NULL)) AS k (lookup_key, slot, held)",
                 placeholder(&format!("${previous}::bytea"), "$1", 1),
                 placeholder(&format!("${superseded}::bytea"), "$1", 2),
             )
         };
+        // PostgreSQL: a row holds the record only while it holds a key; an
+        // empty `record` (which reads as corrupt) in the others.
+        let row_record = format!("CASE WHEN k.held THEN ${record_param} ELSE ''::bytea END");
         let columns = stored_columns
             .iter()
             .map(|c| c.name)
@@ -486,6 +497,25 @@ impl Queries {
             "UPDATE {table} SET {replace_set} WHERE id = $1 AND generation = $2 AND {}",
             active("$3")
         );
+
+        // PostgreSQL: the compare-and-swap on the current slot's row, which
+        // also requires the columns that never change to be as the caller
+        // read them (after the mutable columns' parameters): `record` is
+        // written whole, so it never disagrees with them (Redis compares the
+        // whole header the same way).
+        let pg_replace_head = {
+            let next = first_mutable + stored_columns.iter().filter(|c| c.mutable).count();
+            format!(
+                "UPDATE {table} SET lookup_key = $4::bytea, record = $7, {replace_set} \
+                 WHERE id = $1 AND slot = 0 AND generation = $2 AND {} \
+                 AND subject IS NOT DISTINCT FROM ${} AND created_at = ${} \
+                 AND absolute_expires_at = ${}",
+                active("$3"),
+                next,
+                next + 1,
+                next + 2
+            )
+        };
 
         let revoke_set = "revoked_at = $2, revoked_reason = $3, revoked_actor = $4";
         let subject_matches = |p: &str| format!("({p} IS NULL OR subject = {p})");
@@ -519,7 +549,7 @@ impl Queries {
                 ),
                 Dialect::Postgres => format!(
                     "INSERT INTO {table} (lookup_key, slot, {columns}, record) \
-                     SELECT k.lookup_key, k.slot, {insert_params}, ${record_param} FROM {}",
+                     SELECT k.lookup_key, k.slot, {insert_params}, {row_record} FROM {}",
                     key_rows(key_params)
                 ),
             }),
@@ -528,29 +558,30 @@ impl Queries {
                     "{replace_update} AND NOT ({})",
                     clash("$4, $5, $6", Some("$1"))
                 ),
+                // The current slot's row alone: the replacement and the
+                // stored record hold no other key (`$5` and `$6` null).
                 Dialect::Postgres => {
-                    // After the mutable columns: the columns that never
-                    // change, as the caller read them.
-                    let next = first_mutable + stored_columns.iter().filter(|c| c.mutable).count();
-                    let update = replace_update.replacen(
-                        " SET ",
-                        &format!(
-                            " SET lookup_key = CASE slot WHEN 0 THEN $4::bytea WHEN 1 THEN {} \
-                             ELSE {} END, record = $7, ",
-                            placeholder("$5::bytea", "id", 1),
-                            placeholder("$6::bytea", "id", 2),
-                        ),
-                        1,
-                    );
-                    format!(
-                        "{update} AND subject IS NOT DISTINCT FROM ${} \
-                         AND created_at = ${} AND absolute_expires_at = ${}",
-                        next,
-                        next + 1,
-                        next + 2
-                    )
+                    format!("{pg_replace_head} AND $5::bytea IS NULL AND $6::bytea IS NULL")
                 }
             }),
+            replace_rows: match dialect {
+                Dialect::Sqlite => String::new(),
+                // The other rows follow only if slot 0's compare-and-swap
+                // applied: every replace locks slot 0's row first, so no
+                // other replace changes them in between (see the module
+                // docs).
+                Dialect::Postgres => format!(
+                    "WITH head AS ({pg_replace_head} RETURNING 1), \
+                     rest AS (UPDATE {table} SET lookup_key = CASE slot WHEN 1 THEN {} ELSE {} END, \
+                     record = CASE WHEN (CASE slot WHEN 1 THEN $5::bytea ELSE $6::bytea END) \
+                     IS NULL THEN ''::bytea ELSE $7 END, {replace_set} \
+                     WHERE id = $1 AND slot IN ($20, $21) AND EXISTS (SELECT 1 FROM head) \
+                     RETURNING 1) \
+                     SELECT (SELECT count(*) FROM head), (SELECT count(*) FROM rest)",
+                    placeholder("$5::bytea", "id", 1),
+                    placeholder("$6::bytea", "id", 2),
+                ),
+            },
             clash: render(format!(
                 "SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1 AND generation = $2 AND {}) \
                  AND ({})",
@@ -649,7 +680,7 @@ impl Queries {
                      WHERE id IN ({ranked}) AND revoked_at IS NULL \
                      RETURNING id, slot, last_seen_at, created_at), \
                      inserted AS (INSERT INTO {table} (lookup_key, slot, {columns}, record) \
-                     SELECT k.lookup_key, k.slot, {insert_params}, ${record_param} \
+                     SELECT k.lookup_key, k.slot, {insert_params}, {row_record} \
                      FROM {keys} RETURNING 1) \
                      SELECT evicted.id FROM evicted \
                      WHERE evicted.slot = 0 AND EXISTS (SELECT 1 FROM inserted) \
@@ -1406,9 +1437,11 @@ mod tests {
         );
         assert!(
             q.insert.contains(
-                "$13, $17 FROM (VALUES ($14::bytea, 0), \
-                 (coalesce($15::bytea, $1 || '\\x01'::bytea), 1), \
-                 (coalesce($16::bytea, $1 || '\\x02'::bytea), 2))"
+                "$13, CASE WHEN k.held THEN $17 ELSE ''::bytea END \
+                 FROM (VALUES ($14::bytea, 0, true), \
+                 (coalesce($15::bytea, $1 || '\\x01'::bytea), 1, $15::bytea IS NOT NULL), \
+                 (coalesce($16::bytea, $1 || '\\x02'::bytea), 2, $16::bytea IS NOT NULL)) \
+                 AS k (lookup_key, slot, held)"
             ),
             "{}",
             q.insert
@@ -1419,28 +1452,42 @@ mod tests {
         // The keys, the record, nine mutable columns and three that never
         // change: `$4` … `$19`.
         assert_eq!(mutable_values(Dialect::Postgres, &raw, b"r").len(), 16);
+        let head = "SET lookup_key = $4::bytea, record = $7, generation = $8, last_seen_at = $9,";
+        let cas = "revoked_actor = $16 WHERE id = $1 AND slot = 0 AND generation = $2 AND";
+        let unchanged = "AND subject IS NOT DISTINCT FROM $17 AND created_at = $18 \
+                         AND absolute_expires_at = $19";
+        for replace in [&q.replace, &q.replace_rows] {
+            assert!(replace.contains(head), "{replace}");
+            assert!(replace.contains(cas), "{replace}");
+            assert!(replace.contains(unchanged), "{replace}");
+        }
         assert!(
-            q.replace.contains(
-                "SET lookup_key = CASE slot WHEN 0 THEN $4::bytea \
+            q.replace.ends_with(&format!(
+                "{unchanged} AND $5::bytea IS NULL AND $6::bytea IS NULL"
+            )),
+            "{}",
+            q.replace
+        );
+        // The other rows: each to its slot's key, with the record only
+        // while it holds one, and only after slot 0's row.
+        assert!(
+            q.replace_rows.contains(
+                "rest AS (UPDATE \"s\".tower_hmac_session_records SET lookup_key = CASE slot \
                  WHEN 1 THEN coalesce($5::bytea, id || '\\x01'::bytea) \
-                 ELSE coalesce($6::bytea, id || '\\x02'::bytea) END, record = $7, \
-                 generation = $8, last_seen_at = $9,"
+                 ELSE coalesce($6::bytea, id || '\\x02'::bytea) END, \
+                 record = CASE WHEN (CASE slot WHEN 1 THEN $5::bytea ELSE $6::bytea END) \
+                 IS NULL THEN ''::bytea ELSE $7 END, generation = $8,"
             ),
             "{}",
-            q.replace
+            q.replace_rows
         );
         assert!(
-            q.replace.contains("revoked_actor = $16 WHERE"),
-            "{}",
-            q.replace
-        );
-        assert!(
-            q.replace.ends_with(
-                "AND subject IS NOT DISTINCT FROM $17 AND created_at = $18 \
-                 AND absolute_expires_at = $19"
+            q.replace_rows.contains(
+                "revoked_actor = $16 WHERE id = $1 AND slot IN ($20, $21) \
+                 AND EXISTS (SELECT 1 FROM head) RETURNING 1)"
             ),
             "{}",
-            q.replace
+            q.replace_rows
         );
         assert!(!q.insert.contains("EXISTS"), "{}", q.insert);
         assert!(!q.insert.contains("jsonb"), "{}", q.insert);
