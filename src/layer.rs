@@ -420,11 +420,18 @@ async fn finish<B: Send>(
     if let Some(current) = current {
         let staged = !matches!(cookie, CookieChange::Keep);
         let cacheable = shared_cacheable(response.headers());
-        let written: BoxFutureRef<'_, _> =
-            Box::pin(write(session, secrets, current, patch, !staged, cacheable));
-        match written.await {
-            Ok(cookie) => set_cookie = cookie,
-            Err(error) => response = own(write_error_response(session.manager(), error)),
+        // Read again: conditions hold at the time of the write, not of the
+        // request, so a request that outlived its session cannot revive it.
+        let now = session.manager().now();
+        let maintenance = maintenance_due(session, &current, !staged, cacheable, now);
+        // Most requests write nothing: no write future is built for them.
+        if current.pending.is_some() || !patch.is_empty() || maintenance.is_some() {
+            let written: BoxFutureRef<'_, _> =
+                Box::pin(write(session, secrets, current, patch, maintenance, now));
+            match written.await {
+                Ok(cookie) => set_cookie = cookie,
+                Err(error) => response = own(write_error_response(session.manager(), error)),
+            }
         }
     }
     if let Some(staged) = staged_cookie(session, cookie) {
@@ -433,8 +440,39 @@ async fn finish<B: Send>(
     headers_out(session, set_cookie, response)
 }
 
-/// The data patch and, when `maintain`, what the lifecycle decides now, in
-/// one compare-and-swap. Returns the `Set-Cookie` of a rotation.
+/// What the lifecycle decides for `current` at `now` (the time of the
+/// write), when `maintain` (no handler-staged cookie change) and the
+/// request may maintain it: `None` for a session that ended meanwhile.
+fn maintenance_due(
+    session: &Session,
+    current: &Current,
+    maintain: bool,
+    shared_cacheable: bool,
+    now: OffsetDateTime,
+) -> Option<Maintenance> {
+    let manager = session.manager();
+    if !(maintain && current.maintain && current.pending.is_none())
+        || !current.record.is_active(now)
+    {
+        return None;
+    }
+    match lifecycle::decide(Input {
+        record: &current.record,
+        slot: current.slot,
+        key_version: current.key_version,
+        current_version: manager.keys().current(),
+        config: manager.config(),
+        now,
+        arrived_at: session.now(),
+        shared_cacheable,
+    }) {
+        Decision::Maintain(maintenance) => Some(maintenance),
+        Decision::Serve | Decision::Reuse => None,
+    }
+}
+
+/// The data patch and `maintenance` (see [`maintenance_due`]), in one
+/// compare-and-swap at `now`. Returns the `Set-Cookie` of a rotation.
 ///
 /// A failed maintenance write is logged and the request still served: the
 /// old cookie keeps working and the rules converge on a later request. A
@@ -445,36 +483,17 @@ async fn write(
     secrets: &Secrets,
     current: Current,
     patch: DataPatch,
-    maintain: bool,
-    shared_cacheable: bool,
+    maintenance: Option<Maintenance>,
+    now: OffsetDateTime,
 ) -> Result<Option<HeaderValue>, SessionError> {
     let manager = session.manager();
     if let Some(secret) = current.pending {
         return insert_pre_login(manager, &current.record, &patch, secret).await;
     }
-    // Read again: conditions hold at the time of the write, not of the
-    // request, so a request that outlived its session cannot revive it.
-    let now = manager.now();
-    let keys = manager.key_ring();
-    let maintenance = match (maintain && current.maintain, current.record.is_active(now)) {
-        (true, true) => match lifecycle::decide(Input {
-            record: &current.record,
-            slot: current.slot,
-            key_version: current.key_version,
-            current_version: keys.current(),
-            config: manager.config(),
-            now,
-            arrived_at: session.now(),
-            shared_cacheable,
-        }) {
-            Decision::Maintain(maintenance) => Some(maintenance),
-            Decision::Serve | Decision::Reuse => None,
-        },
-        _ => None,
-    };
     if patch.is_empty() && maintenance.is_none() {
         return Ok(None);
     }
+    let keys = manager.key_ring();
     let fresh_secret = maintenance
         .filter(|m| m.issues_secret())
         .map(|_| SessionSecret::generate());

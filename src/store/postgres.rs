@@ -26,12 +26,14 @@ type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 /// `postgres`): every app instance on the same database sees every login
 /// and revocation on its next request.
 ///
-/// The table `tower_hmac_session_records` holds each record three times, a
+/// The table `tower_hmac_session_records` has three rows per record, a
 /// row per credential slot keyed by that slot's lookup key (so a lookup is
 /// one probe of the primary key, and no key can have two holders even
-/// across slots and concurrent transactions). Each row holds the record in
-/// its `record` column (the encoding the Redis store uses), and as columns
-/// only what the statements select, order, count or revoke by; the
+/// across slots and concurrent transactions). Each row that holds a key
+/// holds the record in its `record` column (the encoding the Redis store
+/// uses), and as columns only what the statements select, order, count or
+/// revoke by; a write changes only those rows (a data write to a session
+/// with one key, one row); the
 /// `revoked_*` columns keep a revocation (no read returns a revoked
 /// record). The table lives in a schema of your choice (default `public`). [`connect`](Self::connect)
 /// creates and migrates it; migrations take a transaction-scoped advisory
@@ -490,9 +492,9 @@ impl PostgresStore {
 /// Runs a statement again, at most twice more, when PostgreSQL chose it as
 /// the victim of a deadlock (SQLSTATE `40P01`), which rolled it back whole,
 /// so running it again is safe: its compare-and-swap is checked afresh.
-/// A record's three rows are locked by each write that changes them, and
-/// two writes reading different versions of the rows can lock them in
-/// different orders. `run` is given how long ago the first attempt started
+/// A write locks slot 0's row, then the others it changes; a revocation
+/// locks every row of the record, in the order it finds them, so the two can
+/// lock rows in different orders. `run` is given how long ago the first attempt started
 /// (zero for it), as PostgreSQL detects a deadlock only after a wait.
 async fn retrying<T, F, Fut>(mut run: F) -> Result<T, sqlx::Error>
 where

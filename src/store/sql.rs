@@ -18,19 +18,27 @@
 //! with a unique index; across columns, its writes check the other columns
 //! in the same statement (a write statement holds the database's write lock
 //! from before it reads, so the check cannot race). PostgreSQL, whose
-//! concurrent statements can race, keeps a record three times: a row per
-//! slot (`slot` 0 current, 1 previous, 2 superseded), each with the whole
-//! record (a `record` column in [`value`](super::value)'s encoding, and
-//! the columns its statements select by), whose primary key is the slot's
-//! lookup key and so
-//! refuses a second holder (a slot without a key holds a 17-byte
-//! placeholder, never a lookup key). The three rows are inserted together,
-//! then only ever updated together, by one statement, so they never
-//! disagree and a concurrent statement never misses one (two writes that
-//! lock them in different orders can deadlock; PostgreSQL then rolls one
-//! back and the store runs it again); a rotation moves keys between rows,
-//! so the primary key is checked at the end of each statement. Statements about whole records
-//! (by subject, counts, purges) read the current slot's row.
+//! concurrent statements can race, keeps a row per slot (`slot` 0
+//! current, 1 previous, 2 superseded) whose primary key is the slot's
+//! lookup key and so refuses a second holder (a slot without a key holds a
+//! 17-byte placeholder, never a lookup key). A row that holds a key holds
+//! the whole record (a `record` column in [`value`](super::value)'s
+//! encoding, and the columns its statements select by); the others hold an
+//! empty `record`, which reads as corrupt. The three rows are inserted
+//! together and never deleted apart, so a revocation (which updates every
+//! row of the id) never misses one. A write is one statement that updates
+//! the rows holding a key before or after it, and no other: a data write to
+//! a session with one key changes one row. Its compare-and-swap is on slot
+//! 0's row, and the other rows it writes follow only if that applied
+//! (`WITH head AS (UPDATE … slot = 0 …) … WHERE EXISTS (SELECT 1 FROM
+//! head)`): every write locks slot 0's row first, so no other write changes
+//! them in between. A write and a revocation can lock rows in different
+//! orders and deadlock; PostgreSQL then rolls one back and the store runs
+//! it again. A rotation moves keys between rows, so the primary key is
+//! checked at the end of each statement. Statements about whole records (by
+//! subject, counts, purges) read the current slot's row; only rows holding
+//! a key are ever looked up, and they are written by every write, so their
+//! columns are always the record's.
 //!
 //! Every lookup is one `IN` list per index, never an `OR` across lookup-key
 //! columns: on SQLite a `UNION ALL` of single-column `IN` lists, on
@@ -393,7 +401,6 @@ fn evict_ids(table: &str, subject: &str, now: &str, except: &str, keep: &str, on
     )
 }
 
-/// `revoked_at IS NULL AND expires_at > {now} AND absolute_expires_at > {now}`.
 /// PostgreSQL: the lookup key of `slot`'s row when the record holds no key
 /// there: the record's 16-byte id and the slot number, 17 bytes, so never a
 /// 32-byte lookup key (a lookup never finds it) and never another record's.
@@ -401,6 +408,7 @@ fn placeholder(key: &str, id: &str, slot: u8) -> String {
     format!("coalesce({key}, {id} || '\\x0{slot}'::bytea)")
 }
 
+/// `revoked_at IS NULL AND expires_at > {now} AND absolute_expires_at > {now}`.
 fn active(now: &str) -> String {
     format!("revoked_at IS NULL AND expires_at > {now} AND absolute_expires_at > {now}")
 }
