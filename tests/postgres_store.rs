@@ -1010,6 +1010,11 @@ async fn a_replace_from_a_record_that_is_not_the_stored_one_is_not_applied() {
             absolute_expires_at: stored.absolute_expires_at + time::Duration::seconds(1),
             ..stored.clone()
         },
+        // The idle expiry (in the header, not compared as a column).
+        SessionRecord {
+            expires_at: stored.expires_at - time::Duration::seconds(1),
+            ..stored.clone()
+        },
     ];
     for other in &others {
         let next = SessionRecord {
@@ -1025,6 +1030,29 @@ async fn a_replace_from_a_record_that_is_not_the_stored_one_is_not_applied() {
     assert_eq!(found.as_deref(), Some(&stored));
     let listed = store.list_for_subject("planner", common::T0).await.unwrap();
     assert_eq!(listed.len(), 1);
+
+    // A caller that does not know of the stored previous key: its renew
+    // would leave that key's row (which only writes naming it change)
+    // resolving. Not applied, and the key still reads the stored record.
+    let rotation = rotated(&stored);
+    assert!(store.replace(&stored, &rotation, common::T0).await.unwrap());
+    let unaware = SessionRecord {
+        previous: None,
+        ..rotation.clone()
+    };
+    let renew = SessionRecord {
+        generation: unaware.generation + 1,
+        current: Credential {
+            lookup_key: random_lookup_key(),
+            key_version: KeyVersion(1),
+        },
+        ..unaware.clone()
+    };
+    assert!(!store.replace(&unaware, &renew, common::T0).await.unwrap());
+    assert_eq!(
+        resolved(&store, &rotation).await,
+        vec![Some(rotation.clone()); 2]
+    );
     drop_schema(&pool, &schema).await;
 }
 
@@ -1135,21 +1163,49 @@ async fn a_write_changes_only_the_rows_that_hold_a_key() {
     assert_eq!(after[2], rows[2]);
     assert_eq!(resolved(&store, &data).await, vec![Some(data.clone()); 2]);
 
-    // A renew: the previous key's row is emptied; its key resolves nothing.
-    let renewed = SessionRecord {
+    // A re-rotation: the unconfirmed current key moves to slot 2, a new
+    // one takes slot 0; all three rows.
+    let rerotated = SessionRecord {
         generation: data.generation + 1,
-        previous: None,
+        superseded: Some(data.current),
         current: Credential {
             lookup_key: random_lookup_key(),
             key_version: KeyVersion(1),
         },
         ..data.clone()
     };
-    assert!(store.replace(&data, &renewed, common::T0).await.unwrap());
+    assert!(store.replace(&data, &rerotated, common::T0).await.unwrap());
+    let rows = rows_of(&pool, &table, &data.id).await;
+    for (slot, (before, now)) in after.iter().zip(&rows).enumerate() {
+        assert_ne!(before.0, now.0, "slot {slot}'s row was not written");
+        assert_eq!((now.1, now.2 > 0), (32, true), "{rows:?}");
+    }
+    assert_eq!(
+        resolved(&store, &rerotated).await,
+        vec![Some(rerotated.clone()); 3]
+    );
+
+    // A renew: the other keys' rows are emptied; their keys resolve nothing.
+    let renewed = SessionRecord {
+        generation: rerotated.generation + 1,
+        previous: None,
+        superseded: None,
+        current: Credential {
+            lookup_key: random_lookup_key(),
+            key_version: KeyVersion(1),
+        },
+        ..rerotated.clone()
+    };
+    assert!(
+        store
+            .replace(&rerotated, &renewed, common::T0)
+            .await
+            .unwrap()
+    );
     let rows = rows_of(&pool, &table, &data.id).await;
     let lengths: Vec<_> = rows.iter().map(|r| (r.1, r.2)).collect();
     assert_eq!(lengths[1..], [(17, 0), (17, 0)], "{rows:?}");
-    assert_eq!(resolved(&store, &data).await, [None, None]);
+    assert_eq!(resolved(&store, &rerotated).await, [None, None, None]);
     assert_eq!(resolved(&store, &renewed).await, [Some(renewed.clone())]);
     let listed = store.list_for_subject("planner", common::T0).await.unwrap();
     assert_eq!(listed.len(), 1);

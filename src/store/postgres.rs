@@ -327,8 +327,8 @@ impl PostgresStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         // The rows besides slot 0's that hold a key, in the stored record
-        // (which the compare-and-swap requires `current` to be) or in the
-        // replacement: those must be written. The others hold no key and no
+        // (whose header the compare-and-swap requires to be `current`'s) or
+        // in the replacement: those must be written. The others hold no key and no
         // record, and stay as they are.
         let slot = |n: i32, held: bool| held.then_some(n);
         let others = [
@@ -349,6 +349,10 @@ impl PostgresStore {
             false => self.queries.replace.as_str(),
             true => self.queries.replace_rows.as_str(),
         };
+        // The header line of the record the caller read, which the stored
+        // one must be: it names every key, so `others` are the rows that
+        // hold one, whatever the caller claims.
+        let header = super::value::header(current);
         let query = |waited: Duration| {
             let mut query = sqlx::query(sql)
                 .bind(&current.id.as_bytes()[..])
@@ -357,7 +361,7 @@ impl PostgresStore {
             for value in mutable_values(Dialect::Postgres, next, record) {
                 query = Self::bind(query, value);
             }
-            query
+            query.bind(&header[..])
         };
         // A new lookup key another record holds is a unique violation of
         // the primary key (checked at the end of the statement): `Conflict`,

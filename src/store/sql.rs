@@ -23,8 +23,10 @@
 //! lookup key and so refuses a second holder (a slot without a key holds a
 //! 17-byte placeholder, never a lookup key). A row that holds a key holds
 //! the whole record (a `record` column in [`value`](super::value)'s
-//! encoding, and the columns its statements select by); the others hold an
-//! empty `record`, which reads as corrupt. The three rows are inserted
+//! encoding, and the columns its statements select by); the others are
+//! written with an empty `record` (which reads as corrupt) and otherwise left
+//! alone (a row emptied before this rule may keep a stale copy, which no
+//! statement reads). The three rows are inserted
 //! together and never deleted apart, so a revocation (which updates every
 //! row of the id) never misses one. A write is one statement that updates
 //! the rows holding a key before or after it, and no other: a data write to
@@ -312,17 +314,19 @@ pub(crate) struct Queries {
     /// `$1` id, `$2` now.
     pub(crate) get_active: String,
     /// [`insert_values`]. SQLite: inserts nothing if a lookup key of the
-    /// record is in any lookup-key column; PostgreSQL: one row per lookup
-    /// key, whose primary key refuses a key another record holds.
+    /// record is in any lookup-key column; PostgreSQL: three rows, one per
+    /// slot, keyed by the slot's lookup key (whose primary key refuses a key
+    /// another record holds) or its placeholder.
     pub(crate) insert: String,
     /// `$1` id, `$2` expected generation, `$3` now, then
     /// [`mutable_values`]; SQLite: `$4` … `$6` the replacement's lookup keys
     /// (or null) first (the update does not apply on a clash: then ask
-    /// [`Self::clash`]); PostgreSQL: a clash is a unique violation; it
-    /// updates the current slot's row only, for a record that holds no
-    /// other key before or after (else [`Self::replace_rows`]).
+    /// [`Self::clash`]); PostgreSQL: `$20` the header line of the record
+    /// the caller read; a clash is a unique violation; it updates the
+    /// current slot's row only, for a record that holds no other key before
+    /// or after (else [`Self::replace_rows`]).
     pub(crate) replace: String,
-    /// PostgreSQL: [`Self::replace`]'s parameters, then `$20` and `$21`,
+    /// PostgreSQL: [`Self::replace`]'s parameters, then `$21` and `$22`,
     /// slot 1 and 2 or null: the other rows to write (those that hold a
     /// key before or after), only if slot 0's row was. Returns how many
     /// rows of slot 0 and of the others it updated.
@@ -508,20 +512,24 @@ impl Queries {
 
         // PostgreSQL: the compare-and-swap on the current slot's row, which
         // also requires the columns that never change to be as the caller
-        // read them (after the mutable columns' parameters): `record` is
-        // written whole, so it never disagrees with them (Redis compares the
-        // whole header the same way).
+        // read them (after the mutable columns' parameters), and the stored
+        // record's header line to be the caller's byte for byte (`$20`; it
+        // holds every key, so the rows the write changes are the ones that
+        // hold a key): `record` is written whole, so it never disagrees with
+        // them (Redis compares the whole header the same way).
         let pg_replace_head = {
             let next = first_mutable + stored_columns.iter().filter(|c| c.mutable).count();
             format!(
                 "UPDATE {table} SET lookup_key = $4::bytea, record = $7, {replace_set} \
                  WHERE id = $1 AND slot = 0 AND generation = $2 AND {} \
                  AND subject IS NOT DISTINCT FROM ${} AND created_at = ${} \
-                 AND absolute_expires_at = ${}",
+                 AND absolute_expires_at = ${} \
+                 AND substring(record FROM 1 FOR octet_length(${header}::bytea)) = ${header}::bytea",
                 active("$3"),
                 next,
                 next + 1,
-                next + 2
+                next + 2,
+                header = next + 3,
             )
         };
 
@@ -583,7 +591,7 @@ impl Queries {
                      rest AS (UPDATE {table} SET lookup_key = CASE slot WHEN 1 THEN {} ELSE {} END, \
                      record = CASE WHEN (CASE slot WHEN 1 THEN $5::bytea ELSE $6::bytea END) \
                      IS NULL THEN ''::bytea ELSE $7 END, {replace_set} \
-                     WHERE id = $1 AND slot IN ($20, $21) AND EXISTS (SELECT 1 FROM head) \
+                     WHERE id = $1 AND slot IN ($21, $22) AND EXISTS (SELECT 1 FROM head) \
                      RETURNING 1) \
                      SELECT (SELECT count(*) FROM head), (SELECT count(*) FROM rest)",
                     placeholder("$5::bytea", "id", 1),
@@ -1491,7 +1499,7 @@ mod tests {
         );
         assert!(
             q.replace_rows.contains(
-                "revoked_actor = $16 WHERE id = $1 AND slot IN ($20, $21) \
+                "revoked_actor = $16 WHERE id = $1 AND slot IN ($21, $22) \
                  AND EXISTS (SELECT 1 FROM head) RETURNING 1)"
             ),
             "{}",
