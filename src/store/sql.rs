@@ -1479,7 +1479,8 @@ mod tests {
         }
         assert!(
             q.replace.ends_with(&format!(
-                "{unchanged} AND $5::bytea IS NULL AND $6::bytea IS NULL"
+                "{unchanged} AND substring(record FROM 1 FOR octet_length($20::bytea)) = $20::bytea \
+                 AND $5::bytea IS NULL AND $6::bytea IS NULL"
             )),
             "{}",
             q.replace
