@@ -451,9 +451,8 @@ fn maintenance_due(
     now: OffsetDateTime,
 ) -> Option<Maintenance> {
     let manager = session.manager();
-    if !(maintain && current.maintain && current.pending.is_none())
-        || !current.record.is_active(now)
-    {
+    let maintainable = maintain && current.maintain && current.pending.is_none();
+    if !(maintainable && current.record.is_active(now)) {
         return None;
     }
     match lifecycle::decide(Input {
