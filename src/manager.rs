@@ -477,10 +477,22 @@ impl SessionManager {
             if applied {
                 return Ok(Arc::new(next));
             }
-            current = self
+            let stored = self
                 .call("get_active", store.get_active(&current.id, now))
                 .await?
                 .ok_or(SessionError::SessionEnded)?;
+            if stored == current {
+                // Not a lost race: the store refuses a write from the very
+                // record it returns (a damaged row whose columns disagree
+                // with its record, say). Trying again would fail the same
+                // way, so this is corruption, reported at once.
+                return Err(StoreError::corrupt(
+                    Some(current.id),
+                    "the store refuses a write from the record it returns",
+                )
+                .into());
+            }
+            current = stored;
         }
         Err(SessionError::Busy)
     }

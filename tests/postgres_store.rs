@@ -625,6 +625,45 @@ async fn one_instance(config: SessionConfig) -> Option<(Harness, PgPool, String)
     Some((h, pool, schema))
 }
 
+/// A row whose subject column disagrees with its record: the record reads
+/// fine, but every write from it is refused (the compare-and-swap requires
+/// the stored subject). The layer reports corruption after one refused
+/// write and one read back, rather than trying again and again, and the
+/// record is left as it was.
+#[tokio::test]
+async fn a_write_the_store_always_refuses_is_corruption_at_once() {
+    let Some((h, pool, schema)) = one_instance(SessionConfig::default()).await else {
+        return;
+    };
+    let secret = h.login("dora").await;
+    let record = format!("SELECT record FROM \"{schema}\".{TABLE} WHERE slot = 0");
+    let stored = || sqlx::query_scalar::<_, Vec<u8>>(&record).fetch_one(&pool);
+    let before = stored().await.unwrap();
+    sqlx::query(&format!(
+        "UPDATE \"{schema}\".{TABLE} SET subject = 'mallory' WHERE subject = 'dora'"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(h.call("GET", "/me", Some(&secret)).await.body, "dora");
+    h.store.reset_counts();
+    let log = common::LogCapture::install();
+    let res = h.call("POST", "/attr?key=k&value=v", Some(&secret)).await;
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.raw_set_cookies.is_empty());
+    let counts = &h.store.counts;
+    assert_eq!(common::Counts::get(&counts.replace), 1);
+    assert_eq!(common::Counts::get(&counts.get_active), 1);
+    assert!(
+        log.text()
+            .contains("refuses a write from the record it returns"),
+        "{}",
+        log.text()
+    );
+    assert_eq!(stored().await.unwrap(), before);
+    drop_schema(&pool, &schema).await;
+}
+
 #[tokio::test]
 async fn a_lost_rotation_response_keeps_the_session() {
     let Some((h, pool, schema)) = one_instance(common::rotating()).await else {
