@@ -36,7 +36,7 @@ use tracing::Instrument as _;
 
 use crate::config::StoreErrorPolicy;
 use crate::extract::{CookieChange, Current, Session, State};
-use crate::keys::MAX_COOKIE_VALUES;
+use crate::keys::{KeyRing, MAX_COOKIE_VALUES};
 use crate::lifecycle::{self, Credentials, Decision, Input, Maintenance};
 use crate::login::RequestInfo;
 use crate::manager::{ErrorChain, SessionError, SessionManager};
@@ -423,11 +423,20 @@ async fn finish<B: Send>(
         // Read again: conditions hold at the time of the write, not of the
         // request, so a request that outlived its session cannot revive it.
         let now = session.manager().now();
-        let maintenance = maintenance_due(session, &current, !staged, cacheable, now);
+        // One key ring for the decision and the credentials it mints.
+        let keys = session.manager().key_ring();
+        let maintenance = maintenance_due(session, &keys, &current, !staged, cacheable, now);
         // Most requests write nothing: no write future is built for them.
         if current.pending.is_some() || !patch.is_empty() || maintenance.is_some() {
-            let written: BoxFutureRef<'_, _> =
-                Box::pin(write(session, secrets, current, patch, maintenance, now));
+            let written: BoxFutureRef<'_, _> = Box::pin(write(
+                session,
+                secrets,
+                &keys,
+                current,
+                patch,
+                maintenance,
+                now,
+            ));
             match written.await {
                 Ok(cookie) => set_cookie = cookie,
                 Err(error) => response = own(write_error_response(session.manager(), error)),
@@ -445,6 +454,7 @@ async fn finish<B: Send>(
 /// request may maintain it: `None` for a session that ended meanwhile.
 fn maintenance_due(
     session: &Session,
+    keys: &KeyRing,
     current: &Current,
     maintain: bool,
     shared_cacheable: bool,
@@ -459,7 +469,7 @@ fn maintenance_due(
         record: &current.record,
         slot: current.slot,
         key_version: current.key_version,
-        current_version: manager.keys().current(),
+        current_version: keys.current(),
         config: manager.config(),
         now,
         arrived_at: session.now(),
@@ -480,6 +490,7 @@ fn maintenance_due(
 async fn write(
     session: &Session,
     secrets: &Secrets,
+    keys: &KeyRing,
     current: Current,
     patch: DataPatch,
     maintenance: Option<Maintenance>,
@@ -492,7 +503,6 @@ async fn write(
     if patch.is_empty() && maintenance.is_none() {
         return Ok(None);
     }
-    let keys = manager.key_ring();
     let fresh_secret = maintenance
         .filter(|m| m.issues_secret())
         .map(|_| SessionSecret::generate());

@@ -477,15 +477,18 @@ impl SessionManager {
             if applied {
                 return Ok(Arc::new(next));
             }
+            // Read at a fresh clock: a store may have checked the write at a
+            // later time than `now` (PostgreSQL runs a deadlock victim
+            // again), and a session that ended meanwhile must read as ended.
             let stored = self
-                .call("get_active", store.get_active(&current.id, now))
+                .call("get_active", store.get_active(&current.id, self.now()))
                 .await?
                 .ok_or(SessionError::SessionEnded)?;
             if stored == current {
                 // Not a lost race: the store refuses a write from the very
-                // record it returns (a damaged row whose columns disagree
-                // with its record, say). Trying again would fail the same
-                // way, so this is corruption, reported at once.
+                // record it returns, still active (a damaged row whose
+                // columns disagree with its record, say). Trying again would
+                // fail the same way, so this is corruption, reported at once.
                 return Err(StoreError::corrupt(
                     Some(current.id),
                     "the store refuses a write from the record it returns",

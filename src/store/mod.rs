@@ -246,6 +246,13 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// Lookup keys are unique store-wide by their bytes, whatever the key
     /// version and the slot.
     ///
+    /// A store may also refuse (`Ok(false)`) a `current` that differs from
+    /// the stored record in more than the generation (the PostgreSQL and
+    /// Redis stores compare the whole header: keys, expiries, subject). It
+    /// must not refuse a `current` equal to the record
+    /// [`get_active`](Self::get_active) returns for the same id and a time
+    /// at or after `now`: the layer takes such a refusal for corruption.
+    ///
     /// # Errors
     ///
     /// [`StoreError::Invalid`] if `next` fails [`SessionRecord::validate`]

@@ -31,12 +31,15 @@
 //! row of the id) never misses one. A write is one statement that updates
 //! the rows holding a key before or after it, and no other: a data write to
 //! a session with one key changes one row. Its compare-and-swap is on slot
-//! 0's row, and the other rows it writes follow only if that applied
+//! 0's row, whose record's header line (which names every key) must be the
+//! caller's byte for byte, so the rows holding a key before are the ones the
+//! caller names; the other rows it writes follow only if that applied
 //! (`WITH head AS (UPDATE … slot = 0 …) … WHERE EXISTS (SELECT 1 FROM
 //! head)`): every write locks slot 0's row first, so no other write changes
-//! them in between. A write and a revocation can lock rows in different
-//! orders and deadlock; PostgreSQL then rolls one back and the store runs
-//! it again. A rotation moves keys between rows, so the primary key is
+//! them in between. A write and a statement that locks every row of a record
+//! (a revocation, a purge, an eviction) can lock rows in different orders
+//! and deadlock; PostgreSQL then rolls one back and the store runs it
+//! again. A rotation moves keys between rows, so the primary key is
 //! checked at the end of each statement. Statements about whole records (by
 //! subject, counts, purges) read the current slot's row; only rows holding
 //! a key are ever looked up, and they are written by every write, so their
