@@ -41,7 +41,15 @@ use tower::ServiceExt as _;
 
 const SESSIONS: usize = 1_000;
 const CONNECTIONS: u32 = 64;
-const ROUNDS: usize = 3;
+/// Alternating rounds per scenario; `ROUNDS=5` runs more (the median is
+/// steadier on a noisy machine).
+fn rounds() -> usize {
+    std::env::var("ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3)
+}
 /// Seconds per wrk run; `SECONDS=30` makes longer runs, e.g. to profile.
 fn seconds() -> u32 {
     std::env::var("SECONDS")
@@ -341,8 +349,9 @@ fn main() {
     }
     println!(
         "## Loopback, tower-hmac-session ÷ tower-sessions 0.14: wrk -t2 -c{CONNECTIONS}, \
-         {SESSIONS} sessions, {} s × {ROUNDS} alternating rounds (median)\n",
-        seconds()
+         {SESSIONS} sessions, {} s × {} alternating rounds (median)\n",
+        seconds(),
+        rounds()
     );
     println!(
         "| store | scenario | tower-hmac-session req/s | tower-sessions req/s | ratio (min–max of rounds) | app CPU µs/request (ours / theirs) | store server CPU µs/request (ours / theirs) |"
@@ -353,7 +362,7 @@ fn main() {
             let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
             let (mut cpu_a, mut cpu_b) = (Vec::new(), Vec::new());
             let (mut store_a, mut store_b) = (Vec::new(), Vec::new());
-            for round in 0..ROUNDS {
+            for round in 0..rounds() {
                 // Alternate who goes first, so neither always runs warm.
                 let (x, y) = if round % 2 == 0 {
                     let x = wrk(ours, path, &script);
