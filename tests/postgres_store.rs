@@ -1173,6 +1173,28 @@ async fn a_write_changes_only_the_rows_that_hold_a_key() {
     let rows = rows_of(&pool, &table, &inserted.id).await;
     let lengths: Vec<_> = rows.iter().map(|r| (r.1, r.2 > 0)).collect();
     assert_eq!(lengths, [(32, true), (17, false), (17, false)], "{rows:?}");
+    // The capped insert likewise (another subject's).
+    let capped = SessionRecord {
+        subject: Some("capper".into()),
+        ..planner_record()
+    };
+    let cap = tower_hmac_session::SubjectCap {
+        max_sessions: 10,
+        except: None,
+        revocation: tower_hmac_session::RevocationReason::SessionLimit.into(),
+    };
+    let evicted = store
+        .insert_capped(&capped, common::T0, &cap)
+        .await
+        .unwrap();
+    assert!(evicted.is_empty());
+    let capped_rows = rows_of(&pool, &table, &capped.id).await;
+    let lengths: Vec<_> = capped_rows.iter().map(|r| (r.1, r.2 > 0)).collect();
+    assert_eq!(
+        lengths,
+        [(32, true), (17, false), (17, false)],
+        "{capped_rows:?}"
+    );
 
     // A data write: slot 0's row only.
     let data = written(&inserted, 1);
