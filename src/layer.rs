@@ -423,11 +423,13 @@ async fn finish<B: Send>(
         // Read again: conditions hold at the time of the write, not of the
         // request, so a request that outlived its session cannot revive it.
         let now = session.manager().now();
-        // One key ring for the decision and the credentials it mints.
-        let keys = session.manager().key_ring();
+        // One key ring for the decision and the credentials it mints,
+        // borrowed (no reference count) unless a write needs it held.
+        let keys = session.manager().keys();
         let maintenance = maintenance_due(session, &keys, &current, !staged, cacheable, now);
         // Most requests write nothing: no write future is built for them.
         if current.pending.is_some() || !patch.is_empty() || maintenance.is_some() {
+            let keys = arc_swap::Guard::into_inner(keys);
             let written: BoxFutureRef<'_, _> = Box::pin(write(
                 session,
                 secrets,
@@ -480,8 +482,9 @@ fn maintenance_due(
     }
 }
 
-/// The data patch and `maintenance` (see [`maintenance_due`]), in one
-/// compare-and-swap at `now`. Returns the `Set-Cookie` of a rotation.
+/// The data patch and `maintenance` (see [`maintenance_due`]), at least
+/// one of them, in one compare-and-swap at `now`; or the insert of a
+/// session before login. Returns the `Set-Cookie` of a rotation.
 ///
 /// A failed maintenance write is logged and the request still served: the
 /// old cookie keeps working and the rules converge on a later request. A
@@ -499,9 +502,6 @@ async fn write(
     let manager = session.manager();
     if let Some(secret) = current.pending {
         return insert_pre_login(manager, &current.record, &patch, secret).await;
-    }
-    if patch.is_empty() && maintenance.is_none() {
-        return Ok(None);
     }
     let fresh_secret = maintenance
         .filter(|m| m.issues_secret())
@@ -521,7 +521,10 @@ async fn write(
     let config = manager.config();
 
     if patch.is_empty() {
-        let maintenance = maintenance.expect("checked above");
+        // Nothing to write (the caller builds no write for that).
+        let Some(maintenance) = maintenance else {
+            return Ok(None);
+        };
         let mut next = lifecycle::successor(&current.record);
         lifecycle::apply(&mut next, maintenance, config, now, credentials);
         let applied = manager

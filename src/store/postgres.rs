@@ -341,18 +341,19 @@ impl PostgresStore {
                 current.superseded.is_some() || next.superseded_lookup_key.is_some(),
             ),
         ];
-        // A retry checks the record is still active at its own time, not
-        // the first attempt's: a write never applies to a session that
-        // ended while it waited.
         let rows = others != [None, None];
-        let sql = match rows {
-            false => self.queries.replace.as_str(),
-            true => self.queries.replace_rows.as_str(),
+        let sql = if rows {
+            self.queries.replace_rows.as_str()
+        } else {
+            self.queries.replace.as_str()
         };
         // The header line of the record the caller read, which the stored
         // one must be: it names every key, so `others` are the rows that
         // hold one, whatever the caller claims.
         let header = super::value::header(current);
+        // A retry checks the record is still active at its own time, not
+        // the first attempt's: a write never applies to a session that
+        // ended while it waited.
         let query = |waited: Duration| {
             let mut query = sqlx::query(sql)
                 .bind(&current.id.as_bytes()[..])
