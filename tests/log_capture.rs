@@ -134,19 +134,23 @@ impl Records {
                 let hex_key = |hex: &str| key_of(&hex::decode(hex).ok()?);
                 for name in keys {
                     let rest = &name[prefix.len()..];
+                    // (`u:` keys are the subjects' indexes: ids only.)
+                    if !rest.starts_with("k:") && !rest.starts_with("s:") {
+                        continue;
+                    }
+                    let value: Option<Vec<u8>> = redis::cmd("GET")
+                        .arg(&name)
+                        .query_async(&mut admin)
+                        .await
+                        .unwrap();
+                    let Some(value) = value else { continue };
+                    let value = String::from_utf8(value).unwrap();
                     if let Some(hex) = rest.strip_prefix("k:") {
-                        // The lookup-key index: the key is in the name.
+                        // A copy of the record under each of its lookup
+                        // keys: the key is in the name, and the header is
+                        // `ths2|id|generation|expires|absolute|revocation|
+                        // current|previous|superseded|subject`.
                         ledger.stored_lookup_key(hex_key(hex).expect("a lookup key"));
-                    } else if rest.starts_with("s:") {
-                        // The record: `ths2|id|generation|expires|absolute|
-                        // revocation|current|previous|superseded|subject`.
-                        let value: Option<Vec<u8>> = redis::cmd("GET")
-                            .arg(&name)
-                            .query_async(&mut admin)
-                            .await
-                            .unwrap();
-                        let Some(value) = value else { continue };
-                        let value = String::from_utf8(value).unwrap();
                         let header = value.lines().next().unwrap_or_default();
                         let fields: Vec<&str> = header.split('|').collect();
                         assert_eq!(fields.len(), 10, "a record header: {header:?}");
@@ -155,6 +159,9 @@ impl Records {
                                 ledger.stored_lookup_key(hex_key(slot).expect("a lookup key"));
                             }
                         }
+                    } else if rest.starts_with("s:") {
+                        // The id's key: the record's current lookup key.
+                        ledger.stored_lookup_key(hex_key(&value).expect("a lookup key"));
                     }
                 }
             }

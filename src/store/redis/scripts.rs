@@ -59,6 +59,18 @@ local function parse(v)
     subject = subject, v = v, body = body, prev = prev, sup = sup}
 end
 local function active(r, now) return lt(now, r.exp) and lt(now, r.abs) end
+-- The record of `id`: `s:<id>` holds its current lookup key, and the value
+-- is under that key. nil when either key is gone; false when the pointer is
+-- not a lookup key, or the value there does not parse or is not a record
+-- whose current key it is (the caller reports corruption).
+local function load(id)
+  local p = redis.call('GET', skey(id))
+  if not p then return nil end
+  if not is_key(p) then return false end
+  local r = parse(redis.call('GET', kkey(p)))
+  if r and r.keys[1] ~= p then return false end
+  return r
+end
 -- `last_seen_at` and `created_at` of a parsed value, from the start of its
 -- JSON, which the store writes in a fixed order: created_at, then
 -- authenticated_at (optional), then last_seen_at. nil if it does not start so.
@@ -86,7 +98,7 @@ local function read_live(u, nowsecs, now, hex, except)
   local ids = redis.call('ZRANGEBYSCORE', u, '(' .. nowsecs, '+inf', 'LIMIT', 0, READ)
   local live = {seen = #ids}
   for _, id in ipairs(ids) do
-    local r = parse(redis.call('GET', skey(id)))
+    local r = load(id)
     if r == nil then redis.call('ZREM', u, id)
     elseif r == false or r.id ~= id or (hex and r.subject ~= hex) then return nil, id
     elseif r.rev ~= '-' then redis.call('ZREM', u, id)
@@ -96,21 +108,21 @@ local function read_live(u, nowsecs, now, hex, except)
   end
   return live
 end
--- Stamps a revocation on the value under the id and every lookup key (the
--- keys keep their expiry) and drops the id from its subject's index.
+-- Stamps a revocation on the value under every lookup key (the keys keep
+-- their expiry) and drops the id from its subject's index.
 local function revoke_one(r, revocation)
   local v = table.concat({'ths2', r.id, r.gen, r.exp, r.abs, revocation, r.keys[1], r.prev, r.sup,
     r.subject}, '|') .. '\n' .. string.sub(r.v, r.body)
-  redis.call('SET', skey(r.id), v, 'XX', 'KEEPTTL')
   for _, k in ipairs(r.keys) do redis.call('SET', kkey(k), v, 'XX', 'KEEPTTL') end
   if r.subject ~= '-' then redis.call('ZREM', ukey(unhex(r.subject)), r.id) end
 end
 "#;
 
 /// ARGV: P, id, ttl (ms), value, subject or '' (none), score (the
-/// index's: `expires_at` in whole seconds, rounded up), now (µs), now (whole
+/// index's: see `index_score`), now (µs), now (whole
 /// seconds, rounded down), sessions to keep besides the new one or '' (no
-/// cap), except id or '', the revocation field, lookup keys…
+/// cap), except id or '', the revocation field, lookup keys… (the current
+/// one first: `s:<id>` points to it).
 /// `{'ok', evicted ids…}`, `{'conflict'}` (nothing changed), or
 /// `{'corrupt', id}` (nothing revoked or inserted).
 const INSERT: &str = r#"
@@ -148,7 +160,8 @@ if subject ~= '' then
     end
   end
 end
-for _, k in ipairs(keys) do redis.call('SET', k, value, 'PX', ttl) end
+redis.call('SET', keys[1], ARGV[12], 'PX', ttl)
+for i = 2, #keys do redis.call('SET', keys[i], value, 'PX', ttl) end
 if subject ~= '' then
   local u = ukey(subject)
   redis.call('ZADD', u, score, id)
@@ -159,41 +172,52 @@ return out
 
 /// ARGV: P, id, the header of the record the caller read (see
 /// [`header`](crate::store::value::header)), ttl (ms), value, the index score
-/// of the new record (see [`INSERT`]), the subject or ''
-/// (none), how many lookup keys the new record holds (n), its n lookup keys,
-/// then the lookup keys of the record the caller read. 1 applied, 0 not, -1
-/// a new key is another record's, -2 the stored value is corrupt.
+/// of the new record or '' (its entry's score is high enough already: see
+/// `index_score`), the subject or '' (none), how many lookup keys the new
+/// record holds (n), its n lookup keys (the current one first), then the
+/// lookup keys of the record the caller read when they differ (none given
+/// when they are the same). 1 applied, 0 not, -1 a new key is another
+/// record's, -2 the stored value is corrupt.
 ///
-/// The compare-and-swap is on the whole header line: it holds the
-/// generation (every write bumps it), the expiries, the revocation and the
-/// lookup keys. When the stored header is byte for byte the one the caller
-/// read, the caller's own checks of that record (active at the write's
-/// time, its keys) are the store's, and the script only writes: one `GET` and a `SET` per
-/// copy. Anything else takes the slow path, which parses the stored header
-/// to tell a lost race (0) from corruption (-2).
+/// The compare-and-swap is on the whole header line of the value under the
+/// caller's current lookup key: it holds the id, the generation (every
+/// write bumps it), the expiries, the revocation and the lookup keys. When
+/// the stored header is byte for byte the one the caller read, the caller's
+/// own checks of that record (active at the write's time, its keys) are the
+/// store's, and the script only writes. A data write, with the keys
+/// unchanged, is one `GET` and a `SET` per lookup key: `s:<id>` changes only
+/// with the current key, and the index entry only when the idle expiry
+/// passes its score. Anything else takes the slow path, which parses the
+/// stored header to tell a lost race (0) from corruption (-2).
 ///
 /// With the record gone, the caller's lookup keys that still hold a copy of
-/// it (an evicted `s:` key) are deleted, so they stop resolving.
+/// it are deleted, so they stop resolving.
 const REPLACE: &str = r#"
 local id, expected, ttl, value, score, subject = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local n = tonumber(ARGV[8])
-local stored = redis.call('GET', skey(id))
+-- The caller's keys: after the new ones, or the new ones themselves.
+local o = #ARGV > 8 + n and 9 + n or 9
+local stored = redis.call('GET', kkey(ARGV[o]))
 if stored and string.sub(stored, 1, #expected) == expected then
-  local old, new, fresh = {}, {}, {}
-  for i = 9 + n, #ARGV do old[ARGV[i]] = true end
-  for i = 9, 8 + n do
-    new[ARGV[i]] = true
-    if not old[ARGV[i]] then fresh[#fresh + 1] = kkey(ARGV[i]) end
+  if o == 9 then
+    for i = 9, 8 + n do redis.call('SET', kkey(ARGV[i]), value, 'PX', ttl) end
+  else
+    local old, new, fresh = {}, {}, {}
+    for i = o, #ARGV do old[ARGV[i]] = true end
+    for i = 9, 8 + n do
+      new[ARGV[i]] = true
+      if not old[ARGV[i]] then fresh[#fresh + 1] = kkey(ARGV[i]) end
+    end
+    if #fresh > 0 and redis.call('EXISTS', unpack(fresh)) > 0 then return -1 end
+    for i = 9, 8 + n do redis.call('SET', kkey(ARGV[i]), value, 'PX', ttl) end
+    local gone = {}
+    for i = o, #ARGV do if not new[ARGV[i]] then gone[#gone + 1] = kkey(ARGV[i]) end end
+    if #gone > 0 then redis.call('DEL', unpack(gone)) end
+    if ARGV[9] ~= ARGV[o] then redis.call('SET', skey(id), ARGV[9], 'PX', ttl) end
   end
-  if #fresh > 0 and redis.call('EXISTS', unpack(fresh)) > 0 then return -1 end
-  redis.call('SET', skey(id), value, 'PX', ttl)
-  for i = 9, 8 + n do redis.call('SET', kkey(ARGV[i]), value, 'PX', ttl) end
-  local gone = {}
-  for i = 9 + n, #ARGV do if not new[ARGV[i]] then gone[#gone + 1] = kkey(ARGV[i]) end end
-  if #gone > 0 then redis.call('DEL', unpack(gone)) end
   -- The index follows the sliding expiry (and takes back an entry a clock
   -- ahead of this one dropped).
-  if subject ~= '' then
+  if score ~= '' and subject ~= '' then
     local u = ukey(subject)
     if redis.call('ZADD', u, score, id) == 1 and redis.call('PTTL', u) < tonumber(ttl) then
       redis.call('PEXPIRE', u, ttl)
@@ -207,13 +231,20 @@ end
 /// this path, so the usual write does not pay for it.
 const REPLACE_SLOW: &str = r#"
 local r = parse(stored)
-if r == nil then
-  for i = 9 + n, #ARGV do
-    local k = kkey(ARGV[i])
-    local orphan = parse(redis.call('GET', k))
-    if orphan and orphan.id == id then redis.call('DEL', k) end
+if r == false then return -2 end
+if r == nil or r.id ~= id then
+  -- The caller's current key no longer holds the record: the record is
+  -- gone, or only that key is (a later rotation dropped it).
+  r = load(id)
+  if r == nil then
+    for i = o, #ARGV do
+      local k = kkey(ARGV[i])
+      local orphan = parse(redis.call('GET', k))
+      if orphan and orphan.id == id then redis.call('DEL', k) end
+    end
+    redis.call('DEL', skey(id))
+    return 0
   end
-  return 0
 end
 if r == false or r.id ~= id then return -2 end
 return 0
@@ -223,7 +254,7 @@ return 0
 /// revocation field. 1 revoked, 2 already revoked, 0 not found, -2 corrupt.
 const REVOKE: &str = r#"
 local id, check, subject, revocation = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local r = parse(redis.call('GET', skey(id)))
+local r = load(id)
 if r == nil then return 0 end
 if r == false or r.id ~= id then return -2 end
 if check == '1' and r.subject ~= subject then return 0 end
@@ -251,20 +282,19 @@ return {tostring(#live), live.seen == READ and '1' or '0'}
 /// ARGV: P, subject, now (µs), now (whole seconds, rounded down). `more`
 /// ('1' when the call read as many entries as one call may), then the
 /// subject's records active at `now`, as flat `id, value` pairs (a value
-/// that does not parse, or is not the subject's, is returned as it is, for
-/// the caller to report). Dead entries leave the index.
+/// that is not the subject's is returned as it is, and one that does not
+/// parse as `-`, for the caller to report). Dead entries leave the index.
 const LIST: &str = r#"
 local u, now, nowsecs = ukey(ARGV[2]), ARGV[3], ARGV[4]
 drop_dead(u, nowsecs)
 local ids = redis.call('ZREVRANGEBYSCORE', u, '+inf', '(' .. nowsecs, 'LIMIT', 0, READ)
 local out = {#ids == READ and '1' or '0'}
 for _, id in ipairs(ids) do
-  local v = redis.call('GET', skey(id))
-  local r = parse(v)
+  local r = load(id)
   if r == nil or (r and r.id == id and (r.rev ~= '-' or not active(r, now))) then
     redis.call('ZREM', u, id)
   else
-    out[#out + 1] = id; out[#out + 1] = v
+    out[#out + 1] = id; out[#out + 1] = r and r.v or '-'
   end
 end
 return out
@@ -278,7 +308,7 @@ local out = {'0'}
 local n = 0
 for i = 3, #ARGV do
   local id = ARGV[i]
-  local r = parse(redis.call('GET', skey(id)))
+  local r = load(id)
   if r == false or (r and r.id ~= id) then out[#out + 1] = id
   elseif r and (r.rev ~= '-' or not lt(now, r.exp) or not lt(now, r.abs)) then
     local keys = {skey(id)}
@@ -292,6 +322,21 @@ out[1] = tostring(n)
 return out
 "#;
 
+/// ARGV: P, ids… The value of each id's record, in order: empty when it
+/// is gone, `-` when it is damaged (see `load`), for the caller to report.
+/// (Not nil: a RESP3 client would get a boolean for `false`.) Reads only; a
+/// lookup by lookup key needs no script.
+const FETCH: &str = r#"
+local out = {}
+for i = 2, #ARGV do
+  local r = load(ARGV[i])
+  if r == nil then out[#out + 1] = ''
+  elseif r == false then out[#out + 1] = '-'
+  else out[#out + 1] = r.v end
+end
+return out
+"#;
+
 /// The scripts, each with its SHA-1 computed once: sent as `EVALSHA`, and
 /// loaded on `NOSCRIPT` (after a server restart or `SCRIPT FLUSH`).
 pub(super) struct Scripts {
@@ -301,6 +346,7 @@ pub(super) struct Scripts {
     pub(super) revoke_all: Script,
     pub(super) list: Script,
     pub(super) purge: Script,
+    pub(super) fetch: Script,
 }
 
 impl Scripts {
@@ -320,6 +366,7 @@ impl Scripts {
             revoke_all: script(REVOKE_ALL),
             list: script(LIST),
             purge: script(PURGE),
+            fetch: script(FETCH),
         }
     }
 }

@@ -278,10 +278,6 @@ impl RedisStore {
         key
     }
 
-    fn session_key(&self, id: &SessionId) -> String {
-        self.key("s:", &hex_of(id.as_bytes()))
-    }
-
     fn lookup_key(&self, key: &LookupKey) -> String {
         self.key("k:", &hex_of(key.as_bytes()))
     }
@@ -372,7 +368,7 @@ impl RedisStore {
         let ttl = ttl_ms(record.absolute_expires_at, now);
         let value = encode(record);
         let subject = record.subject.as_deref().unwrap_or_default();
-        let score = index_score(record.expires_at);
+        let score = index_score(record).to_string();
         let (now_micros, now_secs) = (micros(now), floor_secs(now));
         let (keep, except, revocation) = match cap {
             Some(cap) => (
@@ -445,12 +441,34 @@ fn micros(t: OffsetDateTime) -> String {
 }
 
 /// A record's score in its subject's index: its idle expiry in whole
-/// seconds, rounded up. Whole seconds are exact in the double Redis keeps
-/// a score in, for every representable year; rounding up means an entry
-/// whose score is at or before [`floor_secs`]`(now)` has surely ended.
-fn index_score(expires_at: OffsetDateTime) -> String {
+/// seconds, rounded up to a multiple of a step of 1 to 60 seconds (a
+/// sixteenth of its idle timeout, in whole seconds). Whole
+/// seconds are exact in the double Redis keeps a score in, for every
+/// representable year; rounding up means an entry whose score is at or
+/// before [`floor_secs`]`(now)` has surely ended.
+///
+/// The step spares most writes the `ZADD`: a write whose new score is no
+/// higher than its record's leaves the entry as it is, since the stored
+/// score is at least the record's (every write either sets it or finds it
+/// high enough already). The entry of a session that ended stays up to a
+/// step longer, which changes nothing: scripts check each record they read.
+/// An entry that a script on a host whose clock runs ahead removed early
+/// (the session ended by that clock) comes back at the next write that sets
+/// the score; a write that skips it has an idle expiry (now plus the idle
+/// timeout) less than a step past the record's, so the session had ended
+/// by that host's clock only if it ran ahead by nearly the idle timeout.
+fn index_score(record: &SessionRecord) -> i128 {
+    score_at(record.expires_at, record.idle_timeout)
+}
+
+/// [`index_score`] of an idle expiry and idle timeout.
+fn score_at(expires_at: OffsetDateTime, idle: Duration) -> i128 {
+    let step = i128::from((idle.as_secs() / 16).clamp(1, 60));
     let micros = i128::from(to_micros(expires_at));
-    (micros.div_euclid(1_000_000) + i128::from(micros.rem_euclid(1_000_000) != 0)).to_string()
+    let step_micros = step * 1_000_000;
+    // Rounded up: the score is never before the expiry.
+    let steps = micros.div_euclid(step_micros) + i128::from(micros.rem_euclid(step_micros) != 0);
+    steps * step
 }
 
 /// `now` in whole seconds, rounded down: see [`index_score`].
@@ -539,13 +557,19 @@ impl SessionStore for RedisStore {
         id: &SessionId,
         now: OffsetDateTime,
     ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        let value: Option<Vec<u8>> = self
-            .query("get_active", redis::cmd("GET").arg(self.session_key(id)))
+        let hex = hex_of(id.as_bytes());
+        let values: Vec<Vec<u8>> = self
+            .script("get_active", &self.scripts.fetch, &[hex.as_bytes()])
             .await?;
-        let Some(value) = value else {
-            return Ok(None);
+        let value = match values.as_slice() {
+            [value] => value,
+            _ => return Err(unexpected("get_active")),
         };
-        let record = decode(&value, Some(*id))?;
+        // Empty: gone (no value is empty).
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let record = decode(value, Some(*id))?;
         if record.id != *id {
             return Err(StoreError::corrupt(
                 Some(*id),
@@ -594,10 +618,13 @@ impl SessionStore for RedisStore {
         let expected = header(current);
         let ttl = ttl_ms(next.absolute_expires_at, now);
         let value = encode(next);
-        // Every write re-adds the subject's index entry, even with an
-        // unchanged score: it takes back an entry a clock ahead of this one
-        // dropped, so revoking all of a subject's sessions misses none.
-        let score = index_score(next.expires_at);
+        // The subject's index entry moves when the idle expiry passes its
+        // score; re-adding it also takes back an entry that a clock ahead
+        // of this one dropped (see `index_score`).
+        let score = match index_score(next) {
+            score if score > index_score(current) => score.to_string(),
+            _ => String::new(),
+        };
         let subject = next.subject.as_deref().unwrap_or_default();
         let hex_keys = |record: &SessionRecord| -> Vec<String> {
             record
@@ -617,9 +644,12 @@ impl SessionStore for RedisStore {
             count.as_bytes(),
         ];
         args.extend(keys.iter().map(|k| k.as_bytes()));
-        // The keys the caller read: the stored ones when the headers match,
-        // and with the record gone, its copies under these are deleted.
-        args.extend(read_keys.iter().map(|k| k.as_bytes()));
+        // The keys the caller read, when they differ: the stored ones when
+        // the headers match, and with the record gone, its copies under
+        // these are deleted.
+        if read_keys != keys {
+            args.extend(read_keys.iter().map(|k| k.as_bytes()));
+        }
         match self
             .script::<i64>("replace", &self.scripts.replace, &args)
             .await?
@@ -788,12 +818,18 @@ impl SessionStore for RedisStore {
             let (next, ids) = self.scan_ids(OPERATION, cursor).await?;
             let ids: Vec<SessionId> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
             if !ids.is_empty() {
-                let keys: Vec<String> = ids.iter().map(|id| self.session_key(id)).collect();
-                let values: Vec<Option<Vec<u8>>> =
-                    self.query(OPERATION, redis::cmd("MGET").arg(&keys)).await?;
+                let hex: Vec<String> = ids.iter().map(|id| hex_of(id.as_bytes())).collect();
+                let args: Vec<&[u8]> = hex.iter().map(|h| h.as_bytes()).collect();
+                let values: Vec<Vec<u8>> =
+                    self.script(OPERATION, &self.scripts.fetch, &args).await?;
+                if values.len() != ids.len() {
+                    return Err(unexpected(OPERATION));
+                }
                 for (id, value) in ids.iter().zip(values) {
                     // Gone since the scan saw it.
-                    let Some(value) = value else { continue };
+                    if value.is_empty() {
+                        continue;
+                    }
                     let record = decode(&value, Some(*id))?;
                     if record.id != *id {
                         return Err(StoreError::corrupt(
@@ -927,14 +963,38 @@ mod tests {
                 + time::Duration::seconds(secs)
                 + time::Duration::microseconds(micros)
         };
-        assert_eq!(index_score(at(100, 0)), "100");
-        assert_eq!(index_score(at(100, 1)), "101");
-        assert_eq!(index_score(at(-100, -1)), "-100");
+        let secs = Duration::from_secs;
+        // Steps of one second below a 32 s idle timeout.
+        assert_eq!(score_at(at(100, 0), secs(16)), 100);
+        assert_eq!(score_at(at(100, 1), secs(31)), 101);
+        assert_eq!(score_at(at(-100, -1), secs(1)), -100);
+        assert_eq!(score_at(at(100, 0), secs(0)), 100);
+        // A sixteenth of the idle timeout, in whole seconds, at most 60.
+        assert_eq!(score_at(at(100, 0), secs(160)), 100);
+        assert_eq!(score_at(at(101, 0), secs(160)), 110);
+        assert_eq!(score_at(at(100, 0), secs(175)), 100);
+        assert_eq!(score_at(at(100, 1), secs(3600)), 120);
+        assert_eq!(score_at(at(120, 0), secs(3600)), 120);
+        assert_eq!(score_at(at(-61, 0), secs(86_400)), -60);
+        // Never before the expiry, never a step after it.
+        for idle in [1, 20, 100, 999, 3600, 86_400] {
+            for t in [-3601, -1, 0, 1, 59, 61, 1_000_000_007] {
+                for micros in [0, 1, 999_999] {
+                    let score = score_at(at(t, micros), secs(idle));
+                    let expiry = i128::from(t) * 1_000_000 + i128::from(micros);
+                    assert!(score * 1_000_000 >= expiry, "{idle} {t} {micros}");
+                    assert!((score - 60) * 1_000_000 < expiry, "{idle} {t} {micros}");
+                }
+            }
+        }
         assert_eq!(floor_secs(at(100, 999_999)), "100");
         assert_eq!(floor_secs(at(-100, -1)), "-101");
         // An entry is dropped when its score is at or before `floor_secs`:
         // then its expiry is at or before now.
-        assert_eq!(index_score(at(100, 0)), floor_secs(at(100, 0)));
+        assert_eq!(
+            score_at(at(100, 0), secs(1)).to_string(),
+            floor_secs(at(100, 0))
+        );
     }
 
     #[test]
