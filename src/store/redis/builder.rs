@@ -138,9 +138,11 @@ impl RedisStoreBuilder {
     /// has a time-to-live, so any other policy may evict one of a session's
     /// keys when memory runs short: an evicted `s:` key leaves the session
     /// resolving by its cookie while revocation by id, "log out everywhere"
-    /// and the per-subject cap no longer find it (until its next write,
-    /// which deletes what is left). Only for a server you know never reaches
-    /// its `maxmemory`; the store then logs a warning when it connects.
+    /// and the per-subject cap no longer find it (until its next rotation,
+    /// which writes the key again); an evicted value under its current
+    /// lookup key ends the session at its next write. Only for a server you
+    /// know never reaches its `maxmemory`; the store then logs a warning
+    /// when it connects.
     pub fn allow_eviction(mut self, allow: bool) -> Self {
         self.allow_eviction = allow;
         self

@@ -6,12 +6,12 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P s:<id hex>` | string | the record, as one value |
-//! | `P k:<lookup key hex>` | string | a copy of the same value, for each lookup key the record holds (current, previous, superseded) |
+//! | `P k:<lookup key hex>` | string | the record, as one value, under each lookup key it holds (current, previous, superseded) |
+//! | `P s:<id hex>` | string | the record's current lookup key (hex): revocation by id, lists and "log out everywhere" find the value through it |
 //! | `P u:<subject>` | sorted set | the subject's ids, scored by idle expiry: lists, "log out everywhere" and the per-subject cap without a scan |
 //!
 //! A record therefore takes its value's size (a few hundred bytes) once per
-//! key: two to four times. The value is a short header line (id,
+//! lookup key, one to three times, and 64 bytes under its id. The value is a short header line (id,
 //! generation, expiries, revocation, lookup keys, subject) that the write
 //! scripts parse, followed by JSON that only Rust reads, strictly: anything
 //! but what the store wrote is
@@ -23,19 +23,25 @@
 //! candidate's `k:` key (one cookie value, one key version: the usual
 //! lookup), or one `MGET` of the candidates' keys, decoded and filtered in
 //! Rust (active at `now`, key
-//! version of the matched slot); [`get_active`](crate::SessionStore::get_active)
-//! is one `GET`. No script runs on a read. A value under a lookup key it does
-//! not hold, or under an id that is not its own, is corruption.
+//! version of the matched slot). No script runs on a lookup.
+//! [`get_active`](crate::SessionStore::get_active) (a lookup by id, which
+//! the manager makes only after a refused write) is one small read-only
+//! script: the `GET` of the id's key and of the value it points to. A value
+//! under a lookup key it does not hold, an id's key that does not point to
+//! its record's current lookup key, or a value that is not the id's, is
+//! corruption.
 //!
 //! # Per-subject index
 //!
 //! A subject's sorted set scores each session by its idle expiry (`expires_at`
-//! in whole seconds, rounded up), which the `replace` script moves when a
-//! session slides; a revocation removes the entry. Every script on a subject
+//! in whole seconds, rounded up to a step of a sixteenth of the idle timeout,
+//! 1 to 60 seconds), which the `replace` script moves when the sliding
+//! expiry passes it: most writes leave the entry as it is. A revocation
+//! removes the entry. Every script on a subject
 //! (an insert, [`insert_capped`](crate::SessionStore::insert_capped), a list,
 //! "log out everywhere") first drops at most 1,000 entries whose expiry has
 //! passed (one `ZREMRANGEBYRANK`), then reads at most 200 of the others
-//! (a `GET` each), dropping those it finds gone, revoked or ended. So one call
+//! (two `GET`s each), dropping those it finds gone, revoked or ended. So one call
 //! does a bounded amount of work however long the subject's history, and dead
 //! entries leave the index as they are met.
 //!
@@ -57,11 +63,14 @@
 //!
 //! Every write is one Lua script (sent as `EVALSHA`, loaded on `NOSCRIPT`),
 //! atomic on the server and conditional: `replace` is a compare-and-swap on
-//! the stored generation that also requires the record to be unrevoked and
-//! unexpired at the `now` it is given, and rewrites the value under the id
-//! and every lookup key of the new record, deleting keys only the old one
-//! held. A revocation rewrites every copy, so no lookup key resolves to a
-//! live session afterwards. Scripts read only the header (and, to order a
+//! the header line of the value under the caller's current lookup key (the
+//! generation, expiries, revocation and keys) that also requires the record
+//! to be unrevoked and unexpired at the `now` it is given, and rewrites the
+//! value under every lookup key of the new record, deleting keys only the
+//! old one held. A data write (keys unchanged) is therefore one `GET` and a
+//! `SET` per lookup key: the id's key changes only with the current lookup
+//! key, and the index entry only in steps. A revocation rewrites every
+//! copy, so no lookup key resolves to a live session afterwards. Scripts read only the header (and, to order a
 //! subject's sessions by use, the first fields of the JSON, which the store
 //! writes in a fixed order), never walk a hash.
 //!
@@ -85,7 +94,8 @@
 //! writes has a time-to-live, so any other policy may evict them when memory
 //! runs short, one key at a time: an evicted `s:` key leaves the record's
 //! lookup keys resolving while revocation by id, "log out everywhere" and
-//! the per-subject cap no longer find it. So the store reads the policy
+//! the per-subject cap no longer find it (until its next rotation writes
+//! the key again). So the store reads the policy
 //! when it connects and refuses any other
 //! ([`allow_eviction`](RedisStoreBuilder::allow_eviction) connects anyway,
 //! with a warning). When the policy cannot be read (`CONFIG` is an admin
@@ -93,9 +103,10 @@
 //! (`tracing`) and connects.
 //!
 //! A lookup stays one `GET` or `MGET` of lookup keys, so it cannot see that a
-//! record's `s:` key is gone; the record's next write (a touch, a rotation)
-//! finds it gone, deletes the copies under the lookup keys it was read
-//! with, and from then on they resolve to nothing.
+//! record's keys are partly gone. A write that finds the value under the
+//! record's current lookup key gone, with the record no longer reachable
+//! by its id, deletes the copies under the lookup keys it was read with,
+//! and from then on they resolve to nothing.
 //!
 //! # Connections
 //!

@@ -27,8 +27,8 @@ use crate::store::{SessionStore, StoreError, SubjectCap, check_successor};
 /// other clients in between.
 const SCAN_BATCH: usize = 500;
 
-/// How many records one purge script examines (a `GET` and at most a `DEL`
-/// and a `ZREM` each): a few milliseconds of the server's time at most.
+/// How many records one purge script examines (two `GET`s and at most a
+/// `DEL` and a `ZREM` each): a few milliseconds of the server's time at most.
 const PURGE_BATCH: usize = 100;
 
 /// The shortest time-to-live a write sets: a record already dead when it is
@@ -37,8 +37,8 @@ const PURGE_BATCH: usize = 100;
 /// timestamps, not from its keys' existence.
 const MIN_TTL_MS: i128 = 5 * 60 * 1000;
 
-/// The most entries of a subject's index one script reads (a `GET` each,
-/// and a revocation or a `ZREM` for some): lists, "log out everywhere" and
+/// The most entries of a subject's index one script reads (two `GET`s each:
+/// the id's key, then the value, and a revocation or a `ZREM` for some): lists, "log out everywhere" and
 /// the per-subject cap of a login. A subject never has more live sessions
 /// than `max_sessions_per_subject` (10 by default), so with a cap at or below
 /// this every such operation sees all of them in one call; see the
@@ -573,7 +573,7 @@ impl SessionStore for RedisStore {
         if record.id != *id {
             return Err(StoreError::corrupt(
                 Some(*id),
-                "the value under the id is another session's",
+                "the value the id's key points to is another session's",
             ));
         }
         Ok(record.is_active(now).then(|| Arc::new(record)))
@@ -834,7 +834,7 @@ impl SessionStore for RedisStore {
                     if record.id != *id {
                         return Err(StoreError::corrupt(
                             Some(*id),
-                            "the value under the id is another session's",
+                            "the value the id's key points to is another session's",
                         ));
                     }
                     if !record.is_active(now) {
