@@ -479,10 +479,12 @@ async fn a_clock_years_from_the_servers_does_not_make_sessions_vanish() {
         let keys = keys(&mut admin, &prefix).await;
         assert_eq!(keys.len(), 3, "{keys:?}");
         // Each key lives for the session's absolute lifetime (30 days by
-        // default) from now, whatever Redis's own clock says.
+        // default) from now, whatever Redis's own clock says; the id's key
+        // an hour longer.
         for key in &keys {
             let ttl: i64 = admin.pttl(key).await.unwrap();
-            let lifetime = 30 * 24 * 3600 * 1000;
+            let margin = if key.contains(":s:") { 3600 * 1000 } else { 0 };
+            let lifetime = 30 * 24 * 3600 * 1000 + margin;
             assert!(
                 (lifetime - 60_000..=lifetime).contains(&ttl),
                 "{start}: {key} {ttl}"
@@ -1518,6 +1520,14 @@ async fn a_rotation_restores_an_id_key_that_is_gone() {
     let touched = successor(&a, |n| n.last_seen_at = T0 + secs(60));
     assert!(store.replace(&a, &touched, T0 + secs(60)).await.unwrap());
     assert!(store.get_active(&a.id, T0).await.unwrap().is_none());
+    // A list cannot find it either, and drops it from the subject's index.
+    assert!(
+        store
+            .list_for_subject("alice", T0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // A rotation writes the id's key again: revocation by id finds the
     // session, and no lookup key resolves to it afterwards.
     let next = rotated(&touched, credential(2), T0 + secs(60));
@@ -1526,9 +1536,20 @@ async fn a_rotation_restores_an_id_key_that_is_gone() {
         store.get_active(&a.id, T0).await.unwrap().as_deref(),
         Some(&next)
     );
+    // The rotation put the index entry back too: the list shows it, and
+    // "log out everywhere" ends it.
+    let listed = store.list_for_subject("alice", T0).await.unwrap();
+    assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), [a.id]);
+    assert_eq!(
+        store
+            .revoke_all_for_subject("alice", T0, &revocation, None)
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(
         store.revoke(&a.id, None, T0, &revocation).await.unwrap(),
-        RevokeOutcome::Revoked
+        RevokeOutcome::AlreadyRevoked
     );
     for c in [next.current, touched.current] {
         assert!(found(&store, c, T0).await.is_empty());
@@ -1584,6 +1605,20 @@ async fn a_write_deletes_the_copies_of_a_record_whose_current_key_is_gone() {
         store.get_active(&b.id, T0).await.unwrap().as_deref(),
         Some(&b)
     );
+    // A purge deletes an id's key that points to a value gone, and leaves
+    // live records alone.
+    let c = record(None, T0);
+    store.insert(&c).await.unwrap();
+    let c_key = format!("{prefix}k:{}", hex::encode(c.current.lookup_key.as_bytes()));
+    let _: () = admin.del(&c_key).await.unwrap();
+    assert_eq!(store.purge_expired(T0).await.unwrap(), 0);
+    assert!(
+        !admin
+            .exists::<_, bool>(format!("{prefix}s:{}", c.id))
+            .await
+            .unwrap()
+    );
+    assert!(store.get_active(&b.id, T0).await.unwrap().is_some());
     cleanup(&mut admin, &prefix).await;
 }
 
@@ -1689,15 +1724,25 @@ async fn a_data_write_is_a_get_and_a_set_per_lookup_key() {
     assert_eq!(score(&mut admin).await, start + 60);
     assert!(score(&mut admin).await >= expiry(&w2));
     // A rotation: the new key is checked and set, the old one keeps a copy,
-    // and the id's key points to the new one.
+    // the id's key points to the new one, and the index entry is written
+    // again though its score stays.
     let mut w3 = rotated(&w2, credential(1), T0 + secs(60));
     (w3.last_seen_at, w3.expires_at) = (T0 + secs(60), T0 + secs(3660));
     assert_eq!(
         write(&mut admin, w3.clone(), T0 + secs(60)).await,
-        [1, 3, 0, 1, 0]
+        [1, 3, 1, 1, 0]
     );
+    assert_eq!(score(&mut admin).await, start + 60);
     let held: String = admin.get(&pointer).await.unwrap();
     assert_eq!(held, hex(w3.current));
+    // The id's key outlives the lookup keys by an hour, whichever host's
+    // clock renewed them last.
+    let current = format!("ths:k:{}", hex(w3.current));
+    let (id_ttl, key_ttl): (i64, i64) = (
+        admin.pttl(&pointer).await.unwrap(),
+        admin.pttl(&current).await.unwrap(),
+    );
+    assert!(id_ttl - key_ttl > 3_590_000, "{id_ttl} {key_ttl}");
     // Two lookup keys: a SET each.
     let w4 = touch(&w3, T0 + secs(61));
     assert_eq!(

@@ -1,5 +1,5 @@
-//! The one value a record is stored as: by Redis under its id and each
-//! lookup key, and by PostgreSQL in the `record` column of each of its rows.
+//! The one value a record is stored as: by Redis under each of its lookup
+//! keys, and by PostgreSQL in the `record` column of each of its rows.
 //! A header line Redis' write scripts read, then JSON that only Rust reads.
 //!
 //! ```text
@@ -210,7 +210,8 @@ pub(super) fn revocation_field(at_micros: i64, revocation: &Revocation) -> Strin
 }
 
 /// Decodes a stored value strictly. `id` is the record's id when the caller
-/// knows it (the key it read was `s:<id>`), for the error.
+/// knows it (it read the value through `s:<id>`, or asked for that id),
+/// for the error.
 pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecord, StoreError> {
     let split = value
         .iter()

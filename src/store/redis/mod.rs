@@ -92,10 +92,14 @@
 //!
 //! Run the server with `maxmemory-policy noeviction`. Every key the store
 //! writes has a time-to-live, so any other policy may evict them when memory
-//! runs short, one key at a time: an evicted `s:` key leaves the record's
-//! lookup keys resolving while revocation by id, "log out everywhere" and
-//! the per-subject cap no longer find it (until its next rotation writes
-//! the key again). So the store reads the policy
+//! runs short, one key at a time. An evicted `s:` key leaves the record's
+//! lookup keys resolving while revocation by id, lists, "log out
+//! everywhere" and the per-subject cap no longer find it (the latter three
+//! drop its index entry), until its next rotation writes the key and the
+//! entry again. An evicted value under the current lookup key leaves the
+//! copies under its other keys resolving, unfound by id, until its next
+//! write, which ends it (a write that lost a race on it reports the
+//! session ended). So the store reads the policy
 //! when it connects and refuses any other
 //! ([`allow_eviction`](RedisStoreBuilder::allow_eviction) connects anyway,
 //! with a warning). When the policy cannot be read (`CONFIG` is an admin

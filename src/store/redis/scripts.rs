@@ -1,16 +1,17 @@
-//! The Lua scripts behind every write: each is one atomic, conditional
-//! operation on the server, and reads only the header line of the values
-//! it touches (see [`value`](crate::store::value)), and for the per-subject cap the
-//! first two JSON fields (`created_at`, `last_seen_at`). Reads use no
-//! script. Scripts on a subject's index read and drop a bounded number of
-//! entries (see the [module docs](super#per-subject-index)).
+//! The Lua scripts behind every write, and behind the reads that go through
+//! an id (`FETCH`): each is one atomic, conditional operation on the
+//! server, and reads only the header line of the values it touches (see
+//! [`value`](crate::store::value)), and for the per-subject cap the first
+//! two JSON fields (`created_at`, `last_seen_at`). A lookup by lookup key
+//! uses no script. Scripts on a subject's index read and drop a bounded
+//! number of entries (see the [module docs](super#per-subject-index)).
 //!
 //! `ARGV[1]` is always the key prefix; the keys a script touches are derived
 //! from it, so the store needs a single Redis node (not Redis Cluster).
 
 use redis::Script;
 
-use super::store::{SUBJECT_DROP_LIMIT, SUBJECT_READ_LIMIT};
+use super::store::{POINTER_MARGIN_MS, SUBJECT_DROP_LIMIT, SUBJECT_READ_LIMIT};
 
 /// The key names, which every script starts with.
 const KEYS: &str = r#"
@@ -160,7 +161,7 @@ if subject ~= '' then
     end
   end
 end
-redis.call('SET', keys[1], ARGV[12], 'PX', ttl)
+redis.call('SET', keys[1], ARGV[12], 'PX', ttl + MARGIN)
 for i = 2, #keys do redis.call('SET', keys[i], value, 'PX', ttl) end
 if subject ~= '' then
   local u = ukey(subject)
@@ -213,7 +214,7 @@ if stored and string.sub(stored, 1, #expected) == expected then
     local gone = {}
     for i = o, #ARGV do if not new[ARGV[i]] then gone[#gone + 1] = kkey(ARGV[i]) end end
     if #gone > 0 then redis.call('DEL', unpack(gone)) end
-    if ARGV[9] ~= ARGV[o] then redis.call('SET', skey(id), ARGV[9], 'PX', ttl) end
+    if ARGV[9] ~= ARGV[o] then redis.call('SET', skey(id), ARGV[9], 'PX', ttl + MARGIN) end
   end
   -- The index follows the sliding expiry (and takes back an entry a clock
   -- ahead of this one dropped).
@@ -309,7 +310,9 @@ local n = 0
 for i = 3, #ARGV do
   local id = ARGV[i]
   local r = load(id)
-  if r == false or (r and r.id ~= id) then out[#out + 1] = id
+  -- An id's key whose value is gone (evicted) points nowhere: drop it.
+  if r == nil then redis.call('DEL', skey(id))
+  elseif r == false or r.id ~= id then out[#out + 1] = id
   elseif r and (r.rev ~= '-' or not lt(now, r.exp) or not lt(now, r.abs)) then
     local keys = {skey(id)}
     for _, k in ipairs(r.keys) do keys[#keys + 1] = kkey(k) end
@@ -351,17 +354,13 @@ pub(super) struct Scripts {
 
 impl Scripts {
     pub(super) fn new() -> Self {
-        let script = |body: &str| {
-            Script::new(&format!(
-                "local READ, DROP = {SUBJECT_READ_LIMIT}, {SUBJECT_DROP_LIMIT}\n{KEYS}{PRELUDE}{body}"
-            ))
-        };
+        let limits = format!(
+            "local READ, DROP, MARGIN = {SUBJECT_READ_LIMIT}, {SUBJECT_DROP_LIMIT}, {POINTER_MARGIN_MS}\n"
+        );
+        let script = |body: &str| Script::new(&format!("{limits}{KEYS}{PRELUDE}{body}"));
         Self {
             insert: script(INSERT),
-            replace: Script::new(&format!(
-                "local READ, DROP = {SUBJECT_READ_LIMIT}, {SUBJECT_DROP_LIMIT}\n\
-                 {KEYS}{REPLACE}{PRELUDE}{REPLACE_SLOW}"
-            )),
+            replace: Script::new(&format!("{limits}{KEYS}{REPLACE}{PRELUDE}{REPLACE_SLOW}")),
             revoke: script(REVOKE),
             revoke_all: script(REVOKE_ALL),
             list: script(LIST),

@@ -37,6 +37,14 @@ const PURGE_BATCH: usize = 100;
 /// timestamps, not from its keys' existence.
 const MIN_TTL_MS: i128 = 5 * 60 * 1000;
 
+/// How much longer than the record's lookup keys its id's key (the pointer
+/// to the current one) lives: the lookup keys' time-to-live is renewed by
+/// every write, relative to the writer's clock, the pointer's only at an
+/// insert or rotation, so hosts whose clocks disagree by up to this much
+/// never leave a record without it. A pointer that outlives the value it
+/// points to reads as the record gone, and a purge deletes it.
+pub(super) const POINTER_MARGIN_MS: i128 = 60 * 60 * 1000;
+
 /// The most entries of a subject's index one script reads (two `GET`s each:
 /// the id's key, then the value, and a revocation or a `ZREM` for some): lists, "log out everywhere" and
 /// the per-subject cap of a login. A subject never has more live sessions
@@ -621,8 +629,11 @@ impl SessionStore for RedisStore {
         // The subject's index entry moves when the idle expiry passes its
         // score; re-adding it also takes back an entry that a clock ahead
         // of this one dropped (see `index_score`).
+        // A rotation re-adds it whatever the score, so an entry dropped
+        // meanwhile comes back at least that often.
+        let rotation = next.current.lookup_key != current.current.lookup_key;
         let score = match index_score(next) {
-            score if score > index_score(current) => score.to_string(),
+            score if rotation || score > index_score(current) => score.to_string(),
             _ => String::new(),
         };
         let subject = next.subject.as_deref().unwrap_or_default();
@@ -817,7 +828,8 @@ impl SessionStore for RedisStore {
         loop {
             let (next, ids) = self.scan_ids(OPERATION, cursor).await?;
             let ids: Vec<SessionId> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
-            if !ids.is_empty() {
+            // A short batch per script, as for purges.
+            for ids in ids.chunks(PURGE_BATCH) {
                 let hex: Vec<String> = ids.iter().map(|id| hex_of(id.as_bytes())).collect();
                 let args: Vec<&[u8]> = hex.iter().map(|h| h.as_bytes()).collect();
                 let values: Vec<Vec<u8>> =
