@@ -1750,10 +1750,32 @@ async fn a_data_write_is_a_get_and_a_set_per_lookup_key() {
         [1, 2, 1, 0, 0]
     );
     assert_eq!(score(&mut admin).await, start + 120);
+    // Within the step again: a SET each, the keys keep their time-to-live
+    // (a write 60 s later by the same clock would have set it 60 s longer),
+    // and a copy that is gone is not written back.
+    let previous = format!("ths:k:{}", hex(w3.previous.unwrap().credential));
+    let before: i64 = admin.pttl(&current).await.unwrap();
+    let w4b = touch(&w4, T0 + secs(119));
+    assert_eq!(
+        write(&mut admin, w4b.clone(), T0 + secs(119)).await,
+        [1, 2, 0, 0, 0]
+    );
+    let after: i64 = admin.pttl(&current).await.unwrap();
+    assert!(
+        after <= before && before - after < 30_000,
+        "{before} {after}"
+    );
+    let _: () = admin.del(&previous).await.unwrap();
+    let w4c = touch(&w4b, T0 + secs(119));
+    assert_eq!(
+        write(&mut admin, w4c.clone(), T0 + secs(119)).await,
+        [1, 2, 0, 0, 0]
+    );
+    assert!(!admin.exists::<_, bool>(&previous).await.unwrap());
     // Another host's clock, ahead, dropped the entry: the next write that
     // moves the score puts it back, for revoking everything to find it.
     let _: () = admin.zrem(index, &member).await.unwrap();
-    let mut w5 = touch(&w4, T0 + secs(150));
+    let mut w5 = touch(&w4c, T0 + secs(150));
     w5.previous = None;
     assert_eq!(
         write(&mut admin, w5.clone(), T0 + secs(150)).await,

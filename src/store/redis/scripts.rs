@@ -228,6 +228,28 @@ if stored and string.sub(stored, 1, #expected) == expected then
 end
 "#;
 
+/// A data write's [`REPLACE`], with only what it needs. ARGV: the full name
+/// of the caller's current lookup key, the header of the record the caller
+/// read, the value, then the full names of the record's other lookup keys.
+/// 1 applied, 0 not (the caller then sends [`REPLACE`], which tells a lost
+/// race from a record gone or damaged).
+///
+/// Only for a write that keeps the record's lookup keys and leaves its
+/// index entry as it is (see `index_score`), so the keys keep their
+/// time-to-live too: the absolute expiry, as set by the insert or rotation
+/// that wrote them (`XX` for the other keys: a copy that is gone is not
+/// written back without one). The current key exists, since its `GET`
+/// just read it in the same script.
+const TOUCH: &str = r#"
+local stored = redis.call('GET', ARGV[1])
+if stored and string.sub(stored, 1, #ARGV[2]) == ARGV[2] then
+  redis.call('SET', ARGV[1], ARGV[3], 'KEEPTTL')
+  for i = 4, #ARGV do redis.call('SET', ARGV[i], ARGV[3], 'XX', 'KEEPTTL') end
+  return 1
+end
+return 0
+"#;
+
 /// [`REPLACE`] when the headers differ: the [`PRELUDE`] is defined only on
 /// this path, so the usual write does not pay for it.
 const REPLACE_SLOW: &str = r#"
@@ -345,6 +367,7 @@ return out
 pub(super) struct Scripts {
     pub(super) insert: Script,
     pub(super) replace: Script,
+    pub(super) touch: Script,
     pub(super) revoke: Script,
     pub(super) revoke_all: Script,
     pub(super) list: Script,
@@ -361,6 +384,7 @@ impl Scripts {
         Self {
             insert: script(INSERT),
             replace: Script::new(&format!("{limits}{KEYS}{REPLACE}{PRELUDE}{REPLACE_SLOW}")),
+            touch: Script::new(TOUCH),
             revoke: script(REVOKE),
             revoke_all: script(REVOKE_ALL),
             list: script(LIST),

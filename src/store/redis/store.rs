@@ -326,6 +326,23 @@ impl RedisStore {
         .await
     }
 
+    /// Runs `script` with `args` as `ARGV`, without the prefix.
+    async fn script_bare<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        script: &Script,
+        args: &[&[u8]],
+    ) -> Result<T, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        self.leased(operation, |mut connection| async move {
+            invocation.invoke_async(&mut connection).await
+        })
+        .await
+    }
+
     /// One step of a scan over the `s:` keys: the next cursor and the ids
     /// found. The pattern matches exactly 32 lowercase hex digits after
     /// `s:`, so another prefix that happens to start with this one is not
@@ -644,6 +661,23 @@ impl SessionStore for RedisStore {
                 .collect()
         };
         let (keys, read_keys) = (hex_keys(next), hex_keys(current));
+        // A data write (same keys, index entry left as it is): the small
+        // script, which only compares and sets. When it does not apply, the
+        // full one below tells why (it cannot apply either: the stored
+        // header never returns to one a write replaced, since every write
+        // bumps the generation).
+        if score.is_empty() && read_keys == keys {
+            let names: Vec<String> = keys.iter().map(|k| self.key("k:", k)).collect();
+            let mut args: Vec<&[u8]> = vec![names[0].as_bytes(), &expected, &value];
+            args.extend(names[1..].iter().map(|n| n.as_bytes()));
+            if self
+                .script_bare::<i64>("replace", &self.scripts.touch, &args)
+                .await?
+                == 1
+            {
+                return Ok(true);
+            }
+        }
         let count = keys.len().to_string();
         let mut args: Vec<&[u8]> = vec![
             id.as_bytes(),
