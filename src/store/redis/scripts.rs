@@ -348,16 +348,26 @@ return out
 "#;
 
 /// ARGV: P, ids… The value of each id's record, in order: empty when it
-/// is gone, `-` when it is damaged (see `load`), for the caller to report.
-/// (Not nil: a RESP3 client would get a boolean for `false`.) Reads only; a
-/// lookup by lookup key needs no script.
+/// is gone, `-` when its id's key does not point to a value whose current
+/// lookup key it is, for the caller to report (as `load` does; the caller
+/// decodes the value strictly and checks its id). Not nil: a RESP3 client
+/// would get a boolean for `false`. Reads only, and defines none of the
+/// [`PRELUDE`]'s helpers, which would cost more than its two `GET`s.
 const FETCH: &str = r#"
 local out = {}
 for i = 2, #ARGV do
-  local r = load(ARGV[i])
-  if r == nil then out[#out + 1] = ''
-  elseif r == false then out[#out + 1] = '-'
-  else out[#out + 1] = r.v end
+  local p = redis.call('GET', skey(ARGV[i]))
+  local v = ''
+  if p then
+    if #p ~= 64 or not string.match(p, '^%x+$') then v = '-'
+    else
+      v = redis.call('GET', kkey(p)) or ''
+      if v ~= '' and string.match(v, '^ths2|%x+|%d+|%-?%d+|%-?%d+|[^|]*|(%x+)|') ~= p then
+        v = '-'
+      end
+    end
+  end
+  out[#out + 1] = v
 end
 return out
 "#;
@@ -389,7 +399,7 @@ impl Scripts {
             revoke_all: script(REVOKE_ALL),
             list: script(LIST),
             purge: script(PURGE),
-            fetch: script(FETCH),
+            fetch: Script::new(&format!("{KEYS}{FETCH}")),
         }
     }
 }
