@@ -1119,17 +1119,24 @@ async fn every_operation_reports_a_damaged_record() {
     let a = record(Some("alice"), T0);
     let b = record(Some("alice"), T0);
     let c = record(Some("alice"), T0);
-    for r in [&healthy, &a, &b, &c] {
+    let d = rotated(&record(Some("alice"), T0), credential(1), T0);
+    for r in [&healthy, &a, &b, &c, &d] {
         store.insert(r).await.unwrap();
     }
     // `a`'s header no longer parses; `b`'s id points to another record's
-    // value; `c`'s id to no lookup key at all.
+    // value; `c`'s id to no lookup key at all; `d`'s to its own previous
+    // key.
     damage(&mut admin, &prefix, a.id, "h0=ths1").await;
     let healthy_key: Vec<u8> = admin
         .get(format!("{prefix}s:{}", healthy.id))
         .await
         .unwrap();
-    for (id, pointer) in [(b.id, healthy_key), (c.id, b"not a key".to_vec())] {
+    let d_previous = hex::encode(d.previous.unwrap().credential.lookup_key.as_bytes());
+    for (id, pointer) in [
+        (b.id, healthy_key),
+        (c.id, b"not a key".to_vec()),
+        (d.id, d_previous.into_bytes()),
+    ] {
         let _: () = redis::cmd("SET")
             .arg(format!("{prefix}s:{id}"))
             .arg(pointer)
@@ -1139,11 +1146,11 @@ async fn every_operation_reports_a_damaged_record() {
             .unwrap();
     }
     let revocation = Revocation::new(RevocationReason::Admin);
-    for id in [a.id, b.id, c.id] {
+    for id in [a.id, b.id, c.id, d.id] {
         let error = store.get_active(&id, T0).await.unwrap_err();
         assert!(is_corrupt(&error, &[id]), "{error:?}");
     }
-    for id in [a.id, b.id, c.id] {
+    for id in [a.id, b.id, c.id, d.id] {
         let error = store.revoke(&id, None, T0, &revocation).await.unwrap_err();
         assert!(is_corrupt(&error, &[id]), "{error:?}");
     }
@@ -1165,13 +1172,13 @@ async fn every_operation_reports_a_damaged_record() {
     assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
     // Errors name the id, never a lookup key.
     let message = format!("{error} {error:?}");
-    for r in [&healthy, &a, &b, &c] {
+    for r in [&healthy, &a, &b, &c, &d] {
         assert!(!message.contains(&hex::encode(r.current.lookup_key.as_bytes())));
     }
     // Purging past everyone's expiry deletes the healthy record and
     // reports a damaged one, which it leaves alone.
     let error = store.purge_expired(T0 + secs(86_400)).await.unwrap_err();
-    assert!(is_corrupt(&error, &[a.id, b.id, c.id]), "{error:?}");
+    assert!(is_corrupt(&error, &[a.id, b.id, c.id, d.id]), "{error:?}");
     assert!(
         !admin
             .exists::<_, bool>(format!("{prefix}s:{}", healthy.id))

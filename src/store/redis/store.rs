@@ -501,6 +501,50 @@ fn floor_secs(now: OffsetDateTime) -> String {
     to_micros(now).div_euclid(1_000_000).to_string()
 }
 
+/// The record of `id` from what [`FETCH`](super::scripts) read: what its
+/// key holds (`pointer`) and the value under that lookup key. `None` when
+/// either is gone; corruption when the pointer is not a lookup key, or the
+/// value is not the id's record with that current lookup key.
+fn fetched(
+    id: &SessionId,
+    pointer: &[u8],
+    value: &[u8],
+) -> Result<Option<SessionRecord>, StoreError> {
+    if pointer.is_empty() {
+        return Ok(None);
+    }
+    let is_key = pointer.len() == 64
+        && pointer
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !is_key {
+        return Err(StoreError::corrupt(
+            Some(*id),
+            "the id's key does not hold a lookup key",
+        ));
+    }
+    // No value is empty.
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let record = decode(value, Some(*id))?;
+    if record.id != *id {
+        return Err(StoreError::corrupt(
+            Some(*id),
+            "the value the id's key points to is another session's",
+        ));
+    }
+    // Compared as hex, which is not secret-dependent timing on anything an
+    // attacker chooses: both come from the store.
+    if hex_of(record.current.lookup_key.as_bytes()).as_bytes() != pointer {
+        return Err(StoreError::corrupt(
+            Some(*id),
+            "the id's key does not point to the record's current lookup key",
+        ));
+    }
+    Ok(Some(record))
+}
+
 fn unexpected(operation: &'static str) -> StoreError {
     StoreError::backend(operation, "unexpected reply from a script")
 }
@@ -583,25 +627,15 @@ impl SessionStore for RedisStore {
         now: OffsetDateTime,
     ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         let hex = hex_of(id.as_bytes());
-        let values: Vec<Vec<u8>> = self
+        let reply: Vec<Vec<u8>> = self
             .script("get_active", &self.scripts.fetch, &[hex.as_bytes()])
             .await?;
-        let value = match values.as_slice() {
-            [value] => value,
-            _ => return Err(unexpected("get_active")),
+        let [pointer, value] = reply.as_slice() else {
+            return Err(unexpected("get_active"));
         };
-        // Empty: gone (no value is empty).
-        if value.is_empty() {
-            return Ok(None);
-        }
-        let record = decode(value, Some(*id))?;
-        if record.id != *id {
-            return Err(StoreError::corrupt(
-                Some(*id),
-                "the value the id's key points to is another session's",
-            ));
-        }
-        Ok(record.is_active(now).then(|| Arc::new(record)))
+        Ok(fetched(id, pointer, value)?
+            .filter(|record| record.is_active(now))
+            .map(Arc::new))
     }
 
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
@@ -866,23 +900,16 @@ impl SessionStore for RedisStore {
             for ids in ids.chunks(PURGE_BATCH) {
                 let hex: Vec<String> = ids.iter().map(|id| hex_of(id.as_bytes())).collect();
                 let args: Vec<&[u8]> = hex.iter().map(|h| h.as_bytes()).collect();
-                let values: Vec<Vec<u8>> =
+                let reply: Vec<Vec<u8>> =
                     self.script(OPERATION, &self.scripts.fetch, &args).await?;
-                if values.len() != ids.len() {
+                if reply.len() != 2 * ids.len() {
                     return Err(unexpected(OPERATION));
                 }
-                for (id, value) in ids.iter().zip(values) {
+                for (id, pair) in ids.iter().zip(reply.chunks_exact(2)) {
                     // Gone since the scan saw it.
-                    if value.is_empty() {
+                    let Some(record) = fetched(id, &pair[0], &pair[1])? else {
                         continue;
-                    }
-                    let record = decode(&value, Some(*id))?;
-                    if record.id != *id {
-                        return Err(StoreError::corrupt(
-                            Some(*id),
-                            "the value the id's key points to is another session's",
-                        ));
-                    }
+                    };
                     if !record.is_active(now) {
                         continue;
                     }
