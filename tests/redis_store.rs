@@ -1506,6 +1506,32 @@ async fn a_long_history_leaves_the_index_in_bounded_steps() {
 }
 
 #[tokio::test]
+async fn a_timeout_too_long_to_add_to_now_is_no_limit() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-forever") + ":";
+    let store = RedisStore::builder(url())
+        .prefix(&prefix)
+        .timeout(Duration::MAX)
+        .connect()
+        .await
+        .unwrap();
+    let a = record(None, T0);
+    store.insert(&a).await.unwrap();
+    let next = successor(&a, |n| n.last_seen_at = T0 + secs(1));
+    assert!(store.replace(&a, &next, T0 + secs(1)).await.unwrap());
+    // A stale write: the data-write script does not apply, the full one
+    // says why, within the same (unbounded) time.
+    assert!(!store.replace(&a, &next, T0 + secs(1)).await.unwrap());
+    assert_eq!(
+        store.get_active(&a.id, T0).await.unwrap().as_deref(),
+        Some(&next)
+    );
+    cleanup(&mut admin, &prefix).await;
+}
+
+#[tokio::test]
 async fn a_rotation_restores_an_id_key_that_is_gone() {
     let Some(mut admin) = admin().await else {
         return;

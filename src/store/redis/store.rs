@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use redis::Script;
 use redis::aio::ConnectionManager;
 use time::OffsetDateTime;
+use tokio::time::Instant;
 
 use super::builder::RedisStoreBuilder;
 use super::scripts::Scripts;
@@ -260,8 +261,32 @@ impl RedisStore {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
+        self.leased_until(operation, self.deadline(), op).await
+    }
+
+    /// When an operation starting now is out of time.
+    fn deadline(&self) -> Instant {
+        let now = Instant::now();
+        // A timeout too long to add (`Duration::MAX`) is none: 30 years.
+        now.checked_add(self.timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
+    }
+
+    /// [`leased`](Self::leased), for an operation that is out of time at
+    /// `deadline` (one of several commands).
+    async fn leased_until<T, F>(
+        &self,
+        operation: &'static str,
+        deadline: Instant,
+        op: impl FnOnce(ConnectionManager) -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
         let lease = self.connection();
-        let result = self.run(operation, op(lease.slot.manager.clone())).await;
+        let result = self
+            .run(operation, deadline, op(lease.slot.manager.clone()))
+            .await;
         lease.settle(&result, || self.now_ms());
         result
     }
@@ -293,9 +318,10 @@ impl RedisStore {
     async fn run<T>(
         &self,
         operation: &'static str,
+        deadline: Instant,
         op: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, op).await {
+        match tokio::time::timeout_at(deadline, op).await {
             Err(_) => Err(StoreError::Timeout {
                 operation,
                 timeout: self.timeout,
@@ -316,28 +342,28 @@ impl RedisStore {
         script: &Script,
         args: &[&[u8]],
     ) -> Result<T, StoreError> {
-        let mut invocation = script.arg(self.prefix.as_bytes());
-        for arg in args {
-            invocation.arg(*arg);
-        }
-        self.leased(operation, |mut connection| async move {
-            invocation.invoke_async(&mut connection).await
-        })
-        .await
+        self.script_until(operation, script, args, true, self.deadline())
+            .await
     }
 
-    /// Runs `script` with `args` as `ARGV`, without the prefix.
-    async fn script_bare<T: redis::FromRedisValue>(
+    /// Runs `script` with `args` as `ARGV`, after the prefix if `prefixed`,
+    /// out of time at `deadline`.
+    async fn script_until<T: redis::FromRedisValue>(
         &self,
         operation: &'static str,
         script: &Script,
         args: &[&[u8]],
+        prefixed: bool,
+        deadline: Instant,
     ) -> Result<T, StoreError> {
         let mut invocation = script.prepare_invoke();
+        if prefixed {
+            invocation.arg(self.prefix.as_bytes());
+        }
         for arg in args {
             invocation.arg(*arg);
         }
-        self.leased(operation, |mut connection| async move {
+        self.leased_until(operation, deadline, |mut connection| async move {
             invocation.invoke_async(&mut connection).await
         })
         .await
@@ -700,12 +726,15 @@ impl SessionStore for RedisStore {
         // full one below tells why (it cannot apply either: the stored
         // header never returns to one a write replaced, since every write
         // bumps the generation).
+        // Both scripts together within the store's timeout.
+        let deadline = self.deadline();
         if score.is_empty() && read_keys == keys {
             let names: Vec<String> = keys.iter().map(|k| self.key("k:", k)).collect();
             let mut args: Vec<&[u8]> = vec![names[0].as_bytes(), &expected, &value];
             args.extend(names[1..].iter().map(|n| n.as_bytes()));
+            let touch = &self.scripts.touch;
             if self
-                .script_bare::<i64>("replace", &self.scripts.touch, &args)
+                .script_until::<i64>("replace", touch, &args, false, deadline)
                 .await?
                 == 1
             {
@@ -730,7 +759,7 @@ impl SessionStore for RedisStore {
             args.extend(read_keys.iter().map(|k| k.as_bytes()));
         }
         match self
-            .script::<i64>("replace", &self.scripts.replace, &args)
+            .script_until::<i64>("replace", &self.scripts.replace, &args, true, deadline)
             .await?
         {
             1 => Ok(true),
