@@ -723,7 +723,7 @@ async fn commands_fill_one_connection_first_and_the_first_moves_on() {
     proxy.hold.send_replace(0b111);
     let lookups: Vec<_> = (0..70)
         .map(|_| {
-            let (store, probe) = (store.clone(), probe.clone());
+            let store = store.clone();
             tokio::spawn(async move { store.find_active(&probe, T0).await })
         })
         .collect();
@@ -1784,8 +1784,8 @@ async fn a_data_write_is_a_get_and_a_set_per_lookup_key() {
     );
     assert_eq!(score(&mut admin).await, start + 120);
     // Within the step again: a SET each, the keys keep their time-to-live
-    // (a write 60 s later by the same clock would have set it 60 s longer),
-    // and a copy that is gone is not written back.
+    // (a write setting it afresh, 58 s later by this clock, would have set
+    // it 58 s shorter), and a copy that is gone is not written back.
     let previous = format!("ths:k:{}", hex(w3.previous.unwrap().credential));
     let before: i64 = admin.pttl(&current).await.unwrap();
     let w4b = touch(&w4, T0 + secs(119));

@@ -61,15 +61,18 @@
 //!
 //! # Writes are small scripts
 //!
-//! Every write is one Lua script (sent as `EVALSHA`, loaded on `NOSCRIPT`),
+//! Every write is a Lua script (sent as `EVALSHA`, loaded on `NOSCRIPT`),
 //! atomic on the server and conditional: `replace` is a compare-and-swap on
 //! the header line of the value under the caller's current lookup key (the
 //! generation, expiries, revocation and keys) that also requires the record
 //! to be unrevoked and unexpired at the `now` it is given, and rewrites the
 //! value under every lookup key of the new record, deleting keys only the
-//! old one held. A data write (keys unchanged) is therefore one `GET` and a
-//! `SET` per lookup key: the id's key changes only with the current lookup
-//! key, and the index entry only in steps. A revocation rewrites every
+//! old one held. A data write (keys unchanged, index entry left as it is)
+//! is a smaller script: one `GET` and a `SET … KEEPTTL` per lookup key that
+//! still exists; when it finds the record changed, the full script follows
+//! and says why (a lost race, a record gone, a damaged value), within the
+//! same timeout. The id's key changes only with the current lookup key, and
+//! the index entry only in steps. A revocation rewrites every
 //! copy, so no lookup key resolves to a live session afterwards. Scripts read only the header (and, to order a
 //! subject's sessions by use, the first fields of the JSON, which the store
 //! writes in a fixed order), never walk a hash.
@@ -82,6 +85,8 @@
 //! `last_seen_at`), never as an absolute `PEXPIREAT`: Redis's clock and the
 //! application's may disagree (a test clock years away, a skewed host), and
 //! an absolute expiry in Redis's past would delete a fresh session at once.
+//! A data write keeps the time-to-live its keys have (the absolute expiry
+//! never changes); the id's key lives an hour longer than the lookup keys.
 //! A record that is already dead when written keeps its keys for
 //! a few minutes; whether a record is active is always decided in Rust from
 //! its timestamps, so keys that outlive their record change nothing.

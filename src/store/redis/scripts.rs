@@ -6,8 +6,9 @@
 //! uses no script. Scripts on a subject's index read and drop a bounded
 //! number of entries (see the [module docs](super#per-subject-index)).
 //!
-//! `ARGV[1]` is always the key prefix; the keys a script touches are derived
-//! from it, so the store needs a single Redis node (not Redis Cluster).
+//! `ARGV[1]` is the key prefix, and the keys a script touches are derived
+//! from it (but for [`TOUCH`], which is given their full names), so the
+//! store needs a single Redis node (not Redis Cluster).
 
 use redis::Script;
 
@@ -22,7 +23,8 @@ local function ukey(subject) return P .. 'u:' .. subject end
 "#;
 
 /// Helpers for reading stored headers and the subject index: every script
-/// but [`REPLACE`]'s fast path defines them before its body.
+/// but [`REPLACE`]'s fast path, [`TOUCH`] and [`FETCH`] defines them before
+/// its body.
 const PRELUDE: &str = r#"
 -- a < b for canonical decimal integers, exactly (Lua numbers are doubles,
 -- which round microseconds past the year 2255).
@@ -42,7 +44,7 @@ local HEADER = '^ths2|(%x+)|(%d+)|(%-?%d+)|(%-?%d+)|([^|]*)|(%x+)|([^|]*)|([^|]*
 local function tohex(s)
   return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
 end
-local function is_key(k) return #k == 64 and string.match(k, '^%x+$') ~= nil end
+local function is_key(k) return #k == 64 and string.match(k, '^[0-9a-f]+$') ~= nil end
 -- A stored value's header: nil for no value, false for one that does not
 -- parse (the caller reports corruption).
 local function parse(v)
@@ -236,9 +238,9 @@ end
 ///
 /// Only for a write that keeps the record's lookup keys and leaves its
 /// index entry as it is (see `index_score`), so the keys keep their
-/// time-to-live too: the absolute expiry, as set by the insert or rotation
-/// that wrote them (`XX` for the other keys: a copy that is gone is not
-/// written back without one). The current key exists, since its `GET`
+/// time-to-live too: the absolute expiry, as set by the insert or the full
+/// replace that last wrote them (`XX` for the other keys: a copy that is
+/// gone is not written back without one). The current key exists, since its `GET`
 /// just read it in the same script.
 const TOUCH: &str = r#"
 local stored = redis.call('GET', ARGV[1])

@@ -39,10 +39,11 @@ const PURGE_BATCH: usize = 100;
 const MIN_TTL_MS: i128 = 5 * 60 * 1000;
 
 /// How much longer than the record's lookup keys its id's key (the pointer
-/// to the current one) lives: the lookup keys' time-to-live is renewed by
-/// every write, relative to the writer's clock, the pointer's only at an
-/// insert or rotation, so hosts whose clocks disagree by up to this much
-/// never leave a record without it. A pointer that outlives the value it
+/// to the current one) lives: the lookup keys' time-to-live is set again,
+/// relative to the writer's clock, by every write that changes the keys or
+/// moves the index score, the pointer's only at an insert or rotation, so
+/// hosts whose clocks disagree by up to this much never leave a record
+/// without it. A pointer that outlives the value it
 /// points to reads as the record gone, and a purge deletes it.
 pub(super) const POINTER_MARGIN_MS: i128 = 60 * 60 * 1000;
 
@@ -138,8 +139,9 @@ impl Drop for Lease<'_> {
 /// request.
 ///
 /// A lookup is one `GET` (or `MGET`, for several candidates), with no
-/// script; every write is one small Lua
-/// script. Keys expire by themselves, relative to the application's clock.
+/// script; every write is a small Lua script (a data write whose script
+/// finds the record changed sends a second one, which says why). Keys
+/// expire by themselves, relative to the application's clock.
 /// `rediss://` URLs need the `redis-tls` feature. See the
 /// [module docs](super) for the key layout, the expiry rule and the
 /// connections.
@@ -724,8 +726,8 @@ impl SessionStore for RedisStore {
         // A data write (same keys, index entry left as it is): the small
         // script, which only compares and sets. When it does not apply, the
         // full one below tells why (it cannot apply either: the stored
-        // header never returns to one a write replaced, since every write
-        // bumps the generation).
+        // header never returns to one a write replaced, since every replace
+        // bumps the generation and a revocation is never undone).
         // Both scripts together within the store's timeout.
         let deadline = self.deadline();
         if score.is_empty() && read_keys == keys {
@@ -757,6 +759,15 @@ impl SessionStore for RedisStore {
         // these are deleted.
         if read_keys != keys {
             args.extend(read_keys.iter().map(|k| k.as_bytes()));
+        }
+        // Out of time already (the first script took it all): say so
+        // rather than send a command bound to time out, which would mark a
+        // sound connection stalled.
+        if Instant::now() >= deadline {
+            return Err(StoreError::Timeout {
+                operation: "replace",
+                timeout: self.timeout,
+            });
         }
         match self
             .script_until::<i64>("replace", &self.scripts.replace, &args, true, deadline)
