@@ -1688,14 +1688,13 @@ async fn an_invalid_revocation_actor_is_refused_before_anything() {
     cleanup(&mut admin, &prefix).await;
 }
 
-#[tokio::test]
-async fn a_data_write_is_a_get_and_a_set_per_lookup_key() {
-    // A server of its own, so that its command statistics are this test's.
-    if admin().await.is_none() {
-        return;
-    }
+/// A store under `ths:` on a Redis server of its own, so that its command
+/// statistics are the test's, with an admin connection to that server
+/// (`None` where [`admin`] is).
+async fn private_store() -> Option<(PrivateRedis, Admin, RedisStore)> {
+    admin().await?;
     let server = private_redis(&[]);
-    let mut admin = redis::Client::open(server.url.as_str())
+    let admin = redis::Client::open(server.url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -1705,6 +1704,14 @@ async fn a_data_write_is_a_get_and_a_set_per_lookup_key() {
         .connect()
         .await
         .unwrap();
+    Some((server, admin, store))
+}
+
+#[tokio::test]
+async fn a_data_write_is_a_get_and_a_set_per_lookup_key() {
+    let Some((_server, mut admin, store)) = private_store().await else {
+        return;
+    };
     // Idle 1 h: the index score moves in steps of 60 s (T0 is on one).
     let a = record(Some("alice"), T0);
     store.insert(&a).await.unwrap();
@@ -1841,21 +1848,9 @@ async fn calls(admin: &mut Admin, command: &str) -> u64 {
 
 #[tokio::test]
 async fn one_script_call_reads_and_drops_a_bounded_number_of_entries() {
-    // A server of its own, so that its command statistics are this test's.
-    if admin().await.is_none() {
+    let Some((_server, mut admin, store)) = private_store().await else {
         return;
-    }
-    let server = private_redis(&[]);
-    let mut admin = redis::Client::open(server.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let store = RedisStore::builder(&server.url)
-        .prefix("ths:")
-        .connect()
-        .await
-        .unwrap();
+    };
     let now = T0 + secs(200);
     let (index, _) = long_history(&mut admin, &store, "ths:", "alice", 2).await;
     let cap = tower_hmac_session::store::SubjectCap {
