@@ -392,6 +392,13 @@ fn unhex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
+/// A lookup key spelled as the store spells it: 64 lowercase hex digits.
+pub(super) fn lookup_key_of_hex(text: &[u8]) -> Option<LookupKey> {
+    let mut bytes = [0u8; 32];
+    unhex_into(text, &mut bytes)?;
+    Some(LookupKey::from_bytes(bytes))
+}
+
 /// Exactly `N` bytes as lowercase hex.
 fn hex_exact<const N: usize>(text: &str) -> Option<[u8; N]> {
     let mut bytes = [0u8; N];

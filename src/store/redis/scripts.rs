@@ -187,11 +187,11 @@ return out
 /// write bumps it), the expiries, the revocation and the lookup keys. When
 /// the stored header is byte for byte the one the caller read, the caller's
 /// own checks of that record (active at the write's time, its keys) are the
-/// store's, and the script only writes. A data write, with the keys
-/// unchanged, is one `GET` and a `SET` per lookup key: `s:<id>` changes only
-/// with the current key, and the index entry only when the idle expiry
-/// passes its score. Anything else takes the slow path, which parses the
-/// stored header to tell a lost race (0) from corruption (-2).
+/// store's, and the script only writes: `s:<id>` only when the current key
+/// changes, and the index entry only when given a score. (A data write that
+/// keeps the keys and the entry is [`TOUCH`], and this script only when
+/// that does not apply.) Anything else takes the slow path, which parses
+/// the stored header to tell a lost race (0) from corruption (-2).
 ///
 /// With the record gone, the caller's lookup keys that still hold a copy of
 /// it are deleted, so they stop resolving.
@@ -337,7 +337,7 @@ for i = 3, #ARGV do
   -- An id's key whose value is gone (evicted) points nowhere: drop it.
   if r == nil then redis.call('DEL', skey(id))
   elseif r == false or r.id ~= id then out[#out + 1] = id
-  elseif r and (r.rev ~= '-' or not lt(now, r.exp) or not lt(now, r.abs)) then
+  elseif r.rev ~= '-' or not lt(now, r.exp) or not lt(now, r.abs) then
     local keys = {skey(id)}
     for _, k in ipairs(r.keys) do keys[#keys + 1] = kkey(k) end
     redis.call('DEL', unpack(keys))

@@ -20,7 +20,9 @@ use crate::record::{
     ActiveSessionRecord, Revocation, RevokeOutcome, SessionId, SessionMatch, SessionRecord,
     VersionCount,
 };
-use crate::store::value::{decode, encode, header, hex_of, revocation_field, to_micros};
+use crate::store::value::{
+    decode, encode, header, hex_of, lookup_key_of_hex, revocation_field, to_micros,
+};
 use crate::store::{SessionStore, StoreError, SubjectCap, check_successor};
 
 /// How many keys one step of an admin scan (`count_by_key_version`,
@@ -541,16 +543,12 @@ fn fetched(
     if pointer.is_empty() {
         return Ok(None);
     }
-    let is_key = pointer.len() == 64
-        && pointer
-            .iter()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if !is_key {
+    let Some(pointer) = lookup_key_of_hex(pointer) else {
         return Err(StoreError::corrupt(
             Some(*id),
             "the id's key does not hold a lookup key",
         ));
-    }
+    };
     // No value is empty.
     if value.is_empty() {
         return Ok(None);
@@ -562,9 +560,7 @@ fn fetched(
             "the value the id's key points to is another session's",
         ));
     }
-    // Compared as hex, which is not secret-dependent timing on anything an
-    // attacker chooses: both come from the store.
-    if hex_of(record.current.lookup_key.as_bytes()).as_bytes() != pointer {
+    if record.current.lookup_key != pointer {
         return Err(StoreError::corrupt(
             Some(*id),
             "the id's key does not point to the record's current lookup key",
@@ -701,37 +697,30 @@ impl SessionStore for RedisStore {
         {
             return Ok(false);
         }
-        let id = hex_of(current.id.as_bytes());
         let expected = header(current);
-        let ttl = ttl_ms(next.absolute_expires_at, now);
         let value = encode(next);
         // The subject's index entry moves when the idle expiry passes its
-        // score; re-adding it also takes back an entry that a clock ahead
-        // of this one dropped (see `index_score`).
-        // A rotation re-adds it whatever the score, so an entry dropped
-        // meanwhile comes back at least that often.
+        // score, and at every rotation whatever the score; re-adding it
+        // also takes back an entry that a clock ahead of this one dropped
+        // (see `index_score`).
         let rotation = next.current.lookup_key != current.current.lookup_key;
         let score = match index_score(next) {
             score if rotation || score > index_score(current) => score.to_string(),
             _ => String::new(),
         };
-        let subject = next.subject.as_deref().unwrap_or_default();
-        let hex_keys = |record: &SessionRecord| -> Vec<String> {
-            record
-                .credentials()
-                .map(|(_, c)| hex_of(c.lookup_key.as_bytes()))
-                .collect()
-        };
-        let (keys, read_keys) = (hex_keys(next), hex_keys(current));
+        fn lookup_keys(record: &SessionRecord) -> impl Iterator<Item = LookupKey> + '_ {
+            record.credentials().map(|(_, c)| c.lookup_key)
+        }
+        let same_keys = lookup_keys(next).eq(lookup_keys(current));
+        // Both scripts together within the store's timeout.
+        let deadline = self.deadline();
         // A data write (same keys, index entry left as it is): the small
         // script, which only compares and sets. When it does not apply, the
         // full one below tells why (it cannot apply either: the stored
         // header never returns to one a write replaced, since every replace
         // bumps the generation and a revocation is never undone).
-        // Both scripts together within the store's timeout.
-        let deadline = self.deadline();
-        if score.is_empty() && read_keys == keys {
-            let names: Vec<String> = keys.iter().map(|k| self.key("k:", k)).collect();
+        if score.is_empty() && same_keys {
+            let names: Vec<String> = lookup_keys(next).map(|k| self.lookup_key(&k)).collect();
             let mut args: Vec<&[u8]> = vec![names[0].as_bytes(), &expected, &value];
             args.extend(names[1..].iter().map(|n| n.as_bytes()));
             let touch = &self.scripts.touch;
@@ -743,6 +732,13 @@ impl SessionStore for RedisStore {
                 return Ok(true);
             }
         }
+        let id = hex_of(current.id.as_bytes());
+        let ttl = ttl_ms(next.absolute_expires_at, now);
+        let subject = next.subject.as_deref().unwrap_or_default();
+        let hex_keys = |record: &SessionRecord| -> Vec<String> {
+            lookup_keys(record).map(|k| hex_of(k.as_bytes())).collect()
+        };
+        let (keys, read_keys) = (hex_keys(next), hex_keys(current));
         let count = keys.len().to_string();
         let mut args: Vec<&[u8]> = vec![
             id.as_bytes(),
@@ -757,7 +753,7 @@ impl SessionStore for RedisStore {
         // The keys the caller read, when they differ: the stored ones when
         // the headers match, and with the record gone, its copies under
         // these are deleted.
-        if read_keys != keys {
+        if !same_keys {
             args.extend(read_keys.iter().map(|k| k.as_bytes()));
         }
         // Out of time already (the first script took it all): say so
