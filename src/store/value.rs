@@ -392,7 +392,9 @@ fn unhex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
-/// A lookup key spelled as the store spells it: 64 lowercase hex digits.
+/// A lookup key spelled as the store spells it: 64 lowercase hex digits
+/// (Redis keeps the current one under each id).
+#[cfg(feature = "redis")]
 pub(super) fn lookup_key_of_hex(text: &[u8]) -> Option<LookupKey> {
     let mut bytes = [0u8; 32];
     unhex_into(text, &mut bytes)?;
