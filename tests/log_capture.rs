@@ -148,7 +148,7 @@ impl Records {
                     if let Some(hex) = rest.strip_prefix("k:") {
                         // A copy of the record under each of its lookup
                         // keys: the key is in the name, and the header is
-                        // `ths2|id|generation|expires|absolute|revocation|
+                        // `ths3|id|generation|expires|absolute|revocation|
                         // current|previous|superseded|subject`.
                         ledger.stored_lookup_key(hex_key(hex).expect("a lookup key"));
                         let header = value.lines().next().unwrap_or_default();

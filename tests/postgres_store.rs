@@ -467,13 +467,13 @@ async fn corrupt_rows_are_reported_as_corruption() {
         ring(1, &[1]),
     );
     // The record is the `record` column: damage to it, whole or in part
-    // (a header field, a JSON member), and a record that disagrees with
+    // (a header field, a state field, the data), and a record that disagrees with
     // the row's own columns.
     let edits = [
-        ("^ths2", "ths1"),
-        ("^ths2\\|[0-9a-f]+", "ths2|0102"),
+        ("^ths3", "ths2"),
+        ("^ths3\\|[0-9a-f]+", "ths3|0102"),
         // The generation, then the expiry, out of any range.
-        ("^(ths2\\|[^|]*\\|)[0-9]+", "\\1-1"),
+        ("^(ths3\\|[^|]*\\|)[0-9]+", "\\1-1"),
         ("^((?:[^|]*\\|){3})[0-9]+", "\\1+1"),
         ("^((?:[^|]*\\|){3})[0-9]+", "\\19999999999999999999"),
         // Revoked, in a row that is not.
@@ -485,13 +485,12 @@ async fn corrupt_rows_are_reported_as_corruption() {
             "\\1ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
         ),
         ("^((?:[^|]*\\|){9})[0-9a-f]+", "\\1zz"),
-        ("\"persistent\":true", "\"persistent\":1"),
-        (
-            "\"persistent\":true",
-            "\"persistent\":true,\"unexpected\":1",
-        ),
-        ("\"idle_timeout\":", "\"idle_timeout\":-"),
-        ("\"created_at\":", "\"created_at\":9"),
+        // The state line: `created_at` with a leading zero, then after
+        // `last_seen_at`; a field more.
+        ("\n([0-9])", "\n0\\1"),
+        ("\n([0-9])", "\n9\\1"),
+        ("\n\\{", "|x\n{"),
+        // Data that is no JSON object.
         ("\n\\{", "\n["),
     ];
     let edited = edits.map(|(pattern, replacement)| {
@@ -504,7 +503,7 @@ async fn corrupt_rows_are_reported_as_corruption() {
         "record = ''".to_owned(),
         "record = 'garbage'".to_owned(),
         "record = substring(record FROM 1 FOR length(record) - 1)".to_owned(),
-        "record = convert_to(E'ths2|x\\n{}', 'UTF8')".to_owned(),
+        "record = convert_to(E'ths3|x\\n{}', 'UTF8')".to_owned(),
     ];
     cases.extend(edited);
     let cases: Vec<&str> = cases.iter().map(String::as_str).collect();
@@ -705,7 +704,7 @@ async fn corruption_names_the_record_but_never_its_lookup_key() {
     // The generation out of range: the header's id still names the record.
     sqlx::raw_sql(&format!(
         "UPDATE \"{schema}\".{TABLE} SET record = convert_to(regexp_replace(\
-         convert_from(record, 'UTF8'), '^(ths2\\|[^|]*\\|)[0-9]+', '\\1-1'), 'UTF8')"
+         convert_from(record, 'UTF8'), '^(ths3\\|[^|]*\\|)[0-9]+', '\\1-1'), 'UTF8')"
     ))
     .execute(&pool)
     .await

@@ -1,26 +1,39 @@
 //! The one value a record is stored as: by Redis under each of its lookup
 //! keys, and by PostgreSQL in the `record` column of each of its rows.
-//! A header line Redis' write scripts read, then JSON that only Rust reads.
+//! A header line Redis' write scripts read, a state line, then the data as
+//! JSON; only Rust reads the last two (but for the cap script, which reads
+//! the state line's first two fields).
 //!
 //! ```text
-//! ths2|<id>|<generation>|<expires_at>|<absolute_expires_at>|<revocation>|<current>|<previous>|<superseded>|<subject>
-//! {"created_at":…,"last_seen_at":…,…}
+//! ths3|<id>|<generation>|<expires_at>|<absolute_expires_at>|<revocation>|<current>|<previous>|<superseded>|<subject>
+//! <created_at>|<last_seen_at>|<authenticated_at>|<access_expires_at>|<idle_timeout>|<persistent>|<key_version>|<previous>|<superseded>|<client_ip>|<user_agent>
+//! {"theme":"dark",…}
 //! ```
 //!
 //! Timestamps are decimal microseconds since the Unix epoch; the id and the
-//! lookup keys lowercase hex; `-` marks an empty slot, no revocation, or no
-//! subject; the revocation is `<at>,<reason>` or `<at>,<reason>,<actor hex>`;
-//! the subject is hex, so no byte of it can be taken for a separator. Each
-//! field is in the header or in the JSON, never in both, so the two cannot
-//! disagree. Decoding accepts exactly what encoding produces (every number
-//! and hex string in its one canonical spelling, no unknown field) and
-//! checks the record's invariants: anything else is
-//! [`StoreError::Corrupt`], never a panic and never another session.
+//! lookup keys lowercase hex; `-` marks an empty slot, no revocation, no
+//! subject, or no other optional field; the revocation is `<at>,<reason>` or
+//! `<at>,<reason>,<actor hex>`; the subject is hex, so no byte of it can be
+//! taken for a separator. The state line's `<previous>` is
+//! `<key_version>,<rotated_at>` or `<key_version>,<rotated_at>,<valid_until>`
+//! (the slot's lookup key is in the header), `<superseded>` the superseded
+//! slot's key version, `<persistent>` `0` or `1`, `<idle_timeout>` whole
+//! seconds, `<client_ip>` as `Display` writes it and `<user_agent>` a JSON
+//! string (last on the line, so a `|` in it is no separator). Each field is
+//! in one place only, so no two can disagree. Decoding accepts exactly what
+//! encoding produces (every number, address and hex string in its one
+//! canonical spelling, no unknown field) and checks the record's
+//! invariants: anything else is [`StoreError::Corrupt`], never a panic and
+//! never another session.
+//!
+//! No JSON but the data's, and the user agent's when there is one: every
+//! read decodes a value, and decoding the record's fields from a JSON
+//! object took half as long again as this whole layout takes.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::keys::{KeyVersion, LookupKey};
 use crate::record::{
@@ -29,7 +42,7 @@ use crate::record::{
 use crate::store::StoreError;
 
 /// The first header field: the layout's version.
-const TAG: &str = "ths2";
+const TAG: &str = "ths3";
 
 pub(super) use super::{from_micros, to_micros};
 
@@ -53,73 +66,22 @@ fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// The previous slot, as stored in the JSON (its lookup key is in the header).
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PreviousJson {
-    key_version: u32,
-    rotated_at: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    valid_until: Option<i64>,
-}
-
-/// What the JSON part holds when written: borrowed from the record.
-///
-/// The field order is part of the layout: the per-subject cap's script reads
-/// `created_at` and `last_seen_at` from the start of the JSON (`created_at`
-/// first, then `authenticated_at` when there is one, then `last_seen_at`).
-#[derive(Serialize)]
-struct BodyOut<'a> {
-    created_at: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    authenticated_at: Option<i64>,
-    last_seen_at: i64,
-    idle_timeout: u64,
-    persistent: bool,
-    access_expires_at: i64,
-    key_version: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    previous: Option<PreviousJson>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    superseded_key_version: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user_agent: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_ip: Option<IpAddr>,
-    #[serde(skip_serializing_if = "Data::is_empty")]
-    data: &'a Data,
-}
-
-/// What the JSON part holds when read: every field of [`BodyOut`], strictly.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BodyIn {
-    created_at: i64,
-    #[serde(default)]
-    authenticated_at: Option<i64>,
-    last_seen_at: i64,
-    idle_timeout: u64,
-    persistent: bool,
-    access_expires_at: i64,
-    key_version: u32,
-    #[serde(default)]
-    previous: Option<PreviousJson>,
-    #[serde(default)]
-    superseded_key_version: Option<u32>,
-    #[serde(default)]
-    user_agent: Option<String>,
-    #[serde(default)]
-    client_ip: Option<IpAddr>,
-    #[serde(default)]
-    data: Data,
-}
-
 /// The header line of `record`'s stored value, newline included. Canonical:
 /// the same record always has the same header, so a write script can
 /// compare a stored header with the one its caller read, byte for byte.
 pub(super) fn header(record: &SessionRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_CAPACITY);
+    push_header(&mut out, record);
+    out
+}
+
+/// Room for a header with every key slot filled and a short subject, and
+/// for the state line after it: one allocation per encoded value.
+const HEADER_CAPACITY: usize = 320;
+
+/// Appends `record`'s header line (see [`header`]) to `out`.
+fn push_header(out: &mut Vec<u8>, record: &SessionRecord) {
     // Written in place (no string per field): it is encoded on every write.
-    let mut out = Vec::with_capacity(320);
     let mut int = itoa::Buffer::new();
     let hex_or_dash = |out: &mut Vec<u8>, bytes: Option<&[u8]>| {
         out.push(b'|');
@@ -129,7 +91,7 @@ pub(super) fn header(record: &SessionRecord) -> Vec<u8> {
         }
     };
     out.extend_from_slice(TAG.as_bytes());
-    hex_or_dash(&mut out, Some(record.id.as_bytes()));
+    hex_or_dash(out, Some(record.id.as_bytes()));
     out.push(b'|');
     out.extend_from_slice(int.format(record.generation).as_bytes());
     for micros in [
@@ -146,55 +108,94 @@ pub(super) fn header(record: &SessionRecord) -> Vec<u8> {
             revocation_field(to_micros(revoked.at), &revoked.revocation).as_bytes(),
         ),
     }
-    hex_or_dash(&mut out, Some(record.current.lookup_key.as_bytes()));
+    hex_or_dash(out, Some(record.current.lookup_key.as_bytes()));
     hex_or_dash(
-        &mut out,
+        out,
         record
             .previous
             .as_ref()
             .map(|p| &p.credential.lookup_key.as_bytes()[..]),
     );
     hex_or_dash(
-        &mut out,
+        out,
         record
             .superseded
             .as_ref()
             .map(|c| &c.lookup_key.as_bytes()[..]),
     );
-    hex_or_dash(&mut out, record.subject.as_deref().map(str::as_bytes));
+    hex_or_dash(out, record.subject.as_deref().map(str::as_bytes));
     out.push(b'\n');
-    out
 }
 
-/// The stored value of `record`: its [`header`], then its JSON.
+/// The stored value of `record`: its [`header`], its state line, then its
+/// data as JSON.
 pub(crate) fn encode(record: &SessionRecord) -> Vec<u8> {
-    let mut value = header(record);
-    let body = BodyOut {
-        created_at: to_micros(record.created_at),
-        authenticated_at: record.authenticated_at.map(to_micros),
-        last_seen_at: to_micros(record.last_seen_at),
-        idle_timeout: record.idle_timeout.as_secs(),
-        persistent: record.persistent,
-        access_expires_at: to_micros(record.access_expires_at),
-        key_version: record.current.key_version.0,
-        previous: record.previous.map(|p| PreviousJson {
-            key_version: p.credential.key_version.0,
-            rotated_at: to_micros(p.rotated_at),
-            valid_until: p.valid_until.map(to_micros),
-        }),
-        superseded_key_version: record.superseded.map(|c| c.key_version.0),
-        user_agent: record.user_agent.as_deref(),
-        client_ip: record.client_ip,
-        data: &record.data,
+    let mut out = Vec::with_capacity(HEADER_CAPACITY + 64);
+    push_header(&mut out, record);
+    let mut int = itoa::Buffer::new();
+    let field = |out: &mut Vec<u8>, text: &[u8]| {
+        out.extend_from_slice(text);
+        out.push(b'|');
     };
-    // Serializing plain numbers, strings and a map of JSON values cannot
-    // fail; were it to, the empty object fails to decode: corruption, not
-    // another session.
-    if serde_json::to_writer(&mut value, &body).is_err() {
-        value.truncate(value.iter().position(|&b| b == b'\n').unwrap_or(0) + 1);
-        value.extend_from_slice(b"{}");
+    let mut micros = |out: &mut Vec<u8>, at: OffsetDateTime| {
+        out.extend_from_slice(int.format(to_micros(at)).as_bytes());
+        out.push(b'|');
+    };
+    // `created_at` and `last_seen_at` first: the cap script reads them.
+    micros(&mut out, record.created_at);
+    micros(&mut out, record.last_seen_at);
+    match record.authenticated_at {
+        Some(at) => micros(&mut out, at),
+        None => field(&mut out, b"-"),
     }
-    value
+    micros(&mut out, record.access_expires_at);
+    let mut int = itoa::Buffer::new();
+    field(
+        &mut out,
+        int.format(record.idle_timeout.as_secs()).as_bytes(),
+    );
+    field(&mut out, if record.persistent { b"1" } else { b"0" });
+    field(
+        &mut out,
+        int.format(record.current.key_version.0).as_bytes(),
+    );
+    match &record.previous {
+        None => field(&mut out, b"-"),
+        Some(p) => {
+            out.extend_from_slice(int.format(p.credential.key_version.0).as_bytes());
+            out.push(b',');
+            out.extend_from_slice(int.format(to_micros(p.rotated_at)).as_bytes());
+            if let Some(until) = p.valid_until {
+                out.push(b',');
+                out.extend_from_slice(int.format(to_micros(until)).as_bytes());
+            }
+            out.push(b'|');
+        }
+    }
+    match &record.superseded {
+        None => field(&mut out, b"-"),
+        Some(c) => field(&mut out, int.format(c.key_version.0).as_bytes()),
+    }
+    match record.client_ip {
+        None => field(&mut out, b"-"),
+        Some(ip) => field(&mut out, ip.to_string().as_bytes()),
+    }
+    // Last on the line, so a `|` in it is no separator; JSON escapes every
+    // control character, so it holds no newline.
+    let written = match &record.user_agent {
+        None => {
+            out.push(b'-');
+            Ok(())
+        }
+        Some(agent) => serde_json::to_writer(&mut out, agent),
+    };
+    out.push(b'\n');
+    // Serializing a string and a map of JSON values cannot fail; were it
+    // to, the value fails to decode: corruption, not another session.
+    if written.is_err() || serde_json::to_writer(&mut out, &record.data).is_err() {
+        out.truncate(out.iter().position(|&b| b == b'\n').unwrap_or(0) + 1);
+    }
+    out
 }
 
 /// The header's revocation field, as the revoke scripts also write it.
@@ -212,14 +213,13 @@ pub(super) fn revocation_field(at_micros: i64, revocation: &Revocation) -> Strin
 /// Decodes a stored value strictly. `id` is the record's id when the caller
 /// knows it (it read the value through `s:<id>`, or asked for that id),
 /// for the error.
+///
+/// Every read decodes a value, so this works on bytes, field by field,
+/// without a copy or a check of the whole value as UTF-8: only the
+/// subject, the revocation and the JSON parts are text.
 pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecord, StoreError> {
-    let split = value
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or_else(|| StoreError::corrupt(id, "the value has no header line"))?;
-    let (header, body) = (&value[..split], &value[split + 1..]);
-    let header = std::str::from_utf8(header)
-        .map_err(|_| StoreError::corrupt(id, "the header is not UTF-8"))?;
+    let (header, rest) =
+        split_line(value).ok_or_else(|| StoreError::corrupt(id, "the value has no header line"))?;
     let Some(
         [
             tag,
@@ -233,14 +233,14 @@ pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecor
             superseded,
             subject,
         ],
-    ) = split_exact::<10>(header, '|')
+    ) = split_exact::<10>(header)
     else {
         return Err(StoreError::corrupt(
             id,
             "the header does not have ten fields",
         ));
     };
-    if tag != TAG {
+    if tag != TAG.as_bytes() {
         return Err(StoreError::corrupt(id, "unknown value layout"));
     }
     let stored_id = hex_exact::<16>(stored_id)
@@ -252,12 +252,12 @@ pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecor
     let instant = |micros: i64, name: &str| {
         from_micros(micros).ok_or_else(|| corrupt(&format!("`{name}` is out of range")))
     };
-    let header_instant = |text: &str, name: &str| {
+    let at = |text: &[u8], name: &str| {
         canonical_i64(text)
             .ok_or_else(|| corrupt(&format!("`{name}` is not a canonical integer")))
             .and_then(|micros| instant(micros, name))
     };
-    let lookup_key = |text: &str, name: &str| {
+    let lookup_key = |text: &[u8], name: &str| {
         hex_exact::<32>(text)
             .map(LookupKey::from_bytes)
             .ok_or_else(|| {
@@ -266,99 +266,162 @@ pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecor
                 ))
             })
     };
-    let optional_key = |text: &str, name: &str| match text {
-        "-" => Ok(None),
+    let optional_key = |text: &[u8], name: &str| match text {
+        b"-" => Ok(None),
         text => lookup_key(text, name).map(Some),
+    };
+    let version = |text: &[u8], name: &str| {
+        canonical_u64(text)
+            .and_then(|n| u32::try_from(n).ok())
+            .map(KeyVersion)
+            .ok_or_else(|| corrupt(&format!("`{name}` is not a canonical 32-bit integer")))
     };
 
     let generation = canonical_u64(generation)
         .ok_or_else(|| corrupt("the generation is not a canonical integer"))?;
-    let expires_at = header_instant(expires_at, "expires_at")?;
-    let absolute_expires_at = header_instant(absolute_expires_at, "absolute_expires_at")?;
+    let expires_at = at(expires_at, "expires_at")?;
+    let absolute_expires_at = at(absolute_expires_at, "absolute_expires_at")?;
     let revoked = match revocation {
-        "-" => None,
-        text => Some(decode_revocation(text).ok_or_else(|| corrupt("malformed revocation"))?),
+        b"-" => None,
+        text => {
+            let (at_micros, revocation) =
+                decode_revocation(text).ok_or_else(|| corrupt("malformed revocation"))?;
+            revocation.validate().map_err(corrupt)?;
+            Some(Revoked {
+                at: instant(at_micros, "revoked_at")?,
+                revocation,
+            })
+        }
     };
     let current_key = lookup_key(current, "current")?;
     let previous_key = optional_key(previous, "previous")?;
     let superseded_key = optional_key(superseded, "superseded")?;
     let subject = match subject {
-        "-" => None,
+        b"-" => None,
         text => {
             Some(hex_text(text).ok_or_else(|| corrupt("the subject is not hex of UTF-8 text"))?)
         }
     };
 
-    let body: BodyIn =
-        serde_json::from_slice(body).map_err(|_| corrupt("the JSON part does not decode"))?;
-    let previous = match (previous_key, body.previous) {
-        (None, None) => None,
-        (Some(lookup_key), Some(p)) => Some(PreviousCredential {
-            credential: Credential {
-                lookup_key,
-                key_version: KeyVersion(p.key_version),
-            },
-            rotated_at: instant(p.rotated_at, "previous.rotated_at")?,
-            valid_until: p
-                .valid_until
-                .map(|t| instant(t, "previous.valid_until"))
-                .transpose()?,
-        }),
+    let (state, data) = split_line(rest).ok_or_else(|| corrupt("the value has no state line"))?;
+    let mut fields = split_fields(state);
+    let mut next = |name: &str| {
+        // The user agent is last and may hold a `|`: the rest of the line.
+        let field = if name == "user_agent" {
+            fields.rest()
+        } else {
+            fields.next()
+        };
+        field.ok_or_else(|| corrupt(&format!("the state line has no `{name}`")))
+    };
+    let created_at = at(next("created_at")?, "created_at")?;
+    let last_seen_at = at(next("last_seen_at")?, "last_seen_at")?;
+    let authenticated_at = match next("authenticated_at")? {
+        b"-" => None,
+        text => Some(at(text, "authenticated_at")?),
+    };
+    let access_expires_at = at(next("access_expires_at")?, "access_expires_at")?;
+    let idle_timeout = canonical_u64(next("idle_timeout")?)
+        .map(Duration::from_secs)
+        .ok_or_else(|| corrupt("`idle_timeout` is not a canonical integer"))?;
+    let persistent = match next("persistent")? {
+        b"0" => false,
+        b"1" => true,
+        _ => return Err(corrupt("`persistent` is neither 0 nor 1")),
+    };
+    let key_version = version(next("key_version")?, "key_version")?;
+    let previous = match (previous_key, next("previous")?) {
+        (None, b"-") => None,
+        (Some(lookup_key), text) if text != b"-" => {
+            let mut parts = text.split(|&b| b == b',');
+            let (Some(version_text), Some(rotated_at)) = (parts.next(), parts.next()) else {
+                return Err(corrupt("malformed previous slot"));
+            };
+            let valid_until = parts
+                .next()
+                .map(|text| at(text, "previous.valid_until"))
+                .transpose()?;
+            if parts.next().is_some() {
+                return Err(corrupt("malformed previous slot"));
+            }
+            Some(PreviousCredential {
+                credential: Credential {
+                    lookup_key,
+                    key_version: version(version_text, "previous.key_version")?,
+                },
+                rotated_at: at(rotated_at, "previous.rotated_at")?,
+                valid_until,
+            })
+        }
         _ => return Err(corrupt("the previous slot is partly missing")),
     };
-    let superseded = match (superseded_key, body.superseded_key_version) {
-        (None, None) => None,
-        (Some(lookup_key), Some(version)) => Some(Credential {
+    let superseded = match (superseded_key, next("superseded")?) {
+        (None, b"-") => None,
+        (Some(lookup_key), text) if text != b"-" => Some(Credential {
             lookup_key,
-            key_version: KeyVersion(version),
+            key_version: version(text, "superseded.key_version")?,
         }),
         _ => return Err(corrupt("the superseded slot is partly missing")),
     };
-    let revoked = match revoked {
-        None => None,
-        Some((at, revocation)) => {
-            revocation.validate().map_err(corrupt)?;
-            Some(Revoked {
-                at: instant(at, "revoked_at")?,
-                revocation,
-            })
-        }
+    let client_ip = match next("client_ip")? {
+        b"-" => None,
+        text => Some(
+            std::str::from_utf8(text)
+                .ok()
+                .and_then(|text| text.parse::<IpAddr>().ok())
+                // One address, one spelling: what `Display` writes.
+                .filter(|ip| ip.to_string().as_bytes() == text)
+                .ok_or_else(|| corrupt("`client_ip` is not an IP address as written"))?,
+        ),
     };
+    let user_agent = match next("user_agent")? {
+        b"-" => None,
+        text => Some(
+            serde_json::from_slice::<String>(text)
+                .map_err(|_| corrupt("`user_agent` is not a JSON string"))?,
+        ),
+    };
+    let data: Data =
+        serde_json::from_slice(data).map_err(|_| corrupt("the data does not decode"))?;
+
     let record = SessionRecord {
         id,
         generation,
         subject,
-        created_at: instant(body.created_at, "created_at")?,
-        authenticated_at: body
-            .authenticated_at
-            .map(|t| instant(t, "authenticated_at"))
-            .transpose()?,
-        last_seen_at: instant(body.last_seen_at, "last_seen_at")?,
+        created_at,
+        authenticated_at,
+        last_seen_at,
         expires_at,
         absolute_expires_at,
-        idle_timeout: Duration::from_secs(body.idle_timeout),
-        persistent: body.persistent,
-        access_expires_at: instant(body.access_expires_at, "access_expires_at")?,
+        idle_timeout,
+        persistent,
+        access_expires_at,
         current: Credential {
             lookup_key: current_key,
-            key_version: KeyVersion(body.key_version),
+            key_version,
         },
         previous,
         superseded,
         revoked,
-        user_agent: body.user_agent,
-        client_ip: body.client_ip,
-        data: body.data,
+        user_agent,
+        client_ip,
+        data,
     };
     record.validate().map_err(corrupt)?;
     Ok(record)
 }
 
+/// The bytes before the first newline, and those after it.
+fn split_line(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = memchr::memchr(b'\n', value)?;
+    Some((&value[..end], &value[end + 1..]))
+}
+
 /// `<at>,<reason>` or `<at>,<reason>,<actor hex>`.
-fn decode_revocation(text: &str) -> Option<(i64, Revocation)> {
-    let mut parts = text.split(',');
+fn decode_revocation(text: &[u8]) -> Option<(i64, Revocation)> {
+    let mut parts = text.split(|&b| b == b',');
     let at = canonical_i64(parts.next()?)?;
-    let reason = parts.next()?.parse().ok()?;
+    let reason = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
     let actor = match parts.next() {
         None => None,
         Some(hex) => Some(hex_text(hex)?),
@@ -402,56 +465,86 @@ pub(super) fn lookup_key_of_hex(text: &[u8]) -> Option<LookupKey> {
 }
 
 /// Exactly `N` bytes as lowercase hex.
-fn hex_exact<const N: usize>(text: &str) -> Option<[u8; N]> {
+fn hex_exact<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     let mut bytes = [0u8; N];
-    unhex_into(text.as_bytes(), &mut bytes)?;
+    unhex_into(text, &mut bytes)?;
     Some(bytes)
 }
 
 /// Lowercase hex of UTF-8 text (possibly empty).
-fn hex_text(text: &str) -> Option<String> {
+fn hex_text(text: &[u8]) -> Option<String> {
     let mut bytes = vec![0; text.len() / 2];
-    unhex_into(text.as_bytes(), &mut bytes)?;
+    unhex_into(text, &mut bytes)?;
     String::from_utf8(bytes).ok()
 }
 
-/// Exactly `N` fields separated by `separator`, without allocating.
-fn split_exact<const N: usize>(text: &str, separator: char) -> Option<[&str; N]> {
-    let mut parts = text.split(separator);
-    let mut fields = [""; N];
+/// Exactly `N` fields separated by `|`, without allocating.
+fn split_exact<const N: usize>(text: &[u8]) -> Option<[&[u8]; N]> {
+    let mut fields = [&[][..]; N];
+    let mut rest = split_fields(text);
     for field in &mut fields {
-        *field = parts.next()?;
+        *field = rest.next()?;
     }
-    parts.next().is_none().then_some(fields)
+    rest.next().is_none().then_some(fields)
 }
 
-/// Whether `digits` is how Rust prints a non-negative integer: ASCII
-/// digits, no sign, no leading zero (except `0` itself).
-fn canonical_digits(digits: &str) -> bool {
-    !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && (digits == "0" || !digits.starts_with('0'))
+/// The fields of `text` separated by `|` (a scan by `memchr`: a header line
+/// is a few hundred bytes, read on every request).
+fn split_fields(text: &[u8]) -> Fields<'_> {
+    Fields { rest: Some(text) }
+}
+
+/// See [`split_fields`].
+struct Fields<'a> {
+    /// What follows the fields taken so far; `None` after the last.
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Fields<'a> {
+    /// Everything after the fields taken so far, `|` included.
+    fn rest(&mut self) -> Option<&'a [u8]> {
+        self.rest.take()
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let text = self.rest?;
+        match memchr::memchr(b'|', text) {
+            Some(end) => {
+                self.rest = Some(&text[end + 1..]);
+                Some(&text[..end])
+            }
+            None => self.rest.take(),
+        }
+    }
+}
+
+/// A `u64` written exactly as `u64::to_string` writes it: ASCII digits, no
+/// sign, no leading zero (except `0` itself), no overflow.
+fn canonical_u64(text: &[u8]) -> Option<u64> {
+    match text {
+        [] | [b'0', _, ..] => None,
+        digits => digits.iter().try_fold(0u64, |n, &b| {
+            let digit = b.wrapping_sub(b'0');
+            (digit < 10).then_some(())?;
+            n.checked_mul(10)?.checked_add(u64::from(digit))
+        }),
+    }
 }
 
 /// An `i64` written exactly as `i64::to_string` writes it (no `+`, no
 /// leading zeros, no `-0`), so one number has one stored form.
-fn canonical_i64(text: &str) -> Option<i64> {
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(digits) => (true, digits),
-        None => (false, text),
-    };
-    if !canonical_digits(digits) || (negative && digits == "0") {
-        return None;
+fn canonical_i64(text: &[u8]) -> Option<i64> {
+    match text.strip_prefix(b"-") {
+        Some(digits) => match canonical_u64(digits)? {
+            0 => None,
+            magnitude => 0i64.checked_sub_unsigned(magnitude),
+        },
+        None => i64::try_from(canonical_u64(text)?).ok(),
     }
-    text.parse().ok()
-}
-
-/// A `u64` written exactly as `u64::to_string` writes it.
-fn canonical_u64(text: &str) -> Option<u64> {
-    if !canonical_digits(text) {
-        return None;
-    }
-    text.parse().ok()
 }
 
 #[cfg(test)]
@@ -488,13 +581,14 @@ mod tests {
         for text in samples {
             let by_i64 = text.parse::<i64>().ok().filter(|n| n.to_string() == text);
             let by_u64 = text.parse::<u64>().ok().filter(|n| n.to_string() == text);
-            assert_eq!(canonical_i64(text), by_i64, "{text:?}");
-            assert_eq!(canonical_u64(text), by_u64, "{text:?}");
+            assert_eq!(canonical_i64(text.as_bytes()), by_i64, "{text:?}");
+            assert_eq!(canonical_u64(text.as_bytes()), by_u64, "{text:?}");
         }
-        assert_eq!(split_exact::<3>("a|b|c", '|'), Some(["a", "b", "c"]));
-        assert_eq!(split_exact::<3>("a|b", '|'), None);
-        assert_eq!(split_exact::<3>("a|b|c|", '|'), None);
-        assert_eq!(split_exact::<2>("|", '|'), Some(["", ""]));
+        let fields = |texts: [&'static str; 3]| texts.map(str::as_bytes);
+        assert_eq!(split_exact::<3>(b"a|b|c"), Some(fields(["a", "b", "c"])));
+        assert_eq!(split_exact::<3>(b"a|b"), None);
+        assert_eq!(split_exact::<3>(b"a|b|c|"), None);
+        assert_eq!(split_exact::<2>(b"|"), Some([&b""[..], b""]));
     }
 
     const T: i64 = 1_893_456_000_000_000;
@@ -582,7 +676,7 @@ mod tests {
         assert_eq!(
             header,
             format!(
-                "ths2|{}|0|{}|{}|-|{}|-|-|-",
+                "ths3|{}|0|{}|{}|-|{}|-|-|-",
                 "07".repeat(16),
                 T + 3,
                 T + 4,
@@ -611,7 +705,7 @@ mod tests {
         assert_eq!(
             header,
             format!(
-                "ths2|{}|{}|{}|{}|-5,admin,{}|{}|{}|{}|{}",
+                "ths3|{}|{}|{}|{}|-5,admin,{}|{}|{}|{}|{}",
                 hex(r.id.as_bytes()),
                 u64::MAX,
                 T + 3,
@@ -626,21 +720,48 @@ mod tests {
     }
 
     #[test]
-    fn the_json_starts_with_what_the_cap_script_reads() {
+    fn the_state_line_starts_with_what_the_cap_script_reads() {
         for record in [record(), minimal()] {
             let value = String::from_utf8(encode(&record)).unwrap();
-            let body = value.split_once('\n').unwrap().1;
-            let start = match record.authenticated_at {
-                Some(at) => format!(
-                    "{{\"created_at\":{},\"authenticated_at\":{},\"last_seen_at\":{},",
-                    T,
-                    to_micros(at),
-                    T + 2
-                ),
-                None => format!("{{\"created_at\":{T},\"last_seen_at\":{},", T + 2),
-            };
-            assert!(body.starts_with(&start), "{body}");
+            let state = value.split('\n').nth(1).unwrap();
+            assert!(state.starts_with(&format!("{T}|{}|", T + 2)), "{state}");
         }
+    }
+
+    #[test]
+    fn the_state_line_and_the_data_are_as_documented() {
+        let value = String::from_utf8(encode(&record())).unwrap();
+        let lines: Vec<&str> = value.split('\n').collect();
+        assert_eq!(
+            lines[1..],
+            [
+                format!(
+                    "{T}|{}|{}|{}|1800|1|2|1,{},{}|2|2001:db8::1|\"Mozilla/5.0\"",
+                    T + 2,
+                    T + 1,
+                    T + 5,
+                    T + 6,
+                    T + 7
+                ),
+                r#"{"theme":"dark|\n,"}"#.to_owned(),
+            ]
+        );
+        let value = String::from_utf8(encode(&minimal())).unwrap();
+        assert_eq!(
+            value.split('\n').skip(1).collect::<Vec<_>>(),
+            [
+                format!("{T}|{}|-|{}|1800|1|2|-|-|-|-", T + 2, T + 5),
+                "{}".to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_user_agent_may_hold_separators_and_quotes() {
+        let mut r = minimal();
+        r.user_agent = Some("a|b\\\"c\u{e9}|".into());
+        let value = encode(&r);
+        assert_eq!(decode(&value, None).unwrap(), r);
     }
 
     #[test]
@@ -653,14 +774,17 @@ mod tests {
             f[index] = value;
             format!("{}\n{body}", f.join("|"))
         };
-        let body_with = |from: &str, to: &str| {
-            assert!(body.contains(from), "{from}");
-            format!("{header}\n{}", body.replacen(from, to, 1))
+        let (state, data) = body.split_once('\n').unwrap();
+        let state_fields: Vec<&str> = state.splitn(11, '|').collect();
+        let state_with = |index: usize, value: &str| {
+            let mut f = state_fields.clone();
+            f[index] = value;
+            format!("{header}\n{}\n{data}", f.join("|"))
         };
         let cases = [
             header.to_owned(),
             format!("{header}|x\n{body}"),
-            with(0, "ths1"),
+            with(0, "ths2"),
             with(1, &"AB".repeat(16)),
             with(1, "07"),
             with(2, "01"),
@@ -685,24 +809,31 @@ mod tests {
             with(7, fields[6]), // two slots hold one lookup key
             with(9, ""),
             with(9, "ff"),
-            with(9, "0a"), // a control character
-            body_with("\"persistent\":true", "\"persistent\":1"),
-            body_with(
-                "\"persistent\":true",
-                "\"persistent\":true,\"persistent\":true",
-            ),
-            body_with("\"persistent\":true", "\"persistent\":true,\"extra\":1"),
-            body_with("\"idle_timeout\":1800", "\"idle_timeout\":0"),
-            body_with("\"idle_timeout\":1800", "\"idle_timeout\":-1"),
-            body_with("\"key_version\":2", "\"key_version\":4294967296"),
-            body_with(
-                "\"client_ip\":\"2001:db8::1\"",
-                "\"client_ip\":\"localhost\"",
-            ),
-            body_with("\"data\":{", "\"data\":[{"),
-            body_with(",\"superseded_key_version\":2", ""),
-            format!("{header}\n"),
-            format!("{header}\n{body} trailing"),
+            with(9, "0a"),                // a control character
+            format!("{header}\n{state}"), // no data line
+            format!("{header}\n{state}|x\n{data}"),
+            format!("{header}\n{}\n{data}", state_fields[..10].join("|")),
+            state_with(0, "x"),
+            state_with(1, "-"),
+            state_with(2, "01"),
+            state_with(3, ""),
+            state_with(4, "0"),
+            state_with(4, "-1"),
+            state_with(5, "true"),
+            state_with(5, "2"),
+            state_with(6, "4294967296"),
+            state_with(7, "-"),
+            state_with(7, "1"),
+            state_with(7, "1,x"),
+            state_with(7, &format!("1,{},{},{}", T + 6, T + 7, T + 8)),
+            state_with(8, "-"),
+            state_with(8, "02"),
+            state_with(9, "localhost"),
+            state_with(9, "2001:0db8::1"), // not as `Display` writes it
+            state_with(10, "Mozilla/5.0"), // not a JSON string
+            state_with(10, "\"a\" x"),
+            format!("{header}\n{state}\n[{data}]"),
+            format!("{header}\n{state}\n{data} trailing"),
         ];
         for case in cases {
             let result = decode(case.as_bytes(), None);

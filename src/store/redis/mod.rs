@@ -13,7 +13,8 @@
 //! A record therefore takes its value's size (a few hundred bytes) once per
 //! lookup key, one to three times, and 64 bytes under its id. The value is a short header line (id,
 //! generation, expiries, revocation, lookup keys, subject) that the write
-//! scripts parse, followed by JSON that only Rust reads, strictly: anything
+//! scripts parse, followed by a state line and the data's JSON that only Rust
+//! reads, strictly (see `value.rs`): anything
 //! but what the store wrote is
 //! [`StoreError::Corrupt`](crate::StoreError::Corrupt).
 //!
@@ -74,8 +75,8 @@
 //! same timeout. The id's key changes only with the current lookup key, and
 //! the index entry only in steps. A revocation rewrites every
 //! copy, so no lookup key resolves to a live session afterwards. Scripts read only the header (and, to order a
-//! subject's sessions by use, the first fields of the JSON, which the store
-//! writes in a fixed order), never walk a hash.
+//! subject's sessions by use, the first two fields of the state line), never
+//! walk a hash.
 //!
 //! # Expiry follows the application's clock
 //!

@@ -2,7 +2,7 @@
 //! an id (`FETCH`): each is one atomic, conditional operation on the
 //! server, and reads only the header line of the values it touches (see
 //! [`value`](crate::store::value)), and for the per-subject cap the first
-//! two JSON fields (`created_at`, `last_seen_at`). A lookup by lookup key
+//! two fields of the state line after it (`created_at`, `last_seen_at`). A lookup by lookup key
 //! uses no script. Scripts on a subject's index read and drop a bounded
 //! number of entries (see the [module docs](super#per-subject-index)).
 //!
@@ -38,9 +38,9 @@ end
 local function unhex(h)
   return (string.gsub(h, '%x%x', function(c) return string.char(tonumber(c, 16)) end))
 end
--- One pattern over the header, capturing where the JSON starts rather than
--- copying it: a script reads the header only.
-local HEADER = '^ths2|(%x+)|(%d+)|(%-?%d+)|(%-?%d+)|([^|]*)|(%x+)|([^|]*)|([^|]*)|([^|\n]*)\n()'
+-- One pattern over the header, capturing where the state line starts rather
+-- than copying it: a script reads the header only.
+local HEADER = '^ths3|(%x+)|(%d+)|(%-?%d+)|(%-?%d+)|([^|]*)|(%x+)|([^|]*)|([^|]*)|([^|\n]*)\n()'
 local function tohex(s)
   return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
 end
@@ -74,15 +74,11 @@ local function load(id)
   if r and r.keys[1] ~= p then return false end
   return r
 end
--- `last_seen_at` and `created_at` of a parsed value, from the start of its
--- JSON, which the store writes in a fixed order: created_at, then
--- authenticated_at (optional), then last_seen_at. nil if it does not start so.
+-- `last_seen_at` and `created_at` of a parsed value: the first two fields of
+-- its state line, the line after the header. nil if it does not start so.
 local function usage(r)
-  local created, at = string.match(r.v, '^{"created_at":(%-?%d+),()', r.body)
+  local created, seen = string.match(r.v, '^(%-?%d+)|(%-?%d+)|', r.body)
   if not created then return nil end
-  local seen = string.match(r.v, '^"last_seen_at":(%-?%d+),', at)
-    or string.match(r.v, '^"authenticated_at":%-?%d+,"last_seen_at":(%-?%d+),', at)
-  if not seen then return nil end
   return seen, created
 end
 -- Drops at most DROP index entries whose score (the idle expiry in whole
@@ -114,7 +110,7 @@ end
 -- Stamps a revocation on the value under every lookup key (the keys keep
 -- their expiry) and drops the id from its subject's index.
 local function revoke_one(r, revocation)
-  local v = table.concat({'ths2', r.id, r.gen, r.exp, r.abs, revocation, r.keys[1], r.prev, r.sup,
+  local v = table.concat({'ths3', r.id, r.gen, r.exp, r.abs, revocation, r.keys[1], r.prev, r.sup,
     r.subject}, '|') .. '\n' .. string.sub(r.v, r.body)
   for _, k in ipairs(r.keys) do redis.call('SET', kkey(k), v, 'XX', 'KEEPTTL') end
   if r.subject ~= '-' then redis.call('ZREM', ukey(unhex(r.subject)), r.id) end
