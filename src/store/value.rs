@@ -57,7 +57,7 @@ pub(super) fn hex_of(bytes: &[u8]) -> String {
 /// Appends the lowercase hex of `bytes` to `out` (a table lookup per
 /// nibble: `hex::encode` collects an iterator of `char`s, several times
 /// slower, and this runs for every key of every write).
-fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(super) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     out.reserve(bytes.len() * 2);
     for &byte in bytes {
@@ -432,27 +432,47 @@ fn decode_revocation(text: &[u8]) -> Option<(i64, Revocation)> {
     Some((at, Revocation { reason, actor }))
 }
 
-/// The value of a lowercase hex digit, or `None` for any other byte
-/// (uppercase included: one byte string has one stored spelling).
-const fn lower_hex_digit(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'a'..=b'f' => Some(byte - b'a' + 10),
-        _ => None,
+/// Each byte's value as a lowercase hex digit, or `INVALID` (uppercase
+/// included: one byte string has one stored spelling).
+const HEX_DIGITS: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// Not a hex digit: any bit above the low four.
+const INVALID: u8 = 0xf0;
 
 /// Decodes lowercase hex into `out`, checking and decoding in one pass
 /// (every read decodes an id and at least one lookup key). `None` unless
 /// `text` is exactly `2 × out.len()` lowercase hex digits.
+///
+/// A table lookup per digit and one check at the end, without a branch per
+/// digit: the digits of random bytes are letters or numerals at random, so
+/// a branch on which would be mispredicted half the time.
 fn unhex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
     if text.len() != 2 * out.len() {
         return None;
     }
+    let mut seen = 0;
     for (pair, byte) in text.chunks_exact(2).zip(out) {
-        *byte = (lower_hex_digit(pair[0])? << 4) | lower_hex_digit(pair[1])?;
+        let (high, low) = (
+            HEX_DIGITS[usize::from(pair[0])],
+            HEX_DIGITS[usize::from(pair[1])],
+        );
+        seen |= high | low;
+        *byte = (high << 4) | low;
     }
-    Some(())
+    (seen & INVALID == 0).then_some(())
 }
 
 /// A lookup key spelled as the store spells it: 64 lowercase hex digits
@@ -589,6 +609,31 @@ mod tests {
         assert_eq!(split_exact::<3>(b"a|b"), None);
         assert_eq!(split_exact::<3>(b"a|b|c|"), None);
         assert_eq!(split_exact::<2>(b"|"), Some([&b""[..], b""]));
+    }
+
+    #[test]
+    fn hex_decoding_takes_lowercase_digits_only() {
+        for byte in 0..=u8::MAX {
+            let digit = match byte {
+                b'0'..=b'9' => Some(byte - b'0'),
+                b'a'..=b'f' => Some(byte - b'a' + 10),
+                _ => None,
+            };
+            for (text, expected) in [
+                ([byte, b'7'], digit.map(|d| d << 4 | 7)),
+                ([b'7', byte], digit.map(|d| 0x70 | d)),
+            ] {
+                let mut out = [0u8; 1];
+                let decoded = unhex_into(&text, &mut out).map(|()| out[0]);
+                assert_eq!(decoded, expected, "{text:?}");
+            }
+        }
+        assert_eq!(unhex_into(b"0", &mut [0u8; 1]), None);
+        assert_eq!(unhex_into(b"000", &mut [0u8; 1]), None);
+        let mut key = [0u8; 32];
+        let text: String = (0..32u8).map(|i| format!("{:02x}", i * 7 + 3)).collect();
+        assert_eq!(unhex_into(text.as_bytes(), &mut key), Some(()));
+        assert_eq!(key, std::array::from_fn(|i| i as u8 * 7 + 3));
     }
 
     const T: i64 = 1_893_456_000_000_000;

@@ -21,7 +21,7 @@ use crate::record::{
     VersionCount,
 };
 use crate::store::value::{
-    decode, encode, header, hex_of, lookup_key_of_hex, revocation_field, to_micros,
+    decode, encode, header, hex_of, lookup_key_of_hex, push_hex, revocation_field, to_micros,
 };
 use crate::store::{SessionStore, StoreError, SubjectCap, check_successor};
 
@@ -307,16 +307,15 @@ impl RedisStore {
         .await
     }
 
-    fn key(&self, kind: &str, hex: &str) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + kind.len() + hex.len());
-        key.push_str(&self.prefix);
-        key.push_str(kind);
-        key.push_str(hex);
-        key
-    }
-
+    /// The name of lookup key `key`'s Redis key, `<prefix>k:<hex>`.
     fn lookup_key(&self, key: &LookupKey) -> String {
-        self.key("k:", &hex_of(key.as_bytes()))
+        // One allocation per name: every request names its lookup key.
+        let mut name = Vec::with_capacity(self.prefix.len() + 2 + 64);
+        name.extend_from_slice(self.prefix.as_bytes());
+        name.extend_from_slice(b"k:");
+        push_hex(&mut name, key.as_bytes());
+        // The prefix is text and hex digits are ASCII: never the default.
+        String::from_utf8(name).unwrap_or_default()
     }
 
     async fn run<T>(
