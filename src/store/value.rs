@@ -21,8 +21,10 @@
 //! seconds, `<client_ip>` as `Display` writes it and `<user_agent>` a JSON
 //! string (last on the line, so a `|` in it is no separator). Each field is
 //! in one place only, so no two can disagree. Decoding accepts exactly what
-//! encoding produces (every number, address and hex string in its one
-//! canonical spelling, no unknown field) and checks the record's
+//! encoding produces on the header and state lines (every number, address,
+//! hex and JSON string in its one spelling, no field more or less; the
+//! data's JSON is read by serde_json, which also takes other whitespace and
+//! key orders) and checks the record's
 //! invariants: anything else is [`StoreError::Corrupt`], never a panic and
 //! never another session.
 //!
@@ -216,7 +218,8 @@ pub(super) fn revocation_field(at_micros: i64, revocation: &Revocation) -> Strin
 ///
 /// Every read decodes a value, so this works on bytes, field by field,
 /// without a copy or a check of the whole value as UTF-8: only the
-/// subject, the revocation and the JSON parts are text.
+/// subject, the revocation, the client address and the JSON parts are read
+/// as text.
 pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecord, StoreError> {
     let (header, rest) =
         split_line(value).ok_or_else(|| StoreError::corrupt(id, "the value has no header line"))?;
@@ -378,7 +381,11 @@ pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecor
         b"-" => None,
         text => Some(
             serde_json::from_slice::<String>(text)
-                .map_err(|_| corrupt("`user_agent` is not a JSON string"))?,
+                .ok()
+                // One spelling: the JSON string encoding writes (no
+                // whitespace around it, no escape it would not use).
+                .filter(|agent| serde_json::to_vec(agent).is_ok_and(|json| json == text))
+                .ok_or_else(|| corrupt("`user_agent` is not a JSON string as written"))?,
         ),
     };
     let data: Data =
@@ -877,6 +884,11 @@ mod tests {
             state_with(9, "2001:0db8::1"), // not as `Display` writes it
             state_with(10, "Mozilla/5.0"), // not a JSON string
             state_with(10, "\"a\" x"),
+            // JSON, but not as encoding writes it.
+            state_with(10, "\"Mozilla/5.0\" "),
+            state_with(10, " \"Mozilla/5.0\""),
+            state_with(10, "\"\\u004dozilla/5.0\""),
+            state_with(10, "\"Mozilla\\/5.0\""),
             format!("{header}\n{state}\n[{data}]"),
             format!("{header}\n{state}\n{data} trailing"),
         ];
