@@ -9,7 +9,6 @@
 // A backend uses only what it needs (Redis keeps its own encoding).
 #![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -244,34 +243,31 @@ fn credential(id: SessionId, key: &[u8], version: i64) -> Result<Credential, Sto
 
 /// The candidates of one lookup, by lookup key: a backend looks up the
 /// distinct keys and hands back what it found, slot by slot.
+///
+/// A lookup has at most [`MAX_COOKIE_VALUES`](crate::keys::MAX_COOKIE_VALUES)
+/// × [`MAX_KEY_VERSIONS`](crate::keys::MAX_KEY_VERSIONS) candidates, and
+/// usually one: scanning them costs less than hashing 32-byte keys into a
+/// map, and allocates only the list of distinct keys.
 #[derive(Debug)]
 pub(crate) struct CandidateKeys<'a> {
     candidates: &'a [Candidate],
     /// Each distinct lookup key, in the order first given.
     distinct: Vec<LookupKey>,
-    /// The indexes into `candidates` of each key's candidates.
-    by_key: HashMap<LookupKey, Vec<usize>>,
 }
 
 impl<'a> CandidateKeys<'a> {
     /// Groups `candidates` by lookup key (two cookie values holding the same
     /// secret give one key, looked up once and reported for both).
     pub(crate) fn new(candidates: &'a [Candidate]) -> Self {
-        let mut distinct = Vec::with_capacity(candidates.len());
-        let mut by_key: HashMap<LookupKey, Vec<usize>> = HashMap::with_capacity(candidates.len());
-        for (i, candidate) in candidates.iter().enumerate() {
-            by_key
-                .entry(candidate.lookup_key)
-                .or_insert_with(|| {
-                    distinct.push(candidate.lookup_key);
-                    Vec::new()
-                })
-                .push(i);
+        let mut distinct: Vec<LookupKey> = Vec::with_capacity(candidates.len());
+        for candidate in candidates {
+            if !distinct.contains(&candidate.lookup_key) {
+                distinct.push(candidate.lookup_key);
+            }
         }
         Self {
             candidates,
             distinct,
-            by_key,
         }
     }
 
@@ -282,7 +278,7 @@ impl<'a> CandidateKeys<'a> {
 
     /// One match per candidate whose lookup key and key version are those of
     /// `record`'s credential in `slot` (a key found under another version
-    /// does not match). Appended to `out`.
+    /// does not match), in the candidates' order. Appended to `out`.
     pub(crate) fn matches(
         &self,
         record: &Arc<SessionRecord>,
@@ -292,18 +288,15 @@ impl<'a> CandidateKeys<'a> {
         let Some(credential) = record.credential(slot) else {
             return;
         };
-        let Some(indexes) = self.by_key.get(&credential.lookup_key) else {
-            return;
-        };
-        for candidate in indexes.iter().map(|&i| &self.candidates[i]) {
-            if candidate.key_version == credential.key_version {
-                out.push(SessionMatch {
-                    record: Arc::clone(record),
-                    slot,
-                    key_version: candidate.key_version,
-                    value_index: candidate.value_index,
-                });
-            }
+        for candidate in self.candidates.iter().filter(|c| {
+            c.lookup_key == credential.lookup_key && c.key_version == credential.key_version
+        }) {
+            out.push(SessionMatch {
+                record: Arc::clone(record),
+                slot,
+                key_version: candidate.key_version,
+                value_index: candidate.value_index,
+            });
         }
     }
 }
