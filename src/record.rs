@@ -445,9 +445,9 @@ pub(crate) fn validate_user_agent(user_agent: &str) -> Result<(), &'static str> 
 }
 
 /// How deep a value in session data may nest arrays and objects. The stores
-/// read data back with serde_json, which refuses more than 128 levels
-/// (SQLite's and the fuzz targets' JSON count objects around the data):
-/// deeper data would be written and then read as corrupt.
+/// read data back with serde_json, which refuses more than 128 levels (the
+/// data map itself is one): deeper data would be written and then read as
+/// corrupt. 64 leaves room below that limit.
 pub(crate) const MAX_DATA_DEPTH: usize = 64;
 
 /// Checks session data: at most [`MAX_DATA_LEN`] bytes of compact JSON, no

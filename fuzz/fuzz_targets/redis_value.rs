@@ -1,9 +1,9 @@
 //! Stored value → record decoding (`store/value.rs`: Redis values and
 //! PostgreSQL's `record` column), three ways:
 //! - arbitrary bytes: a record or `StoreError::Corrupt`, never a panic; a
-//!   decoded record is valid, and its header and state lines are exactly
-//!   what encoding writes (the Lua scripts parse them), and it re-encodes to a value that
-//!   decodes to the same record;
+//!   decoded record is valid, its header and state lines are exactly what
+//!   encoding writes (the Lua scripts parse them), and it re-encodes to a
+//!   value that decodes to the same record;
 //! - a valid value with bytes spliced in or overwritten: the same;
 //! - an arbitrary record that `validate()` accepts: its encoding decodes
 //!   back to exactly that record.
@@ -31,7 +31,8 @@ enum Input {
     Record(ArbRecord),
 }
 
-/// The header and state lines: everything before the data's JSON.
+/// The header and state lines: everything before the second newline (left
+/// out), or the whole value when it has fewer than two.
 fn header(value: &[u8]) -> &[u8] {
     let mut lines = value.iter().enumerate().filter(|&(_, &b)| b == b'\n');
     let end = lines.nth(1).map_or(value.len(), |(i, _)| i);
@@ -43,7 +44,11 @@ fn check_decode(value: &[u8]) {
         Ok(record) => {
             assert_eq!(record.validate(), Ok(()), "a decoded record is valid");
             let encoded = redis_encode(&record);
-            assert_eq!(header(&encoded), header(value), "the header and state lines are canonical");
+            assert_eq!(
+                header(&encoded),
+                header(value),
+                "the header and state lines are canonical"
+            );
             round_trip(&record);
         }
         Err(StoreError::Corrupt { reason, .. }) => assert!(!reason.is_empty()),

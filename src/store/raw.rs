@@ -256,8 +256,9 @@ pub(crate) struct CandidateKeys<'a> {
 }
 
 impl<'a> CandidateKeys<'a> {
-    /// Groups `candidates` by lookup key (two cookie values holding the same
-    /// secret give one key, looked up once and reported for both).
+    /// Collects the distinct lookup keys of `candidates`, in the order first
+    /// seen (two cookie values holding the same secret give one key, looked
+    /// up once and reported for both).
     pub(crate) fn new(candidates: &'a [Candidate]) -> Self {
         let mut distinct: Vec<LookupKey> = Vec::with_capacity(candidates.len());
         for candidate in candidates {

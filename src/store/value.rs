@@ -382,9 +382,16 @@ pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecor
         text => Some(
             serde_json::from_slice::<String>(text)
                 .ok()
-                // One spelling: the JSON string encoding writes (no
-                // whitespace around it, no escape it would not use).
-                .filter(|agent| serde_json::to_vec(agent).is_ok_and(|json| json == text))
+                // One spelling: the JSON string encoding writes. It writes
+                // each character in its shortest form (a user agent has no
+                // control character: `validate` below), escaping only `"`
+                // and `\`; any other spelling (whitespace around it, `\/`,
+                // `\u…`) is longer. So the length tells, without encoding
+                // it again on every read.
+                .filter(|agent| {
+                    let escaped = agent.bytes().filter(|b| matches!(b, b'"' | b'\\')).count();
+                    text.len() == agent.len() + 2 + escaped
+                })
                 .ok_or_else(|| corrupt("`user_agent` is not a JSON string as written"))?,
         ),
     };
@@ -889,6 +896,8 @@ mod tests {
             state_with(10, " \"Mozilla/5.0\""),
             state_with(10, "\"\\u004dozilla/5.0\""),
             state_with(10, "\"Mozilla\\/5.0\""),
+            state_with(10, "\"Mozilla/5.0\"\t"),
+            state_with(10, "\"\\ud83d\\ude00\""),
             format!("{header}\n{state}\n[{data}]"),
             format!("{header}\n{state}\n{data} trailing"),
         ];
