@@ -35,7 +35,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use time::OffsetDateTime;
 
 use crate::keys::{KeyVersion, LookupKey};
 use crate::record::{
@@ -84,7 +83,6 @@ const HEADER_CAPACITY: usize = 320;
 /// Appends `record`'s header line (see [`header`]) to `out`.
 fn push_header(out: &mut Vec<u8>, record: &SessionRecord) {
     // Written in place (no string per field): it is encoded on every write.
-    let mut int = itoa::Buffer::new();
     let hex_or_dash = |out: &mut Vec<u8>, bytes: Option<&[u8]>| {
         out.push(b'|');
         match bytes {
@@ -95,13 +93,13 @@ fn push_header(out: &mut Vec<u8>, record: &SessionRecord) {
     out.extend_from_slice(TAG.as_bytes());
     hex_or_dash(out, Some(record.id.as_bytes()));
     out.push(b'|');
-    out.extend_from_slice(int.format(record.generation).as_bytes());
+    push_int(out, record.generation);
     for micros in [
         to_micros(record.expires_at),
         to_micros(record.absolute_expires_at),
     ] {
         out.push(b'|');
-        out.extend_from_slice(int.format(micros).as_bytes());
+        push_int(out, micros);
     }
     out.push(b'|');
     match &record.revoked {
@@ -129,59 +127,56 @@ fn push_header(out: &mut Vec<u8>, record: &SessionRecord) {
     out.push(b'\n');
 }
 
+/// Appends the decimal digits of `n` (no string per number).
+fn push_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
 /// The stored value of `record`: its [`header`], its state line, then its
 /// data as JSON.
 pub(crate) fn encode(record: &SessionRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_CAPACITY + 64);
     push_header(&mut out, record);
-    let mut int = itoa::Buffer::new();
-    let field = |out: &mut Vec<u8>, text: &[u8]| {
-        out.extend_from_slice(text);
-        out.push(b'|');
-    };
-    let mut micros = |out: &mut Vec<u8>, at: OffsetDateTime| {
-        out.extend_from_slice(int.format(to_micros(at)).as_bytes());
-        out.push(b'|');
-    };
     // `created_at` and `last_seen_at` first: the cap script reads them.
-    micros(&mut out, record.created_at);
-    micros(&mut out, record.last_seen_at);
-    match record.authenticated_at {
-        Some(at) => micros(&mut out, at),
-        None => field(&mut out, b"-"),
+    for at in [
+        Some(record.created_at),
+        Some(record.last_seen_at),
+        record.authenticated_at,
+        Some(record.access_expires_at),
+    ] {
+        match at {
+            Some(at) => push_int(&mut out, to_micros(at)),
+            None => out.push(b'-'),
+        }
+        out.push(b'|');
     }
-    micros(&mut out, record.access_expires_at);
-    let mut int = itoa::Buffer::new();
-    field(
-        &mut out,
-        int.format(record.idle_timeout.as_secs()).as_bytes(),
-    );
-    field(&mut out, if record.persistent { b"1" } else { b"0" });
-    field(
-        &mut out,
-        int.format(record.current.key_version.0).as_bytes(),
-    );
+    push_int(&mut out, record.idle_timeout.as_secs());
+    out.extend_from_slice(if record.persistent { b"|1|" } else { b"|0|" });
+    push_int(&mut out, record.current.key_version.0);
+    out.push(b'|');
     match &record.previous {
-        None => field(&mut out, b"-"),
+        None => out.push(b'-'),
         Some(p) => {
-            out.extend_from_slice(int.format(p.credential.key_version.0).as_bytes());
+            push_int(&mut out, p.credential.key_version.0);
             out.push(b',');
-            out.extend_from_slice(int.format(to_micros(p.rotated_at)).as_bytes());
+            push_int(&mut out, to_micros(p.rotated_at));
             if let Some(until) = p.valid_until {
                 out.push(b',');
-                out.extend_from_slice(int.format(to_micros(until)).as_bytes());
+                push_int(&mut out, to_micros(until));
             }
-            out.push(b'|');
         }
     }
+    out.push(b'|');
     match &record.superseded {
-        None => field(&mut out, b"-"),
-        Some(c) => field(&mut out, int.format(c.key_version.0).as_bytes()),
+        None => out.push(b'-'),
+        Some(c) => push_int(&mut out, c.key_version.0),
     }
+    out.push(b'|');
     match record.client_ip {
-        None => field(&mut out, b"-"),
-        Some(ip) => field(&mut out, ip.to_string().as_bytes()),
+        None => out.push(b'-'),
+        Some(ip) => out.extend_from_slice(ip.to_string().as_bytes()),
     }
+    out.push(b'|');
     // Last on the line, so a `|` in it is no separator; JSON escapes every
     // control character, so it holds no newline.
     let written = match &record.user_agent {
@@ -309,13 +304,9 @@ pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecor
     let (state, data) = split_line(rest).ok_or_else(|| corrupt("the value has no state line"))?;
     let mut fields = split_fields(state);
     let mut next = |name: &str| {
-        // The user agent is last and may hold a `|`: the rest of the line.
-        let field = if name == "user_agent" {
-            fields.rest()
-        } else {
-            fields.next()
-        };
-        field.ok_or_else(|| corrupt(&format!("the state line has no `{name}`")))
+        fields
+            .next()
+            .ok_or_else(|| corrupt(&format!("the state line has no `{name}`")))
     };
     let created_at = at(next("created_at")?, "created_at")?;
     let last_seen_at = at(next("last_seen_at")?, "last_seen_at")?;
@@ -377,7 +368,11 @@ pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecor
                 .ok_or_else(|| corrupt("`client_ip` is not an IP address as written"))?,
         ),
     };
-    let user_agent = match next("user_agent")? {
+    // The user agent is last and may hold a `|`: the rest of the line.
+    let user_agent = match fields
+        .rest()
+        .ok_or_else(|| corrupt("the state line has no `user_agent`"))?
+    {
         b"-" => None,
         text => Some(
             serde_json::from_slice::<String>(text)
