@@ -784,6 +784,64 @@ async fn a_connection_whose_command_timed_out_is_passed_over() {
     cleanup(&mut admin, &prefix).await;
 }
 
+/// A data write whose script outlives the store's timeout is a timeout,
+/// and no second script follows it: both share one deadline. The held
+/// write reaches the server afterwards and applies whole (a write that
+/// applies but reported a timeout); a replace from the record it replaced
+/// is then refused, and one from the new record applies.
+#[tokio::test]
+async fn a_data_write_out_of_time_sends_no_second_script() {
+    let Some(mut admin) = admin().await else {
+        return;
+    };
+    let prefix = unique("ths-late-write") + ":";
+    let proxy = Proxy::start().await;
+    let store = RedisStore::builder(&proxy.url)
+        .prefix(&prefix)
+        .connections(2)
+        .timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .unwrap();
+    let first = record(Some("alice"), T0);
+    store.insert(&first).await.unwrap();
+    // Data only: the same keys and expiries, so the small script. One
+    // applies first, so the server has the script cached: the held
+    // `EVALSHA` cannot meet `NOSCRIPT`, whose reload would have died with
+    // the caller.
+    let a = successor(&first, |n| {
+        n.data.insert("theme".into(), "light".into());
+    });
+    assert!(store.replace(&first, &a, T0).await.unwrap());
+    let next = successor(&a, |n| {
+        n.data.insert("theme".into(), "dark".into());
+    });
+    proxy.take();
+    proxy.hold.send_replace(0b11);
+    let error = store.replace(&a, &next, T0).await.unwrap_err();
+    assert!(matches!(error, StoreError::Timeout { .. }), "{error:?}");
+    assert_eq!(proxy.take(), ["EVALSHA"]);
+    proxy.hold.send_replace(0);
+    // The held script applies once it reaches the server.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while store.get_active(&a.id, T0).await.unwrap().as_deref() != Some(&next) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the held write applies");
+    assert!(!store.replace(&a, &next, T0).await.unwrap());
+    let after = successor(&next, |n| {
+        n.data.insert("lang".into(), "fr".into());
+    });
+    assert!(store.replace(&next, &after, T0).await.unwrap());
+    assert_eq!(
+        store.get_active(&a.id, T0).await.unwrap().as_deref(),
+        Some(&after)
+    );
+    cleanup(&mut admin, &prefix).await;
+}
+
 /// Two app instances: separate connections and managers on one prefix.
 async fn two_instances(prefix: &str, config: SessionConfig) -> (Harness, Harness) {
     (

@@ -35,7 +35,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-
 use crate::keys::{KeyVersion, LookupKey};
 use crate::record::{
     Credential, Data, PreviousCredential, Revocation, Revoked, SessionId, SessionRecord,
