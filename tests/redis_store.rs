@@ -750,20 +750,27 @@ async fn commands_fill_one_connection_first_and_the_first_moves_on() {
     cleanup(&mut admin, &prefix).await;
 }
 
+/// A store on `prefix` with two connections through a [`Proxy`], and a
+/// timeout of one second: for tests that hold a connection past it.
+async fn two_connections_with_a_timeout(prefix: &str) -> (Proxy, RedisStore) {
+    let proxy = Proxy::start().await;
+    let store = RedisStore::builder(&proxy.url)
+        .prefix(prefix)
+        .connections(2)
+        .timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .unwrap();
+    (proxy, store)
+}
+
 #[tokio::test]
 async fn a_connection_whose_command_timed_out_is_passed_over() {
     let Some(mut admin) = admin().await else {
         return;
     };
     let prefix = unique("ths-stalled") + ":";
-    let proxy = Proxy::start().await;
-    let store = RedisStore::builder(&proxy.url)
-        .prefix(&prefix)
-        .connections(2)
-        .timeout(Duration::from_secs(1))
-        .connect()
-        .await
-        .unwrap();
+    let (proxy, store) = two_connections_with_a_timeout(&prefix).await;
     proxy.commands.lock().unwrap().clear();
     let probe = [candidate(credential(0), 0)];
     // The first connection hangs (the server never answers on it, and
@@ -795,14 +802,7 @@ async fn a_data_write_out_of_time_sends_no_second_script() {
         return;
     };
     let prefix = unique("ths-late-write") + ":";
-    let proxy = Proxy::start().await;
-    let store = RedisStore::builder(&proxy.url)
-        .prefix(&prefix)
-        .connections(2)
-        .timeout(Duration::from_secs(1))
-        .connect()
-        .await
-        .unwrap();
+    let (proxy, store) = two_connections_with_a_timeout(&prefix).await;
     let first = record(Some("alice"), T0);
     store.insert(&first).await.unwrap();
     // Data only: the same keys and expiries, so the small script. One
