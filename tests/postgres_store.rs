@@ -62,6 +62,20 @@ async fn store_in(pool: &PgPool, schema: &str) -> PostgresStore {
     store
 }
 
+/// The storage options of the session table in `schema` (`reloptions`).
+async fn table_options(pool: &PgPool, schema: &str) -> Vec<String> {
+    let options: Option<Vec<String>> = sqlx::query_scalar(
+        "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = $2",
+    )
+    .bind(schema)
+    .bind(TABLE)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    options.unwrap_or_default()
+}
+
 async fn drop_schema(pool: &PgPool, schema: &str) {
     sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
         .execute(pool)
@@ -232,7 +246,9 @@ async fn versions_2_and_3_convert_version_1_records() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
+    // Version 4 replaced version 1's fillfactor of 70.
+    assert_eq!(table_options(&pool, &v1).await, ["fillfactor=90"]);
     let (rows, leftovers, empty): (i64, i64, i64) = sqlx::query_as(&format!(
         "SELECT (SELECT count(*) FROM {table}), \
          (SELECT count(*) FROM pg_class WHERE relname = 'tower_hmac_session_lookup_keys' \
@@ -382,7 +398,9 @@ async fn migrations_are_idempotent_and_concurrent_safe() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
+    // Version 4: pages kept 10% free (see `FILLFACTOR` in src/store/sql.rs).
+    assert_eq!(table_options(&pool, &schema).await, ["fillfactor=90"]);
     let indexes: Vec<(String, String)> = sqlx::query_as(
         "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = $1 \
          ORDER BY indexname",
