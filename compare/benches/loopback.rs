@@ -11,8 +11,9 @@
 //! - *write*: the handler sets one value; one store write per request.
 //!
 //! Every (store, scenario) pair runs both crates in alternating rounds so
-//! they see the same machine load; the table gives medians and the ratio
-//! (this crate ÷ tower-sessions, throughput) from one run.
+//! they see the same machine load; the table gives medians and two ratios
+//! (this crate ÷ tower-sessions, throughput) from one run: of the medians,
+//! and the median of the rounds' own ratios.
 //!
 //! ```sh
 //! apt-get install wrk
@@ -353,10 +354,15 @@ fn main() {
         seconds(),
         rounds()
     );
+    // Two ratios: of the two sides' medians, and the median of each
+    // round's ratio. A round's two runs are adjacent in time, so they share
+    // the machine's load; on a machine whose speed drifts between rounds the
+    // paired ratio is the steadier of the two (the ratio of medians can pair
+    // one side's fast round with the other's slow one).
     println!(
-        "| store | scenario | tower-hmac-session req/s | tower-sessions req/s | ratio (min–max of rounds) | app CPU µs/request (ours / theirs) | store server CPU µs/request (ours / theirs) |"
+        "| store | scenario | tower-hmac-session req/s | tower-sessions req/s | ratio of medians | median of round ratios (min–max) | app CPU µs/request (ours / theirs) | store server CPU µs/request (ours / theirs) |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for (store, ours, theirs) in &pairs {
         for path in ["/read", "/write"] {
             let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
@@ -393,9 +399,10 @@ fn main() {
             );
             let (ma, mb) = (median(a), median(b));
             println!(
-                "| {store} | {} | {ma:.0} | {mb:.0} | {:.2} ({lo:.2}–{hi:.2}) | {:.1} / {:.1} | {:.1} / {:.1} |",
+                "| {store} | {} | {ma:.0} | {mb:.0} | {:.2} | {:.2} ({lo:.2}–{hi:.2}) | {:.1} / {:.1} | {:.1} / {:.1} |",
                 &path[1..],
                 ma / mb,
+                median(ratios),
                 median(cpu_a),
                 median(cpu_b),
                 median(store_a),
@@ -419,6 +426,19 @@ async fn postgres(dir: &std::path::Path, tag: &str) -> (&'static str, Target, Ta
     };
     let store = tower_hmac_session::store::PostgresStore::in_schema(pool().await, tag).unwrap();
     store.migrate().await.unwrap();
+    // `PG_FILLFACTOR=70` (say): our table's fillfactor for this run, before
+    // its rows are written, to compare with the one `migrate` sets.
+    if let Some(ff) = std::env::var("PG_FILLFACTOR")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        let sql =
+            format!("ALTER TABLE \"{tag}\".tower_hmac_session_records SET (fillfactor = {ff})");
+        tower_hmac_session::store::sqlx::query(&sql)
+            .execute(&pool().await)
+            .await
+            .unwrap();
+    }
     let ours = target("PostgreSQL", ours::app(store), dir, "pg-ours").await;
     let store = tower_sessions_sqlx_store::PostgresStore::new(pool().await)
         .with_schema_name(format!("{tag}_ts"))
