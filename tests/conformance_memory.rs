@@ -20,6 +20,13 @@ async fn memory_store_passes_the_conformance_suite() {
     run(|| async { MemoryStore::new() }).await;
 }
 
+/// A store behind a pointer passes as well: `Box` and `Arc` hand their
+/// calls to the store inside (the manager calls its store through an `Arc`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_behind_box_and_arc_passes_the_conformance_suite() {
+    run(|| async { Box::new(Arc::new(MemoryStore::new())) }).await;
+}
+
 /// One bug a store could have; each must fail the suite in the named check.
 #[derive(Clone, Copy, Debug)]
 enum Bug {

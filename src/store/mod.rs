@@ -313,79 +313,145 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     async fn purge_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
 }
 
+/// The future every [`SessionStore`] method returns once `#[async_trait]`
+/// has expanded it.
+type StoreFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// `SessionStore` for a pointer to a store, handing out the store's own
+/// future: an `async fn` here would box a second future around it on every
+/// call, and a manager calls its store through an `Arc`. (The signatures
+/// are the ones `#[async_trait]` gives the trait's methods.)
 macro_rules! forward_store {
     ($ty:ty) => {
-        #[async_trait]
         impl<S: SessionStore + ?Sized> SessionStore for $ty {
-            async fn find_active(
-                &self,
-                candidates: &[Candidate],
+            fn find_active<'life0, 'life1, 'async_trait>(
+                &'life0 self,
+                candidates: &'life1 [Candidate],
                 now: OffsetDateTime,
-            ) -> Result<Vec<SessionMatch>, StoreError> {
-                (**self).find_active(candidates, now).await
+            ) -> StoreFuture<'async_trait, Vec<SessionMatch>>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).find_active(candidates, now)
             }
-            async fn get_active(
-                &self,
-                id: &SessionId,
+            fn get_active<'life0, 'life1, 'async_trait>(
+                &'life0 self,
+                id: &'life1 SessionId,
                 now: OffsetDateTime,
-            ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-                (**self).get_active(id, now).await
+            ) -> StoreFuture<'async_trait, Option<Arc<SessionRecord>>>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).get_active(id, now)
             }
-            async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
-                (**self).insert(record).await
+            fn insert<'life0, 'life1, 'async_trait>(
+                &'life0 self,
+                record: &'life1 SessionRecord,
+            ) -> StoreFuture<'async_trait, ()>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).insert(record)
             }
-            async fn insert_capped(
-                &self,
-                record: &SessionRecord,
+            fn insert_capped<'life0, 'life1, 'life2, 'async_trait>(
+                &'life0 self,
+                record: &'life1 SessionRecord,
                 now: OffsetDateTime,
-                cap: &SubjectCap,
-            ) -> Result<Vec<SessionId>, StoreError> {
-                (**self).insert_capped(record, now, cap).await
+                cap: &'life2 SubjectCap,
+            ) -> StoreFuture<'async_trait, Vec<SessionId>>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                'life2: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).insert_capped(record, now, cap)
             }
-            async fn replace(
-                &self,
-                current: &SessionRecord,
-                next: &SessionRecord,
+            fn replace<'life0, 'life1, 'life2, 'async_trait>(
+                &'life0 self,
+                current: &'life1 SessionRecord,
+                next: &'life2 SessionRecord,
                 now: OffsetDateTime,
-            ) -> Result<bool, StoreError> {
-                (**self).replace(current, next, now).await
+            ) -> StoreFuture<'async_trait, bool>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                'life2: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).replace(current, next, now)
             }
-            async fn revoke(
-                &self,
-                id: &SessionId,
-                subject: Option<&str>,
+            fn revoke<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+                &'life0 self,
+                id: &'life1 SessionId,
+                subject: Option<&'life2 str>,
                 now: OffsetDateTime,
-                revocation: &Revocation,
-            ) -> Result<RevokeOutcome, StoreError> {
-                (**self).revoke(id, subject, now, revocation).await
+                revocation: &'life3 Revocation,
+            ) -> StoreFuture<'async_trait, RevokeOutcome>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                'life2: 'async_trait,
+                'life3: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).revoke(id, subject, now, revocation)
             }
-            async fn revoke_all_for_subject(
-                &self,
-                subject: &str,
+            fn revoke_all_for_subject<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+                &'life0 self,
+                subject: &'life1 str,
                 now: OffsetDateTime,
-                revocation: &Revocation,
-                except: Option<&SessionId>,
-            ) -> Result<u64, StoreError> {
-                (**self)
-                    .revoke_all_for_subject(subject, now, revocation, except)
-                    .await
+                revocation: &'life2 Revocation,
+                except: Option<&'life3 SessionId>,
+            ) -> StoreFuture<'async_trait, u64>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                'life2: 'async_trait,
+                'life3: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).revoke_all_for_subject(subject, now, revocation, except)
             }
-            async fn list_for_subject(
-                &self,
-                subject: &str,
+            fn list_for_subject<'life0, 'life1, 'async_trait>(
+                &'life0 self,
+                subject: &'life1 str,
                 now: OffsetDateTime,
-            ) -> Result<Vec<ActiveSessionRecord>, StoreError> {
-                (**self).list_for_subject(subject, now).await
+            ) -> StoreFuture<'async_trait, Vec<ActiveSessionRecord>>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).list_for_subject(subject, now)
             }
-            async fn count_by_key_version(
-                &self,
+            fn count_by_key_version<'life0, 'async_trait>(
+                &'life0 self,
                 now: OffsetDateTime,
                 seen_since: OffsetDateTime,
-            ) -> Result<BTreeMap<KeyVersion, VersionCount>, StoreError> {
-                (**self).count_by_key_version(now, seen_since).await
+            ) -> StoreFuture<'async_trait, BTreeMap<KeyVersion, VersionCount>>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).count_by_key_version(now, seen_since)
             }
-            async fn purge_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
-                (**self).purge_expired(now).await
+            fn purge_expired<'life0, 'async_trait>(
+                &'life0 self,
+                now: OffsetDateTime,
+            ) -> StoreFuture<'async_trait, u64>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).purge_expired(now)
             }
         }
     };
