@@ -317,7 +317,12 @@ async fn resolve(
     now: OffsetDateTime,
 ) -> Result<State, StoreError> {
     let keys = manager.keys();
-    let candidates = keys.candidates(secrets.iter());
+    // Copied out, sized to what the request presented (usually one
+    // candidate): `Candidates` has room for every value under every key
+    // version (1.3 KB), and held across the store call it would sit in every
+    // request's boxed future (2.4 KB with it, 1.8 KB without, in the
+    // loopback benchmark's router: less to allocate and to move).
+    let candidates = keys.candidates(secrets.iter()).to_vec();
     let current_version = keys.current();
     drop(keys);
     let matches = manager
