@@ -290,7 +290,12 @@ fn wrk(target: &Target, path: &str, script: &std::path::Path) -> Run {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    if n.is_multiple_of(2) {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
 }
 
 async fn target(store: &'static str, app: Router, dir: &std::path::Path, name: &str) -> Target {
@@ -428,10 +433,10 @@ async fn postgres(dir: &std::path::Path, tag: &str) -> (&'static str, Target, Ta
     store.migrate().await.unwrap();
     // `PG_FILLFACTOR=70` (say): our table's fillfactor for this run, before
     // its rows are written, to compare with the one `migrate` sets.
-    if let Some(ff) = std::env::var("PG_FILLFACTOR")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-    {
+    if let Some(ff) = std::env::var("PG_FILLFACTOR").ok().map(|v| {
+        v.parse::<u32>()
+            .expect("PG_FILLFACTOR: an integer from 10 to 100")
+    }) {
         let sql =
             format!("ALTER TABLE \"{tag}\".tower_hmac_session_records SET (fillfactor = {ff})");
         tower_hmac_session::store::sqlx::query(&sql)

@@ -132,10 +132,11 @@ impl PostgresStore {
     /// privilege even for `CREATE … IF NOT EXISTS`): on a database already
     /// migrated, the role needs no `CREATE` privilege, only `USAGE` on the
     /// schema and `SELECT`, `INSERT`, `UPDATE` and `DELETE` on its tables.
-    /// Upgrading an older schema (version 1 or 2) alters the table in
-    /// place, so it needs the table's owner, and rewrites every record
-    /// (version 3 moves it into one `record` column); run `VACUUM ANALYZE`
-    /// on the table afterwards.
+    /// Upgrading an older schema (version 1, 2 or 3) alters the table in
+    /// place, so it needs the table's owner; from version 1 or 2 it also
+    /// rewrites every record (version 3 moves it into one `record` column):
+    /// run `VACUUM ANALYZE` on the table afterwards. (Version 4 only sets the
+    /// table's fillfactor.)
     ///
     /// # Errors
     ///

@@ -920,15 +920,16 @@ fn migrations(dialect: Dialect, schema: Option<&str>) -> Vec<(i64, String)> {
 /// PostgreSQL's fillfactor for the table (version 4; version 1 had 70).
 ///
 /// A data write changes no indexed column, so with room on its page it is
-/// a heap-only (HOT) update that touches no index. Pages are kept 10% free
-/// for that. Less is not better: PostgreSQL prunes a page (a WAL record, and
-/// the page's tuples compacted) when an access finds its free space below
-/// `100 - fillfactor` percent (at least 10%), and inserts leave pages right
-/// at that line. At 70 nearly every update left its page below it, so the
-/// next access pruned it again: in the loopback write benchmark (1,000
-/// sessions, every request one data write) 0.48–0.58 prune records per
-/// update at 70, 0.27 at 90 and 0.22–0.32 at 100 (pg_waldump), with
-/// PostgreSQL's CPU per write lower at 90 or 100 in most alternated runs.
+/// a heap-only (HOT) update that touches no index. But PostgreSQL also
+/// prunes a page (a WAL record, and the page's tuples compacted) whenever an
+/// access finds its free space below `100 - fillfactor` percent (at least
+/// 10%), so the more room the fillfactor keeps, the sooner pages count as
+/// due. Measured (`PG_FILLFACTOR` in the loopback comparison, every request
+/// one data write to one of 1,000 sessions, `pg_waldump --stats`): 0.48–0.58
+/// prune records per update at 70, 0.27 at 90, 0.22–0.32 at 100, with nearly
+/// every update heap-only at each; PostgreSQL's CPU per write was lower at 90
+/// or 100 than at 70 in most alternated runs. 90 keeps room for the first
+/// update of a row that was just inserted.
 pub(crate) const FILLFACTOR: u32 = 90;
 
 /// PostgreSQL's schema version 3: the whole record in one `record` column
