@@ -926,7 +926,7 @@ fn migrations(dialect: Dialect, schema: Option<&str>) -> Vec<(i64, String)> {
 /// 10%), so the more room the fillfactor keeps, the sooner pages count as
 /// due. Measured (`PG_FILLFACTOR` in the loopback comparison, every request
 /// one data write to one of 1,000 sessions, `pg_waldump --stats`): 0.48–0.58
-/// prune records per update at 70, 0.27 at 90, 0.22–0.32 at 100, with nearly
+/// prune records per update at 70, 0.27 at 90, 0.22–0.36 at 100, with nearly
 /// every update heap-only at each; PostgreSQL's CPU per write was lower at 90
 /// or 100 than at 70 in most alternated runs. 90 keeps room for the first
 /// update of a row that was just inserted.
