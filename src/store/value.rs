@@ -32,6 +32,7 @@
 //! read decodes a value, and decoding the record's fields from a JSON
 //! object took half as long again as this whole layout takes.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -173,7 +174,10 @@ pub(crate) fn encode(record: &SessionRecord) -> Vec<u8> {
     out.push(b'|');
     match record.client_ip {
         None => out.push(b'-'),
-        Some(ip) => out.extend_from_slice(ip.to_string().as_bytes()),
+        // Into `out` itself (writing to a `Vec` cannot fail).
+        Some(ip) => {
+            let _ = write!(out, "{ip}");
+        }
     }
     out.push(b'|');
     // Last on the line, so a `|` in it is no separator; JSON escapes every
@@ -363,7 +367,7 @@ pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecor
                 .ok()
                 .and_then(|text| text.parse::<IpAddr>().ok())
                 // One address, one spelling: what `Display` writes.
-                .filter(|ip| ip.to_string().as_bytes() == text)
+                .filter(|&ip| ip_spelling(ip, &mut [0; IP_TEXT_MAX]) == Some(text))
                 .ok_or_else(|| corrupt("`client_ip` is not an IP address as written"))?,
         ),
     };
@@ -417,6 +421,21 @@ pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecor
     };
     record.validate().map_err(corrupt)?;
     Ok(record)
+}
+
+/// Room for any address as `Display` writes it (at most 39 bytes: eight
+/// groups of four hex digits; an IPv4-mapped address is shorter).
+const IP_TEXT_MAX: usize = 64;
+
+/// `ip` as `Display` writes it (and [`encode`] stores it), written into
+/// `buf`: every read of a record with an address checks its spelling, so
+/// without a `String` each time. `None` if it does not fit, which no
+/// address does.
+fn ip_spelling(ip: IpAddr, buf: &mut [u8; IP_TEXT_MAX]) -> Option<&[u8]> {
+    let mut rest = &mut buf[..];
+    write!(rest, "{ip}").ok()?;
+    let len = IP_TEXT_MAX - rest.len();
+    Some(&buf[..len])
 }
 
 /// The bytes before the first newline, and those after it.
@@ -720,6 +739,28 @@ mod tests {
         unconfirmed.previous.as_mut().unwrap().valid_until = None;
         unconfirmed.revoked.as_mut().unwrap().revocation.actor = None;
         assert_eq!(decode(&encode(&unconfirmed), None).unwrap(), unconfirmed);
+    }
+
+    #[test]
+    fn the_longest_addresses_round_trip() {
+        let longest = [
+            "255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            // Written back as eight hex groups: 39 bytes.
+            "1111:2222:3333:4444:5555:6666:255.255.255.255",
+        ];
+        for text in longest {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut with_ip = record();
+            with_ip.client_ip = Some(ip);
+            assert_eq!(decode(&encode(&with_ip), None).unwrap(), with_ip, "{text}");
+            assert_eq!(
+                ip_spelling(ip, &mut [0; IP_TEXT_MAX]),
+                Some(ip.to_string().as_bytes()),
+                "{text}"
+            );
+        }
     }
 
     #[test]
