@@ -101,6 +101,210 @@ async fn postgres_store_passes_the_conformance_suite() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_keeping_its_connections_passes_the_conformance_suite() {
+    // Room for every store the suite has open at once to keep its 4.
+    let Some(pool) = pool_of("ths-conformance-kept", 24).await else {
+        return;
+    };
+    let mut schemas = Vec::new();
+    tower_hmac_session::conformance::run(|| {
+        let schema = unique("ths_conformance_kept");
+        schemas.push(schema.clone());
+        let pool = pool.clone();
+        async move {
+            store_in(&pool, &schema)
+                .await
+                .keep_connections(4, PostgresStore::DEFAULT_HOLD)
+        }
+    })
+    .await;
+    for schema in schemas {
+        drop_schema(&pool, &schema).await;
+    }
+}
+
+/// Polls `done` every 10 ms for up to 5 s: the server's and the pool's own
+/// state, which no injected clock drives.
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
+#[tokio::test]
+async fn kept_connections_stay_out_of_the_pool_until_their_hold_ends() {
+    let Some(pool) = pool_of("ths-kept", 3).await else {
+        return;
+    };
+    let schema = unique("ths_kept");
+    let store = store_in(&pool, &schema)
+        .await
+        .keep_connections(2, Duration::from_millis(300));
+    let id = SessionId::generate();
+    let now = time::OffsetDateTime::now_utc();
+    assert_eq!(store.kept_connections(), 0);
+    assert!(store.get_active(&id, now).await.unwrap().is_none());
+    assert_eq!(store.kept_connections(), 1);
+    assert_eq!(pool.num_idle(), pool.size() as usize - 1, "kept, not idle");
+    // The next statements take the kept connection back: still one.
+    for _ in 0..5 {
+        assert!(store.get_active(&id, now).await.unwrap().is_none());
+    }
+    assert_eq!(store.kept_connections(), 1);
+    // Two at once need two.
+    let (a, b) = tokio::join!(store.get_active(&id, now), store.get_active(&id, now));
+    assert!(a.unwrap().is_none() && b.unwrap().is_none());
+    assert!((1..=2).contains(&store.kept_connections()));
+    // Idle, the store gives them back within their hold.
+    assert!(
+        eventually(|| store.kept_connections() == 0 && pool.num_idle() == pool.size() as usize)
+            .await,
+        "kept {} idle {} of {}",
+        store.kept_connections(),
+        pool.num_idle(),
+        pool.size()
+    );
+    drop_schema(&pool, &schema).await;
+}
+
+/// `n` lookups of `id` at once, each in a task of its own.
+async fn concurrently(
+    store: &PostgresStore,
+    n: usize,
+    id: SessionId,
+    now: time::OffsetDateTime,
+) -> Vec<Result<Option<std::sync::Arc<SessionRecord>>, StoreError>> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.get_active(&id, now).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+#[tokio::test]
+async fn a_store_keeping_all_of_a_pools_connections_serves_more_callers_than_connections() {
+    let Some(pool) = pool_of("ths-kept-all", 2).await else {
+        return;
+    };
+    let schema = unique("ths_kept_all");
+    // More than the pool holds: the store keeps at most the pool's 2.
+    let store = store_in(&pool, &schema)
+        .await
+        .keep_connections(8, PostgresStore::DEFAULT_HOLD);
+    let id = SessionId::generate();
+    let now = time::OffsetDateTime::now_utc();
+    // Sixteen callers on two connections: each waits for a lease to end,
+    // never for the pool while the store keeps a connection idle (which
+    // would end in the pool's 5 s acquire timeout).
+    for found in concurrently(&store, 16, id, now).await {
+        assert!(found.unwrap().is_none());
+    }
+    assert!(store.kept_connections() <= 2);
+    // The store gone, the pool has its connections back at once.
+    drop(store);
+    drop_schema(&pool, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_that_was_terminated_fails_once_and_the_store_recovers() {
+    let name = unique("ths-kept-terminate");
+    let Some(store_pool) = pool_of(&name, 4).await else {
+        return;
+    };
+    let Some(admin) = pool("ths-admin").await else {
+        return;
+    };
+    let schema = unique("ths_kept_terminate");
+    let store = store_in(&store_pool, &schema)
+        .await
+        .keep_connections(4, PostgresStore::DEFAULT_HOLD);
+    let id = SessionId::generate();
+    let now = time::OffsetDateTime::now_utc();
+    for found in concurrently(&store, 4, id, now).await {
+        assert!(found.unwrap().is_none());
+    }
+    assert!(store.kept_connections() >= 1);
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&name)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(!killed.is_empty() && killed.iter().all(|k| *k));
+    // Every kept connection is dead now: the first statement fails on one
+    // and gives back the others, so the next runs on a fresh connection.
+    let first = store.get_active(&id, now).await;
+    assert!(
+        matches!(first, Err(StoreError::Backend { .. })),
+        "{first:?}"
+    );
+    assert_eq!(store.kept_connections(), 0);
+    let mut recovered = false;
+    // The pool's own idle connections died too; it hands each out once
+    // untested (`test_before_acquire(false)`), as without kept connections.
+    for _ in 0..6 {
+        if store.get_active(&id, now).await.is_ok() {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "the store did not recover");
+    drop_schema(&admin, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_statement_does_not_keep_its_connection() {
+    let Some(admin) = pool("ths-admin").await else {
+        return;
+    };
+    let Some(pool) = pool_of("ths-kept-cancel", 4).await else {
+        return;
+    };
+    let schema = unique("ths_kept_cancel");
+    let store = store_in(&pool, &schema)
+        .await
+        .keep_connections(4, PostgresStore::DEFAULT_HOLD);
+    let id = SessionId::generate();
+    let now = time::OffsetDateTime::now_utc();
+    // The table locked, the lookup waits on the server; the caller gives
+    // up on it (a dropped request).
+    let mut lock = admin.begin().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "LOCK TABLE \"{schema}\".{TABLE} IN ACCESS EXCLUSIVE MODE"
+    ))
+    .execute(&mut *lock)
+    .await
+    .unwrap();
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(200), store.get_active(&id, now)).await;
+    assert!(
+        cancelled.is_err(),
+        "the lookup should still wait on the lock"
+    );
+    assert_eq!(
+        store.kept_connections(),
+        0,
+        "a cancelled statement's connection is not kept"
+    );
+    lock.rollback().await.unwrap();
+    // The pool tested and took back that connection; the store goes on.
+    assert!(store.get_active(&id, now).await.unwrap().is_none());
+    assert_eq!(store.kept_connections(), 1);
+    drop_schema(&admin, &schema).await;
+}
+
 /// Writes `r` into a version-1 table, as version-1 stores did (its trigger
 /// fills the lookup-keys table).
 async fn insert_v1(pool: &PgPool, table: &str, r: &SessionRecord) {

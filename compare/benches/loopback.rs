@@ -429,7 +429,16 @@ async fn postgres(dir: &std::path::Path, tag: &str) -> (&'static str, Target, Ta
             .await
             .expect("PostgreSQL is reachable")
     };
-    let store = tower_hmac_session::store::PostgresStore::in_schema(pool().await, tag).unwrap();
+    // Each side's pool is its own, so ours keeps every connection between
+    // statements (as `PostgresStore::connect` does): sqlx's pool tests a
+    // connection with a round trip each time it goes back, and (by default,
+    // as here for both) each time it comes out.
+    let store = tower_hmac_session::store::PostgresStore::in_schema(pool().await, tag)
+        .unwrap()
+        .keep_connections(
+            PG_POOL as usize,
+            tower_hmac_session::store::PostgresStore::DEFAULT_HOLD,
+        );
     store.migrate().await.unwrap();
     // `PG_FILLFACTOR=70` (say): our table's fillfactor for this run, before
     // its rows are written, to compare with the one `migrate` sets.

@@ -20,6 +20,8 @@ use crate::record::{
     VersionCount,
 };
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod kept;
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "fuzzing"))]

@@ -12,6 +12,7 @@ use sqlx::postgres::{
 };
 use time::OffsetDateTime;
 
+use super::kept::Kept;
 use super::raw::{RawRecord, session_id, to_micros};
 use super::sql::{
     Dialect, DialectRow, Queries, RECORD_COLUMN, Value, insert_values, mutable_values,
@@ -59,11 +60,14 @@ pub struct PostgresStore {
     pool: PgPool,
     schema: String,
     queries: Arc<Queries>,
+    kept: Arc<Kept<Postgres>>,
 }
 
 impl PostgresStore {
-    /// Connects to `url` (a pool of up to 10 connections) and migrates the
-    /// `public` schema.
+    /// Connects to `url` (a pool of up to 10 connections, the store's own,
+    /// all of which it may [keep](Self::keep_connections) for
+    /// [`DEFAULT_HOLD`](Self::DEFAULT_HOLD)) and migrates the `public`
+    /// schema.
     ///
     /// # Errors
     ///
@@ -77,7 +81,7 @@ impl PostgresStore {
             .connect(url)
             .await
             .map_err(|e| StoreError::backend("connect", e))?;
-        let store = Self::new(pool);
+        let store = Self::new(pool).keep_connections(10, Self::DEFAULT_HOLD);
         store.migrate().await?;
         Ok(store)
     }
@@ -108,10 +112,64 @@ impl PostgresStore {
             ));
         }
         Ok(Self {
+            kept: Kept::new(pool.clone(), 0, Self::DEFAULT_HOLD),
             pool,
             schema: schema.to_owned(),
             queries: Arc::new(Queries::new(Dialect::Postgres, Some(schema))),
         })
+    }
+
+    /// How long [`keep_connections`](Self::keep_connections) keeps a
+    /// connection at most, unless told otherwise: 10 seconds.
+    pub const DEFAULT_HOLD: Duration = Duration::from_secs(10);
+
+    /// Keeps up to `max` of the pool's connections checked out between the
+    /// store's statements, each for at most `hold` after the pool handed it
+    /// out; `max` 0 (the default of [`new`](Self::new) and
+    /// [`in_schema`](Self::in_schema)) keeps none.
+    ///
+    /// sqlx's pool tests every connection that goes back to it with a round
+    /// trip to the server, and by default every one it hands out: a
+    /// statement costs two or three round trips rather than one. A store
+    /// that keeps its connections skips them, which in the loopback
+    /// benchmark makes reads and writes about a third faster (see
+    /// `BENCHMARKS.md`). A connection is kept only when its statement
+    /// finished with the connection in step; a cancelled statement's
+    /// connection goes back to the pool, which tests it, and one that
+    /// fails makes the store give back every connection it keeps. A task
+    /// gives back the connections not used within their hold, so an idle
+    /// store holds none after `hold`; the pool's lifetime and idle limits
+    /// apply when they come back.
+    ///
+    /// Kept connections are not available to others sharing the pool, so
+    /// give the store a pool of its own, or a `max` that leaves the rest
+    /// of the pool enough. [`connect`](Self::connect) keeps all 10 of its
+    /// own.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tower_hmac_session::store::PostgresStore;
+    /// use tower_hmac_session::store::sqlx::postgres::PgPoolOptions;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = PgPoolOptions::new()
+    ///     .max_connections(16)
+    ///     .connect("postgres://app@db.internal/app")
+    ///     .await?;
+    /// let store = PostgresStore::new(pool).keep_connections(16, PostgresStore::DEFAULT_HOLD);
+    /// store.migrate().await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn keep_connections(mut self, max: usize, hold: Duration) -> Self {
+        self.kept = Kept::new(self.pool.clone(), max, hold);
+        self
+    }
+
+    /// How many connections the store keeps checked out of the pool now
+    /// (see [`keep_connections`](Self::keep_connections)).
+    pub fn kept_connections(&self) -> usize {
+        self.kept.len()
     }
 
     /// The connection pool.
@@ -143,7 +201,10 @@ impl PostgresStore {
     /// The database failed; nothing was applied then.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let err = |e| sqlx_error("migrate", e);
-        let mut tx = self.pool.begin().await.map_err(err)?;
+        // On a kept connection if there is one, so that it never waits for
+        // one the store keeps.
+        let mut lease = self.kept.lease().await.map_err(err)?;
+        let mut tx = sqlx::Connection::begin(&mut *lease).await.map_err(err)?;
         let migrations = &self.queries.migrations_table;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
             .bind(format!("tower-hmac-session migrate {}", self.schema))
@@ -199,7 +260,9 @@ impl PostgresStore {
             .all(|(v, _)| done.contains(v))
         {
             // Up to date: nothing written, so nothing to commit.
-            return tx.rollback().await.map_err(err);
+            let done = tx.rollback().await;
+            lease.done(&done);
+            return done.map_err(err);
         }
         for (version, sql) in &self.queries.migrations {
             if done.contains(version) {
@@ -218,7 +281,9 @@ impl PostgresStore {
                 .map_err(err)?;
             tracing::info!(version, schema = %self.schema, "session store schema migrated (postgres)");
         }
-        tx.commit().await.map_err(err)
+        let done = tx.commit().await;
+        lease.done(&done);
+        done.map_err(err)
     }
 
     /// Upgrading to schema version 3: sets each record's new `record` column
@@ -314,8 +379,13 @@ impl PostgresStore {
     /// (`revoke_all`, `purge`): a record has a row per slot, so the rows a
     /// statement changed are not the records.
     async fn changes<'q>(&self, query: impl Fn() -> PgQuery<'q>) -> Result<u64, sqlx::Error> {
-        let count: i64 =
-            retrying(|_| async { query().fetch_one(&self.pool).await?.try_get(0) }).await?;
+        let count: i64 = retrying(|_| async {
+            let mut lease = self.kept.lease().await?;
+            let row = query().fetch_one(&mut *lease).await;
+            lease.done(&row);
+            row?.try_get(0)
+        })
+        .await?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -369,17 +439,25 @@ impl PostgresStore {
         // the primary key (checked at the end of the statement): `Conflict`,
         // and nothing applied.
         let (head, rest) = if !rows {
-            let done = retrying(|waited| query(waited).execute(&self.pool))
-                .await
-                .map_err(|e| sqlx_error("replace", e))?;
+            let done = retrying(|waited| async move {
+                let mut lease = self.kept.lease().await?;
+                let done = query(waited).execute(&mut *lease).await;
+                lease.done(&done);
+                done
+            })
+            .await
+            .map_err(|e| sqlx_error("replace", e))?;
             (done.rows_affected(), 0)
         } else {
             let counts: (i64, i64) = retrying(|waited| async move {
+                let mut lease = self.kept.lease().await?;
                 let row = query(waited)
                     .bind(others[0])
                     .bind(others[1])
-                    .fetch_one(&self.pool)
-                    .await?;
+                    .fetch_one(&mut *lease)
+                    .await;
+                lease.done(&row);
+                let row = row?;
                 Ok((row.try_get(0)?, row.try_get(1)?))
             })
             .await
@@ -423,7 +501,12 @@ impl PostgresStore {
             self.subject_lock(subject)
         );
         let rows = retrying(|_| async {
-            let mut tx = self.pool.begin_with(begin.clone()).await?;
+            // The transaction on a kept connection too, so that it never
+            // waits for one the store keeps. Dropped before it commits, the
+            // lease hands the connection back to the pool, which rolls the
+            // transaction back.
+            let mut lease = self.kept.lease().await?;
+            let mut tx = sqlx::Connection::begin_with(&mut *lease, begin.clone()).await?;
             let mut query = sqlx::query(&self.queries.insert_capped);
             for value in insert_values(Dialect::Postgres, raw, record) {
                 query = Self::bind(query, value);
@@ -436,8 +519,9 @@ impl PostgresStore {
                 .bind(keep)
                 .fetch_all(&mut *tx)
                 .await?;
-            tx.commit().await?;
-            Ok(rows)
+            let committed = tx.commit().await;
+            lease.done(&committed);
+            committed.map(|()| rows)
         })
         .await
         .map_err(err)?;
@@ -476,14 +560,18 @@ impl PostgresStore {
     ) -> Result<RevokeOutcome, StoreError> {
         // One statement: the update and, from the same snapshot, whether the
         // record exists at all (as the subject's, when one is given).
-        let (found, revoked): (bool, bool) = retrying(|_| {
-            sqlx::query_as(&self.queries.revoke)
+        let (found, revoked): (bool, bool) = retrying(|_| async {
+            let mut lease = self.kept.lease().await?;
+            let row = sqlx::query_as(&self.queries.revoke)
                 .bind(&id.as_bytes()[..])
                 .bind(timestamp(now))
                 .bind(revocation.reason.as_str())
                 .bind(revocation.actor.as_deref())
                 .bind(subject)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *lease)
+                .await;
+            lease.done(&row);
+            row
         })
         .await
         .map_err(|e| sqlx_error("revoke", e))?;

@@ -1174,11 +1174,14 @@ macro_rules! sql_store_impl {
                 // One key (the usual lookup) is held by one slot of one record
                 // at most: sqlx's `fetch_optional` skips the row stream that
                 // `fetch_all` builds.
+                let err = |e| $crate::store::sql::sqlx_error("find_active", e);
+                let mut lease = self.kept.lease().await.map_err(err)?;
                 let rows = match keys.distinct().len() {
-                    1 => query.fetch_optional(&self.pool).await.map(Vec::from_iter),
-                    _ => query.fetch_all(&self.pool).await,
-                }
-                .map_err(|e| $crate::store::sql::sqlx_error("find_active", e))?;
+                    1 => query.fetch_optional(&mut *lease).await.map(Vec::from_iter),
+                    _ => query.fetch_all(&mut *lease).await,
+                };
+                lease.done(&rows);
+                let rows = rows.map_err(err)?;
                 let mut found = Vec::with_capacity(rows.len());
                 for row in &rows {
                     // `slot` comes first, before the record's columns.
@@ -1204,12 +1207,15 @@ macro_rules! sql_store_impl {
                 Option<std::sync::Arc<$crate::record::SessionRecord>>,
                 $crate::store::StoreError,
             > {
+                let err = |e| $crate::store::sql::sqlx_error("get_active", e);
+                let mut lease = self.kept.lease().await.map_err(err)?;
                 let row = sqlx::query(&self.queries.get_active)
                     .bind(&id.as_bytes()[..])
                     .bind($ts(now))
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| $crate::store::sql::sqlx_error("get_active", e))?;
+                    .fetch_optional(&mut *lease)
+                    .await;
+                lease.done(&row);
+                let row = row.map_err(err)?;
                 match row {
                     None => Ok(None),
                     Some(row) => {
@@ -1234,10 +1240,11 @@ macro_rules! sql_store_impl {
                 {
                     query = Self::bind(query, value);
                 }
-                let done = query
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| $crate::store::sql::sqlx_error("insert", e))?;
+                let err = |e| $crate::store::sql::sqlx_error("insert", e);
+                let mut lease = self.kept.lease().await.map_err(err)?;
+                let done = query.execute(&mut *lease).await;
+                lease.done(&done);
+                let done = done.map_err(err)?;
                 // SQLite inserts one row, PostgreSQL one per lookup key.
                 match done.rows_affected() {
                     // A lookup key of the record is already held.
@@ -1326,12 +1333,15 @@ macro_rules! sql_store_impl {
                 subject: &str,
                 now: time::OffsetDateTime,
             ) -> Result<Vec<$crate::record::ActiveSessionRecord>, $crate::store::StoreError> {
+                let err = |e| $crate::store::sql::sqlx_error("list_for_subject", e);
+                let mut lease = self.kept.lease().await.map_err(err)?;
                 let rows = sqlx::query(&self.queries.list)
                     .bind(subject)
                     .bind($ts(now))
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(|e| $crate::store::sql::sqlx_error("list_for_subject", e))?;
+                    .fetch_all(&mut *lease)
+                    .await;
+                lease.done(&rows);
+                let rows = rows.map_err(err)?;
                 rows.iter()
                     .map(|row| {
                         let record = Self::record_from_row(row)?;
@@ -1350,12 +1360,15 @@ macro_rules! sql_store_impl {
                 std::collections::BTreeMap<$crate::keys::KeyVersion, $crate::record::VersionCount>,
                 $crate::store::StoreError,
             > {
-                let rows: Vec<(i64, i64, i64)> = sqlx::query_as(&self.queries.count)
+                let err = |e| $crate::store::sql::sqlx_error("count_by_key_version", e);
+                let mut lease = self.kept.lease().await.map_err(err)?;
+                let rows: Result<Vec<(i64, i64, i64)>, _> = sqlx::query_as(&self.queries.count)
                     .bind($ts(now))
                     .bind($ts(seen_since))
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(|e| $crate::store::sql::sqlx_error("count_by_key_version", e))?;
+                    .fetch_all(&mut *lease)
+                    .await;
+                lease.done(&rows);
+                let rows = rows.map_err(err)?;
                 rows.into_iter()
                     .map(|(version, recent, dormant)| {
                         let version = u32::try_from(version).map_err(|_| {

@@ -53,6 +53,8 @@ type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 pub struct SqliteStore {
     pool: SqlitePool,
     queries: Arc<Queries>,
+    /// Keeps no connection: every statement takes one from the pool.
+    kept: Arc<super::kept::Kept<sqlx::Sqlite>>,
 }
 
 impl SqliteStore {
@@ -124,6 +126,7 @@ impl SqliteStore {
     /// before use.
     pub fn new(pool: SqlitePool) -> Self {
         Self {
+            kept: super::kept::Kept::new(pool.clone(), 0, Duration::ZERO),
             pool,
             queries: Arc::new(Queries::new(Dialect::Sqlite, None)),
         }
