@@ -12,9 +12,9 @@
 //! Why that is safe:
 //! - A connection is kept only after its statement ran to its end (a row
 //!   set, or the server's error for it), so the protocol is in step;
-//!   anything the server still owes (the rest of a row set after
-//!   `fetch_optional`) is read by sqlx before the next statement, as it is
-//!   after a `ping`.
+//!   sqlx's `fetch_optional` reads its row set to the end itself, and
+//!   anything else the server still owes is read before the next
+//!   statement, as it is by a `ping`.
 //! - A statement whose future is dropped (a cancelled request) or that
 //!   fails on the connection itself drops its lease, and with it the
 //!   connection goes back to the pool, which tests it, rolls back a
@@ -73,6 +73,8 @@ impl<DB: Database> Kept<DB> {
         // More than the pool's size would leave leases waiting for the pool
         // while others keep connections idle.
         let max = max.min(pool.options().get_max_connections() as usize);
+        // A year at most: `since + hold` never overflows.
+        let hold = hold.min(Duration::from_secs(365 * 24 * 3600));
         Arc::new(Self {
             pool,
             max,
@@ -86,6 +88,7 @@ impl<DB: Database> Kept<DB> {
     }
 
     /// How many connections are kept now.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn len(&self) -> usize {
         self.lock().conns.len()
     }
@@ -99,13 +102,23 @@ impl<DB: Database> Kept<DB> {
     /// A connection for one statement (or one transaction): the one kept
     /// last if any is still within its hold, else one from the pool.
     pub(crate) async fn lease(self: &Arc<Self>) -> Result<Lease<DB>, sqlx::Error> {
+        if self.pool.is_closed() {
+            self.release_all();
+            return Err(sqlx::Error::PoolClosed);
+        }
         let permit = match &self.leases {
+            // As long as the pool would wait for a connection, then the
+            // pool's own error: a store whose statements hang fails as it
+            // would without kept connections.
             Some(leases) => Some(
-                Arc::clone(leases)
-                    .acquire_owned()
-                    .await
-                    // Never closed; as sqlx says of a pool that is.
-                    .map_err(|_| sqlx::Error::PoolClosed)?,
+                tokio::time::timeout(
+                    self.pool.options().get_acquire_timeout(),
+                    Arc::clone(leases).acquire_owned(),
+                )
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)?
+                // Never closed; as sqlx says of a pool that is.
+                .map_err(|_| sqlx::Error::PoolClosed)?,
             ),
             None => None,
         };
@@ -138,14 +151,19 @@ impl<DB: Database> Kept<DB> {
         })
     }
 
-    /// Removes the kept connections past their hold (the oldest come first).
+    /// Removes the kept connections past their hold (in any position: they
+    /// come back in the order their statements end).
     fn take_expired(&self, state: &mut State<DB>) -> Vec<(PoolConnection<DB>, Instant)> {
-        let fresh = state
-            .conns
-            .iter()
-            .position(|(_, since)| since.elapsed() < self.hold)
-            .unwrap_or(state.conns.len());
-        state.conns.drain(..fresh).collect()
+        let mut expired = Vec::new();
+        let mut i = 0;
+        while i < state.conns.len() {
+            if state.conns[i].1.elapsed() >= self.hold {
+                expired.push(state.conns.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        expired
     }
 
     fn keep(self: &Arc<Self>, conn: PoolConnection<DB>, since: Instant) {
@@ -171,6 +189,20 @@ impl<DB: Database> Kept<DB> {
     }
 }
 
+impl<DB: Database> Drop for Kept<DB> {
+    fn drop(&mut self) {
+        // A kept connection goes back to the pool through a task sqlx
+        // spawns, which needs a runtime; without one (a store dropped after
+        // its runtime), the connections are closed instead, never a panic.
+        if tokio::runtime::Handle::try_current().is_err() {
+            let conns = std::mem::take(&mut self.lock().conns);
+            for (conn, _) in conns {
+                drop(conn.detach());
+            }
+        }
+    }
+}
+
 /// Returns kept connections to the pool as their holds end, until none is
 /// kept (or the store is gone, which drops them all).
 async fn reap<DB: Database>(kept: Weak<Kept<DB>>) {
@@ -180,7 +212,11 @@ async fn reap<DB: Database>(kept: Weak<Kept<DB>>) {
                 let (expired, next) = {
                     let mut state = kept.lock();
                     let expired = kept.take_expired(&mut state);
-                    let next = state.conns.first().map(|(_, since)| *since + kept.hold);
+                    let next = state
+                        .conns
+                        .iter()
+                        .map(|(_, since)| *since + kept.hold)
+                        .min();
                     if next.is_none() {
                         // Under the lock: a connection kept after this
                         // starts a new task.
