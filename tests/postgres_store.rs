@@ -62,6 +62,16 @@ async fn store_in(pool: &PgPool, schema: &str) -> PostgresStore {
     store
 }
 
+/// As [`store_in`], keeping 3 of the pool's 5 connections between
+/// statements, as an app's store on a pool of its own does (`connect`): the
+/// app-instance tests run so, and the test's own statements on the pool
+/// still find a connection.
+async fn store_kept(pool: &PgPool, schema: &str) -> PostgresStore {
+    store_in(pool, schema)
+        .await
+        .keep_connections(3, PostgresStore::DEFAULT_HOLD)
+}
+
 /// The storage options of the session table in `schema` (`reloptions`).
 async fn table_options(pool: &PgPool, schema: &str) -> Vec<String> {
     let options: Option<Vec<String>> = sqlx::query_scalar(
@@ -83,17 +93,19 @@ async fn drop_schema(pool: &PgPool, schema: &str) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_store_passes_the_conformance_suite() {
-    let Some(pool) = pool("ths-conformance").await else {
-        return;
-    };
+/// The conformance suite on stores in fresh schemas of `pool`, each keeping
+/// up to `keep` connections.
+async fn conformance(pool: PgPool, keep: usize) {
     let mut schemas = Vec::new();
     tower_hmac_session::conformance::run(|| {
         let schema = unique("ths_conformance");
         schemas.push(schema.clone());
         let pool = pool.clone();
-        async move { store_in(&pool, &schema).await }
+        async move {
+            store_in(&pool, &schema)
+                .await
+                .keep_connections(keep, PostgresStore::DEFAULT_HOLD)
+        }
     })
     .await;
     for schema in schemas {
@@ -102,25 +114,17 @@ async fn postgres_store_passes_the_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_passes_the_conformance_suite() {
+    if let Some(pool) = pool("ths-conformance").await {
+        conformance(pool, 0).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_keeping_its_connections_passes_the_conformance_suite() {
     // Room for every store the suite has open at once to keep its 4.
-    let Some(pool) = pool_of("ths-conformance-kept", 24).await else {
-        return;
-    };
-    let mut schemas = Vec::new();
-    tower_hmac_session::conformance::run(|| {
-        let schema = unique("ths_conformance_kept");
-        schemas.push(schema.clone());
-        let pool = pool.clone();
-        async move {
-            store_in(&pool, &schema)
-                .await
-                .keep_connections(4, PostgresStore::DEFAULT_HOLD)
-        }
-    })
-    .await;
-    for schema in schemas {
-        drop_schema(&pool, &schema).await;
+    if let Some(pool) = pool_of("ths-conformance-kept", 24).await {
+        conformance(pool, 4).await;
     }
 }
 
@@ -136,15 +140,89 @@ async fn eventually(mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
-#[tokio::test]
+/// Locks the session table in `schema` (in a transaction of `admin`'s) so
+/// that every statement on it waits.
+async fn lock_table(admin: &PgPool, schema: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut lock = admin.begin().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "LOCK TABLE \"{schema}\".{TABLE} IN ACCESS EXCLUSIVE MODE"
+    ))
+    .execute(&mut *lock)
+    .await
+    .unwrap();
+    lock
+}
+
+/// Whether `n` connections named `application_name` come to wait on a lock.
+async fn waiting_on_lock(admin: &PgPool, application_name: &str, n: i64) -> bool {
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(application_name)
+        .fetch_one(admin)
+        .await
+        .unwrap();
+        if waiting >= n {
+            return true;
+        }
+        // Polling the server's own state: there is no clock to inject here.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// A store in a fresh schema, on a pool of its own whose connections carry
+/// the schema's name, keeping some of them; and a pool for the test's own
+/// statements.
+struct KeptStore {
+    admin: PgPool,
+    /// The schema, and the `application_name` of `pool`'s connections.
+    name: String,
+    pool: PgPool,
+    store: PostgresStore,
+}
+
+/// A [`KeptStore`] on a pool of `size`, keeping up to `keep` connections for
+/// `hold`; `None` (a skip) when the server is unreachable outside CI.
+async fn kept_store(prefix: &str, size: u32, keep: usize, hold: Duration) -> Option<KeptStore> {
+    let admin = pool("ths-admin").await?;
+    let name = unique(prefix);
+    let pool = pool_of(&name, size).await?;
+    let store = store_in(&pool, &name).await.keep_connections(keep, hold);
+    Some(KeptStore {
+        admin,
+        name,
+        pool,
+        store,
+    })
+}
+
+/// `n` lookups of `id` at once, queued behind a lock on the table until
+/// `waiting` of them wait on it (so that many run at once), then released.
+async fn behind_a_lock(
+    k: &KeptStore,
+    n: usize,
+    waiting: i64,
+    id: SessionId,
+    now: time::OffsetDateTime,
+) -> Vec<Result<Option<std::sync::Arc<SessionRecord>>, StoreError>> {
+    let lock = lock_table(&k.admin, &k.name).await;
+    let release = async {
+        assert!(waiting_on_lock(&k.admin, &k.name, waiting).await);
+        lock.rollback().await.unwrap();
+    };
+    let (found, ()) = tokio::join!(concurrently(&k.store, n, id, now), release);
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_connections_stay_out_of_the_pool_until_their_hold_ends() {
-    let Some(pool) = pool_of("ths-kept", 3).await else {
+    let Some(k) = kept_store("ths_kept", 3, 2, Duration::from_secs(3)).await else {
         return;
     };
-    let schema = unique("ths_kept");
-    let store = store_in(&pool, &schema)
-        .await
-        .keep_connections(2, Duration::from_millis(1500));
+    let (pool, store) = (&k.pool, &k.store);
     let id = SessionId::generate();
     let now = time::OffsetDateTime::now_utc();
     assert_eq!(store.kept_connections(), 0);
@@ -160,9 +238,10 @@ async fn kept_connections_stay_out_of_the_pool_until_their_hold_ends() {
         assert!(store.get_active(&id, now).await.unwrap().is_none());
     }
     assert_eq!(store.kept_connections(), 1);
-    // Two at once need two.
-    let (a, b) = tokio::join!(store.get_active(&id, now), store.get_active(&id, now));
-    assert!(a.unwrap().is_none() && b.unwrap().is_none());
+    // Two at once (both waiting on a lock, so neither can end before the
+    // other starts) need two, and both are kept.
+    let found = behind_a_lock(&k, 2, 2, id, now).await;
+    assert!(found.into_iter().all(|f| f.unwrap().is_none()));
     assert_eq!(store.kept_connections(), 2);
     // Idle, the store gives them back within their hold.
     assert!(
@@ -173,7 +252,7 @@ async fn kept_connections_stay_out_of_the_pool_until_their_hold_ends() {
         pool.num_idle(),
         pool.size()
     );
-    drop_schema(&pool, &schema).await;
+    drop_schema(&k.admin, &k.name).await;
 }
 
 /// `n` lookups of `id` at once, each in a task of its own.
@@ -196,50 +275,50 @@ async fn concurrently(
     results
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_keeping_all_of_a_pools_connections_serves_more_callers_than_connections() {
-    let Some(pool) = pool_of("ths-kept-all", 2).await else {
+    // More than the pool holds: the store keeps at most the pool's 2.
+    let Some(k) = kept_store("ths_kept_all", 2, 8, PostgresStore::DEFAULT_HOLD).await else {
         return;
     };
-    let schema = unique("ths_kept_all");
-    // More than the pool holds: the store keeps at most the pool's 2.
-    let store = store_in(&pool, &schema)
-        .await
-        .keep_connections(8, PostgresStore::DEFAULT_HOLD);
     let id = SessionId::generate();
     let now = time::OffsetDateTime::now_utc();
-    // Sixteen callers on two connections: each waits for a lease to end,
-    // never for the pool while the store keeps a connection idle (which
-    // would end in the pool's 5 s acquire timeout).
-    for found in concurrently(&store, 16, id, now).await {
+    // Sixteen callers on two connections, all queued behind a lock: two
+    // statements wait on it, fourteen for a lease to end. Released, each
+    // takes a connection another left, never waiting for the pool while
+    // the store keeps one idle (which would end in the pool's 5 s acquire
+    // timeout).
+    for found in behind_a_lock(&k, 16, 2, id, now).await {
         assert!(found.unwrap().is_none());
     }
-    assert_eq!(store.kept_connections(), 2);
+    assert_eq!(k.store.kept_connections(), 2);
     // The store gone, the pool has its connections back.
+    let KeptStore {
+        admin,
+        name,
+        pool,
+        store,
+    } = k;
     drop(store);
     assert!(eventually(|| pool.num_idle() == pool.size() as usize).await);
-    drop_schema(&pool, &schema).await;
+    drop_schema(&admin, &name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_connection_that_was_terminated_fails_once_and_the_store_recovers() {
-    let name = unique("ths-kept-terminate");
-    let Some(store_pool) = pool_of(&name, 4).await else {
+    let Some(k) = kept_store("ths_kept_terminate", 4, 4, PostgresStore::DEFAULT_HOLD).await else {
         return;
     };
-    let Some(admin) = pool("ths-admin").await else {
-        return;
-    };
-    let schema = unique("ths_kept_terminate");
-    let store = store_in(&store_pool, &schema)
-        .await
-        .keep_connections(4, PostgresStore::DEFAULT_HOLD);
     let id = SessionId::generate();
     let now = time::OffsetDateTime::now_utc();
-    for found in concurrently(&store, 4, id, now).await {
+    // Four at once, so four are kept.
+    for found in behind_a_lock(&k, 4, 4, id, now).await {
         assert!(found.unwrap().is_none());
     }
-    assert!(store.kept_connections() >= 1);
+    let KeptStore {
+        admin, name, store, ..
+    } = k;
+    assert_eq!(store.kept_connections(), 4);
     let killed: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
     )
@@ -266,34 +345,24 @@ async fn a_kept_connection_that_was_terminated_fails_once_and_the_store_recovers
         }
     }
     assert!(recovered, "the store did not recover");
-    drop_schema(&admin, &schema).await;
+    drop_schema(&admin, &name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_statement_does_not_keep_its_connection() {
-    let Some(admin) = pool("ths-admin").await else {
+    let Some(KeptStore {
+        admin, name, store, ..
+    }) = kept_store("ths_kept_cancel", 4, 4, PostgresStore::DEFAULT_HOLD).await
+    else {
         return;
     };
-    let Some(pool) = pool_of("ths-kept-cancel", 4).await else {
-        return;
-    };
-    let schema = unique("ths_kept_cancel");
-    let store = store_in(&pool, &schema)
-        .await
-        .keep_connections(4, PostgresStore::DEFAULT_HOLD);
     let id = SessionId::generate();
     let now = time::OffsetDateTime::now_utc();
     assert!(store.get_active(&id, now).await.unwrap().is_none());
     assert_eq!(store.kept_connections(), 1);
     // The table locked, the lookup (on the kept connection) waits on the
     // server; the caller gives up on it (a dropped request).
-    let mut lock = admin.begin().await.unwrap();
-    sqlx::raw_sql(&format!(
-        "LOCK TABLE \"{schema}\".{TABLE} IN ACCESS EXCLUSIVE MODE"
-    ))
-    .execute(&mut *lock)
-    .await
-    .unwrap();
+    let lock = lock_table(&admin, &name).await;
     let cancelled =
         tokio::time::timeout(Duration::from_millis(200), store.get_active(&id, now)).await;
     assert!(
@@ -309,7 +378,82 @@ async fn a_cancelled_statement_does_not_keep_its_connection() {
     // The pool tested and took back that connection; the store goes on.
     assert!(store.get_active(&id, now).await.unwrap().is_none());
     assert_eq!(store.kept_connections(), 1);
-    drop_schema(&admin, &schema).await;
+    drop_schema(&admin, &name).await;
+}
+
+/// A write whose caller gives up while it waits on the server (a request
+/// dropped, or the store's timeout) still applies once the server runs it;
+/// its connection is not kept meanwhile, and the store goes on from what
+/// was stored: a write from the record it replaced is refused, one from
+/// the record as it now is applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_given_up_on_that_applies_later_leaves_the_store_consistent() {
+    let Some(KeptStore {
+        admin, name, store, ..
+    }) = kept_store("ths_kept_late", 4, 4, PostgresStore::DEFAULT_HOLD).await
+    else {
+        return;
+    };
+    let inserted = planner_record();
+    store.insert(&inserted).await.unwrap();
+    // A first write, so the statement is prepared on the kept connection:
+    // the one given up on is then sent whole before it waits (given up on
+    // while still being prepared, it would never be sent, nor apply).
+    let stored = SessionRecord {
+        generation: 1,
+        ..inserted.clone()
+    };
+    assert!(store.replace(&inserted, &stored, common::T0).await.unwrap());
+    assert_eq!(store.kept_connections(), 1);
+    let mut written = SessionRecord {
+        generation: 2,
+        ..stored.clone()
+    };
+    written.data.insert("n".into(), serde_json::json!(1));
+
+    let lock = lock_table(&admin, &name).await;
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        store.replace(&stored, &written, common::T0),
+    )
+    .await;
+    assert!(given_up.is_err(), "the write should still wait on the lock");
+    assert_eq!(store.kept_connections(), 0);
+    lock.rollback().await.unwrap();
+
+    // The server ran it: the record as written is the one stored.
+    let mut applied = false;
+    for _ in 0..500 {
+        let now = store.get_active(&stored.id, common::T0).await.unwrap();
+        if now.as_deref() == Some(&written) {
+            applied = true;
+            break;
+        }
+        assert_eq!(now.as_deref(), Some(&stored), "neither before nor after");
+        // The server's own progress: no clock to inject.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(applied, "the write given up on never applied");
+    let from_old = SessionRecord {
+        generation: 2,
+        ..stored.clone()
+    };
+    assert!(!store.replace(&stored, &from_old, common::T0).await.unwrap());
+    let next = SessionRecord {
+        generation: 3,
+        ..written.clone()
+    };
+    assert!(store.replace(&written, &next, common::T0).await.unwrap());
+    assert_eq!(
+        store
+            .get_active(&stored.id, common::T0)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&next)
+    );
+    drop(store);
+    drop_schema(&admin, &name).await;
 }
 
 /// Writes `r` into a version-1 table, as version-1 stores did (its trigger
@@ -645,11 +789,11 @@ async fn two_instances(config: SessionConfig) -> Option<(Harness, Harness, PgPoo
     let pool_b = pool("ths-instance-b").await?;
     let schema = unique("ths_instances");
     let a = Harness::with_store(
-        store_in(&pool_a, &schema).await,
+        store_kept(&pool_a, &schema).await,
         config.clone(),
         ring(1, &[1]),
     );
-    let b = Harness::with_store(store_in(&pool_b, &schema).await, config, ring(1, &[1]));
+    let b = Harness::with_store(store_kept(&pool_b, &schema).await, config, ring(1, &[1]));
     Some((a, b, pool_a, schema))
 }
 
@@ -777,35 +921,16 @@ async fn a_terminated_connection_gives_503s_and_the_store_recovers() {
 
     // Hold the table so the next lookup is provably in flight on the
     // store's connection, then terminate that backend under it.
-    let mut lock = admin.begin().await.unwrap();
-    sqlx::raw_sql(&format!(
-        "LOCK TABLE \"{schema}\".{TABLE} IN ACCESS EXCLUSIVE MODE"
-    ))
-    .execute(&mut *lock)
-    .await
-    .unwrap();
+    let lock = lock_table(&admin, &schema).await;
     let in_flight = tokio::spawn(h.router.clone().oneshot(common::request(
         "GET",
         "/me",
         Some(&secret),
     )));
-    let mut waiting = false;
-    for _ in 0..500 {
-        waiting = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
-             WHERE application_name = $1 AND wait_event_type = 'Lock')",
-        )
-        .bind(&name)
-        .fetch_one(&admin)
-        .await
-        .unwrap();
-        if waiting {
-            break;
-        }
-        // Polling the server's own state: there is no clock to inject here.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(waiting, "the lookup never reached the server");
+    assert!(
+        waiting_on_lock(&admin, &name, 1).await,
+        "the lookup never reached the server"
+    );
     let killed: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
     )
@@ -849,7 +974,7 @@ async fn a_terminated_connection_gives_503s_and_the_store_recovers() {
 async fn one_instance(config: SessionConfig) -> Option<(Harness, PgPool, String)> {
     let pool = pool("ths-instance").await?;
     let schema = unique("ths_instance");
-    let h = Harness::with_store(store_in(&pool, &schema).await, config, ring(1, &[1]));
+    let h = Harness::with_store(store_kept(&pool, &schema).await, config, ring(1, &[1]));
     Some((h, pool, schema))
 }
 
@@ -1856,22 +1981,10 @@ async fn deadlocked_replace(
         async move { store.replace(&current, &next, common::T0).await }
     });
     // The replace waits for slot 2's row.
-    let mut waiting = false;
-    for _ in 0..500 {
-        waiting = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
-             WHERE application_name = $1 AND wait_event_type = 'Lock')",
-        )
-        .bind(app)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if waiting {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(waiting, "the replace never waited for the held row");
+    assert!(
+        waiting_on_lock(&pool, app, 1).await,
+        "the replace never waited for the held row"
+    );
     // Slot 0's row, which the replace holds: granted once PostgreSQL rolls
     // the replace's statement back, not before its deadlock check.
     let asked = std::time::Instant::now();

@@ -51,9 +51,12 @@ pub(crate) struct Kept<DB: Database> {
     state: Mutex<State<DB>>,
 }
 
+/// A kept connection and when the pool handed it out.
+type Entry<DB> = (PoolConnection<DB>, Instant);
+
 struct State<DB: Database> {
-    /// Oldest first, each with the time the pool handed it out.
-    conns: Vec<(PoolConnection<DB>, Instant)>,
+    /// In the order they were kept.
+    conns: Vec<Entry<DB>>,
     /// Whether a task returning expired connections is running.
     reaping: bool,
 }
@@ -106,54 +109,70 @@ impl<DB: Database> Kept<DB> {
             self.release_all();
             return Err(sqlx::Error::PoolClosed);
         }
-        let permit = match &self.leases {
-            // As long as the pool would wait for a connection, then the
-            // pool's own error: a store whose statements hang fails as it
-            // would without kept connections.
-            Some(leases) => Some(
-                tokio::time::timeout(
-                    self.pool.options().get_acquire_timeout(),
-                    Arc::clone(leases).acquire_owned(),
-                )
-                .await
-                .map_err(|_| sqlx::Error::PoolTimedOut)?
-                // Never closed; as sqlx says of a pool that is.
-                .map_err(|_| sqlx::Error::PoolClosed)?,
-            ),
-            None => None,
+        let Some(leases) = &self.leases else {
+            let conn = self.pool.acquire().await?;
+            return Ok(self.leased(conn, Instant::now(), false, None));
         };
-        if permit.is_some() {
-            let (kept, expired) = {
-                let mut state = self.lock();
-                let expired = self.take_expired(&mut state);
-                (state.conns.pop(), expired)
-            };
+        // Waiting for a lease to end, then maybe for the pool: together no
+        // longer than the pool alone would wait, then the pool's own error,
+        // so a store whose statements hang fails as it would keeping none.
+        tokio::time::timeout(self.pool.options().get_acquire_timeout(), async {
+            let permit = Arc::clone(leases)
+                .acquire_owned()
+                .await
+                // Never closed; as sqlx says of a pool that is.
+                .map_err(|_| sqlx::Error::PoolClosed)?;
+            let (kept, expired) = self.pop_fresh();
             // Back to the pool outside the lock (each drop spawns sqlx's
             // return-to-pool task).
             drop(expired);
-            if let Some((conn, since)) = kept {
-                return Ok(Lease {
-                    conn: Some(conn),
-                    since,
-                    reused: true,
-                    kept: Arc::clone(self),
-                    _permit: permit,
-                });
-            }
-        }
-        let conn = self.pool.acquire().await?;
-        Ok(Lease {
+            Ok(match kept {
+                Some((conn, since)) => self.leased(conn, since, true, Some(permit)),
+                None => {
+                    let conn = self.pool.acquire().await?;
+                    self.leased(conn, Instant::now(), false, Some(permit))
+                }
+            })
+        })
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)?
+    }
+
+    fn leased(
+        self: &Arc<Self>,
+        conn: PoolConnection<DB>,
+        since: Instant,
+        reused: bool,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Lease<DB> {
+        Lease {
             conn: Some(conn),
-            since: Instant::now(),
-            reused: false,
+            since,
+            reused,
             kept: Arc::clone(self),
             _permit: permit,
-        })
+        }
+    }
+
+    /// The connection kept last that is still within its hold, and those
+    /// popped before it that were not. (Others past their hold further
+    /// down are the reaper's: a lease looks at as few as it can.)
+    fn pop_fresh(&self) -> (Option<Entry<DB>>, Vec<Entry<DB>>) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let mut state = self.lock();
+        while let Some((conn, since)) = state.conns.pop() {
+            if now.saturating_duration_since(since) < self.hold {
+                return (Some((conn, since)), expired);
+            }
+            expired.push((conn, since));
+        }
+        (None, expired)
     }
 
     /// Removes the kept connections past their hold (in any position: they
-    /// come back in the order their statements end).
-    fn take_expired(&self, state: &mut State<DB>) -> Vec<(PoolConnection<DB>, Instant)> {
+    /// come back in the order their statements end), for the reaper.
+    fn take_expired(&self, state: &mut State<DB>) -> Vec<Entry<DB>> {
         let mut expired = Vec::new();
         let mut i = 0;
         while i < state.conns.len() {
@@ -296,6 +315,27 @@ impl<DB: Database> std::ops::DerefMut for Lease<DB> {
             .expect("a lease holds its connection")
     }
 }
+
+/// Runs `$statement` (an expression that awaits and gives a
+/// `Result<_, sqlx::Error>`) on a connection `$conn` leased from `$kept`, and
+/// ends the lease with its result: every statement of a SQL store goes
+/// through here, so none forgets to. A `?` inside `$statement` would leave
+/// the lease unended (its connection back to the pool, tested): fine, but
+/// give the result instead.
+macro_rules! leased {
+    ($kept:expr, |$conn:ident| $statement:expr) => {
+        match $kept.lease().await {
+            Ok(mut lease) => {
+                let $conn = &mut *lease;
+                let result = $statement;
+                lease.done(&result);
+                result
+            }
+            Err(e) => Err(e),
+        }
+    };
+}
+pub(crate) use leased;
 
 /// Whether a database error with SQLSTATE `code` ends the connection: class
 /// 08 (connection exception) or 57P (the server shutting down or

@@ -12,7 +12,7 @@ use sqlx::postgres::{
 };
 use time::OffsetDateTime;
 
-use super::kept::Kept;
+use super::kept::{Kept, leased};
 use super::raw::{RawRecord, session_id, to_micros};
 use super::sql::{
     Dialect, DialectRow, Queries, RECORD_COLUMN, Value, insert_values, mutable_values,
@@ -386,10 +386,7 @@ impl PostgresStore {
     /// statement changed are not the records.
     async fn changes<'q>(&self, query: impl Fn() -> PgQuery<'q>) -> Result<u64, sqlx::Error> {
         let count: i64 = retrying(|_| async {
-            let mut lease = self.kept.lease().await?;
-            let row = query().fetch_one(&mut *lease).await;
-            lease.done(&row);
-            row?.try_get(0)
+            leased!(self.kept, |conn| query().fetch_one(conn).await)?.try_get(0)
         })
         .await?;
         Ok(u64::try_from(count).unwrap_or(0))
@@ -446,24 +443,20 @@ impl PostgresStore {
         // and nothing applied.
         let (head, rest) = if !rows {
             let done = retrying(|waited| async move {
-                let mut lease = self.kept.lease().await?;
-                let done = query(waited).execute(&mut *lease).await;
-                lease.done(&done);
-                done
+                leased!(self.kept, |conn| query(waited).execute(conn).await)
             })
             .await
             .map_err(|e| sqlx_error("replace", e))?;
             (done.rows_affected(), 0)
         } else {
             let counts: (i64, i64) = retrying(|waited| async move {
-                let mut lease = self.kept.lease().await?;
-                let row = query(waited)
-                    .bind(others[0])
-                    .bind(others[1])
-                    .fetch_one(&mut *lease)
-                    .await;
-                lease.done(&row);
-                let row = row?;
+                let row = leased!(self.kept, |conn| {
+                    query(waited)
+                        .bind(others[0])
+                        .bind(others[1])
+                        .fetch_one(conn)
+                        .await
+                })?;
                 Ok((row.try_get(0)?, row.try_get(1)?))
             })
             .await
@@ -508,9 +501,10 @@ impl PostgresStore {
         );
         let rows = retrying(|_| async {
             // The transaction on a kept connection too, so that it never
-            // waits for one the store keeps. Dropped before it commits, the
-            // lease hands the connection back to the pool, which rolls the
-            // transaction back.
+            // waits for one the store keeps. Dropped before it commits (by a
+            // `?` below too, deliberately), the lease hands the connection
+            // back to the pool, whose test sends the rollback at once: kept,
+            // it would hold the subject's lock until its next statement.
             let mut lease = self.kept.lease().await?;
             let mut tx = sqlx::Connection::begin_with(&mut *lease, begin.clone()).await?;
             let mut query = sqlx::query(&self.queries.insert_capped);
@@ -567,17 +561,16 @@ impl PostgresStore {
         // One statement: the update and, from the same snapshot, whether the
         // record exists at all (as the subject's, when one is given).
         let (found, revoked): (bool, bool) = retrying(|_| async {
-            let mut lease = self.kept.lease().await?;
-            let row = sqlx::query_as(&self.queries.revoke)
-                .bind(&id.as_bytes()[..])
-                .bind(timestamp(now))
-                .bind(revocation.reason.as_str())
-                .bind(revocation.actor.as_deref())
-                .bind(subject)
-                .fetch_one(&mut *lease)
-                .await;
-            lease.done(&row);
-            row
+            leased!(self.kept, |conn| {
+                sqlx::query_as(&self.queries.revoke)
+                    .bind(&id.as_bytes()[..])
+                    .bind(timestamp(now))
+                    .bind(revocation.reason.as_str())
+                    .bind(revocation.actor.as_deref())
+                    .bind(subject)
+                    .fetch_one(conn)
+                    .await
+            })
         })
         .await
         .map_err(|e| sqlx_error("revoke", e))?;

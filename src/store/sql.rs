@@ -1174,14 +1174,12 @@ macro_rules! sql_store_impl {
                 // One key (the usual lookup) is held by one slot of one record
                 // at most: sqlx's `fetch_optional` skips the row stream that
                 // `fetch_all` builds.
-                let err = |e| $crate::store::sql::sqlx_error("find_active", e);
-                let mut lease = self.kept.lease().await.map_err(err)?;
-                let rows = match keys.distinct().len() {
-                    1 => query.fetch_optional(&mut *lease).await.map(Vec::from_iter),
-                    _ => query.fetch_all(&mut *lease).await,
-                };
-                lease.done(&rows);
-                let rows = rows.map_err(err)?;
+                let rows =
+                    $crate::store::kept::leased!(self.kept, |conn| match keys.distinct().len() {
+                        1 => query.fetch_optional(conn).await.map(Vec::from_iter),
+                        _ => query.fetch_all(conn).await,
+                    })
+                    .map_err(|e| $crate::store::sql::sqlx_error("find_active", e))?;
                 let mut found = Vec::with_capacity(rows.len());
                 for row in &rows {
                     // `slot` comes first, before the record's columns.
@@ -1207,15 +1205,14 @@ macro_rules! sql_store_impl {
                 Option<std::sync::Arc<$crate::record::SessionRecord>>,
                 $crate::store::StoreError,
             > {
-                let err = |e| $crate::store::sql::sqlx_error("get_active", e);
-                let mut lease = self.kept.lease().await.map_err(err)?;
-                let row = sqlx::query(&self.queries.get_active)
-                    .bind(&id.as_bytes()[..])
-                    .bind($ts(now))
-                    .fetch_optional(&mut *lease)
-                    .await;
-                lease.done(&row);
-                let row = row.map_err(err)?;
+                let row = $crate::store::kept::leased!(self.kept, |conn| {
+                    sqlx::query(&self.queries.get_active)
+                        .bind(&id.as_bytes()[..])
+                        .bind($ts(now))
+                        .fetch_optional(conn)
+                        .await
+                })
+                .map_err(|e| $crate::store::sql::sqlx_error("get_active", e))?;
                 match row {
                     None => Ok(None),
                     Some(row) => {
@@ -1240,11 +1237,9 @@ macro_rules! sql_store_impl {
                 {
                     query = Self::bind(query, value);
                 }
-                let err = |e| $crate::store::sql::sqlx_error("insert", e);
-                let mut lease = self.kept.lease().await.map_err(err)?;
-                let done = query.execute(&mut *lease).await;
-                lease.done(&done);
-                let done = done.map_err(err)?;
+                let done =
+                    $crate::store::kept::leased!(self.kept, |conn| query.execute(conn).await)
+                        .map_err(|e| $crate::store::sql::sqlx_error("insert", e))?;
                 // SQLite inserts one row, PostgreSQL one per lookup key.
                 match done.rows_affected() {
                     // A lookup key of the record is already held.
@@ -1333,15 +1328,14 @@ macro_rules! sql_store_impl {
                 subject: &str,
                 now: time::OffsetDateTime,
             ) -> Result<Vec<$crate::record::ActiveSessionRecord>, $crate::store::StoreError> {
-                let err = |e| $crate::store::sql::sqlx_error("list_for_subject", e);
-                let mut lease = self.kept.lease().await.map_err(err)?;
-                let rows = sqlx::query(&self.queries.list)
-                    .bind(subject)
-                    .bind($ts(now))
-                    .fetch_all(&mut *lease)
-                    .await;
-                lease.done(&rows);
-                let rows = rows.map_err(err)?;
+                let rows = $crate::store::kept::leased!(self.kept, |conn| {
+                    sqlx::query(&self.queries.list)
+                        .bind(subject)
+                        .bind($ts(now))
+                        .fetch_all(conn)
+                        .await
+                })
+                .map_err(|e| $crate::store::sql::sqlx_error("list_for_subject", e))?;
                 rows.iter()
                     .map(|row| {
                         let record = Self::record_from_row(row)?;
@@ -1360,15 +1354,14 @@ macro_rules! sql_store_impl {
                 std::collections::BTreeMap<$crate::keys::KeyVersion, $crate::record::VersionCount>,
                 $crate::store::StoreError,
             > {
-                let err = |e| $crate::store::sql::sqlx_error("count_by_key_version", e);
-                let mut lease = self.kept.lease().await.map_err(err)?;
-                let rows: Result<Vec<(i64, i64, i64)>, _> = sqlx::query_as(&self.queries.count)
-                    .bind($ts(now))
-                    .bind($ts(seen_since))
-                    .fetch_all(&mut *lease)
-                    .await;
-                lease.done(&rows);
-                let rows = rows.map_err(err)?;
+                let rows: Vec<(i64, i64, i64)> = $crate::store::kept::leased!(self.kept, |conn| {
+                    sqlx::query_as(&self.queries.count)
+                        .bind($ts(now))
+                        .bind($ts(seen_since))
+                        .fetch_all(conn)
+                        .await
+                })
+                .map_err(|e| $crate::store::sql::sqlx_error("count_by_key_version", e))?;
                 rows.into_iter()
                     .map(|(version, recent, dormant)| {
                         let version = u32::try_from(version).map_err(|_| {
