@@ -90,6 +90,14 @@ pub(super) async fn replace_refuses_revoked_and_expired_records(store: Store) {
         check,
         store.revoke(&revoked.id, None, t(5), &revocation()).await,
     );
+    // A data write from the record as read before the revocation: the
+    // smallest write there is (same keys, same expiry).
+    let mut written = successor(&revoked);
+    written.data.insert("cart".into(), json!(1));
+    assert!(
+        !ok(check, store.replace(&revoked, &written, t(10)).await),
+        "`{check}`: a data write undid a revocation"
+    );
     let mut revived = rotated(&revoked, 10);
     revived.expires_at = t(1010);
     assert!(
