@@ -394,8 +394,11 @@ pub(crate) fn decode(value: &[u8], id: Option<SessionId>) -> Result<SessionRecor
             std::str::from_utf8(text)
                 .ok()
                 .and_then(|text| text.parse::<IpAddr>().ok())
-                // One address, one spelling: what `Display` writes.
-                .filter(|&ip| ip_spelling(ip, &mut [0; IP_TEXT_MAX]) == Some(text))
+                // One address, one spelling: what `Display` writes. An IPv4
+                // address that parses has only that one (decimal octets
+                // without leading zeros, which the parser refuses); IPv6
+                // has others, so it is written back and compared.
+                .filter(|&ip| ip.is_ipv4() || ip_spelling(ip, &mut [0; IP_TEXT_MAX]) == Some(text))
                 .ok_or_else(|| corrupt("`client_ip` is not an IP address as written"))?,
         ),
     };
@@ -975,6 +978,17 @@ mod tests {
             state_with(8, "02"),
             state_with(9, "localhost"),
             state_with(9, "2001:0db8::1"), // not as `Display` writes it
+            // IPv4 in another spelling: decoding takes a parsed IPv4 address
+            // as written, so the parser must refuse these.
+            state_with(9, "192.0.2.07"),
+            state_with(9, "192.000.2.7"),
+            state_with(9, "0192.0.2.7"),
+            state_with(9, "+192.0.2.7"),
+            state_with(9, "192.0.2.7 "),
+            state_with(9, "192.0.2"),
+            state_with(9, "192.0.2.256"),
+            state_with(9, "3221225991"),
+            state_with(9, "0xc0.0.2.7"),
             state_with(10, "Mozilla/5.0"), // not a JSON string
             state_with(10, "\"a\" x"),
             // JSON, but not as encoding writes it.
