@@ -249,9 +249,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// version and the slot.
     ///
     /// A store may also refuse (`Ok(false)`) a `current` that differs from
-    /// the stored record in more than the generation (the PostgreSQL store
-    /// compares the whole header: keys, expiries, subject; the Redis store
-    /// the header's start, which stands for all of it). It
+    /// the stored record in more than the generation (the PostgreSQL and
+    /// Redis stores compare the whole header: keys, expiries, subject). It
     /// must not refuse a `current` equal to the record
     /// [`get_active`](Self::get_active) returns for the same id and a time
     /// at or after `now`: the layer takes such a refusal for corruption.

@@ -251,8 +251,7 @@ pub(crate) fn insert_values<'a>(
 /// and `record` first, then its mutable columns, then the columns that
 /// never change (`subject`, `created_at`, `absolute_expires_at`), which the
 /// update requires to be as stored: `record` is written whole, so it never
-/// disagrees with them (Redis compares the header's start, which stands for
-/// all of it, the same way).
+/// disagrees with them (Redis compares the whole header the same way).
 pub(crate) fn mutable_values<'a>(
     dialect: Dialect,
     raw: &'a RawRecord,
@@ -520,8 +519,7 @@ impl Queries {
         // record's header line to be the caller's byte for byte (`$20`; it
         // holds every key, so the rows the write changes are the ones that
         // hold a key): `record` is written whole, so it never disagrees with
-        // them (Redis compares the header's start, which stands for all of
-        // it, the same way).
+        // them (Redis compares the whole header the same way).
         let pg_replace_head = {
             let next = first_mutable + stored_columns.iter().filter(|c| c.mutable).count();
             format!(

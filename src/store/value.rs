@@ -68,7 +68,7 @@ pub(super) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// The header line of `record`'s stored value, newline included. Canonical:
-/// the same record always has the same header, so PostgreSQL's replace can
+/// the same record always has the same header, so a write script can
 /// compare a stored header with the one its caller read, byte for byte.
 pub(super) fn header(record: &SessionRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_CAPACITY);
@@ -76,38 +76,22 @@ pub(super) fn header(record: &SessionRecord) -> Vec<u8> {
     out
 }
 
-/// The start of `record`'s header, through the revocation field and the `|`
-/// after it: `ths3|<id>|<generation>|<expires_at>|<absolute_expires_at>|<revocation>|`.
-/// Redis' write scripts compare it with the start of the stored value, as
-/// the compare-and-swap of a write.
-///
-/// It stands for the whole header, so the compare is as strict as one of
-/// whole headers while Redis moves (and Lua hashes) less than half the
-/// bytes: every write of a record's value bumps its generation (an insert
-/// starts one, a replace adds one) but a revocation, which only stamps the
-/// revocation field, once; so two values of one record that start alike
-/// have the same lookup keys and subject as well. A value's start never
-/// returns to one a write replaced, for the same reasons.
-pub(super) fn header_start(record: &SessionRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(START_CAPACITY);
-    push_header_start(&mut out, record);
-    out.push(b'|');
-    out
-}
-
-/// Room for a [`header_start`] without an actor in the revocation.
-const START_CAPACITY: usize = 128;
-
 /// Room for a header with every key slot filled and a short subject, and
 /// for the state line after it: one allocation per encoded value.
 const HEADER_CAPACITY: usize = 320;
 
-/// Appends the header's fields up to the revocation (see [`header_start`]).
-fn push_header_start(out: &mut Vec<u8>, record: &SessionRecord) {
+/// Appends `record`'s header line (see [`header`]) to `out`.
+fn push_header(out: &mut Vec<u8>, record: &SessionRecord) {
     // Written in place (no string per field): it is encoded on every write.
+    let hex_or_dash = |out: &mut Vec<u8>, bytes: Option<&[u8]>| {
+        out.push(b'|');
+        match bytes {
+            Some(bytes) => push_hex(out, bytes),
+            None => out.push(b'-'),
+        }
+    };
     out.extend_from_slice(TAG.as_bytes());
-    out.push(b'|');
-    push_hex(out, record.id.as_bytes());
+    hex_or_dash(out, Some(record.id.as_bytes()));
     out.push(b'|');
     push_int(out, record.generation);
     for micros in [
@@ -124,18 +108,6 @@ fn push_header_start(out: &mut Vec<u8>, record: &SessionRecord) {
             revocation_field(to_micros(revoked.at), &revoked.revocation).as_bytes(),
         ),
     }
-}
-
-/// Appends `record`'s header line (see [`header`]) to `out`.
-fn push_header(out: &mut Vec<u8>, record: &SessionRecord) {
-    let hex_or_dash = |out: &mut Vec<u8>, bytes: Option<&[u8]>| {
-        out.push(b'|');
-        match bytes {
-            Some(bytes) => push_hex(out, bytes),
-            None => out.push(b'-'),
-        }
-    };
-    push_header_start(out, record);
     hex_or_dash(out, Some(record.current.lookup_key.as_bytes()));
     hex_or_dash(
         out,
@@ -160,7 +132,7 @@ fn push_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-/// The stored value of `record`: its header, its state line, then its
+/// The stored value of `record`: its [`header`], its state line, then its
 /// data as JSON.
 pub(crate) fn encode(record: &SessionRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_CAPACITY + 64);
@@ -792,29 +764,6 @@ mod tests {
                 "{text}"
             );
         }
-    }
-
-    #[test]
-    fn a_header_start_is_the_header_through_its_revocation() {
-        // `record()` is revoked, with an actor; `minimal()` is not.
-        for record in [record(), minimal()] {
-            let value = encode(&record);
-            let start = header_start(&record);
-            assert!(value.starts_with(&start));
-            let header = value.split(|&b| b == b'\n').next().unwrap();
-            let fields: Vec<&[u8]> = header.split(|&b| b == b'|').collect();
-            assert_eq!(start, [fields[..6].join(&b'|'), b"|".to_vec()].concat());
-        }
-        // What a write changes, it changes: the generation and the
-        // revocation (the only fields a write of one record's value moves
-        // without the generation).
-        let mut next = minimal();
-        next.generation += 1;
-        assert_ne!(header_start(&next), header_start(&minimal()));
-        let revoked = record();
-        let mut unrevoked = record();
-        unrevoked.revoked = None;
-        assert_ne!(header_start(&revoked), header_start(&unrevoked));
     }
 
     #[test]

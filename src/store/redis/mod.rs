@@ -68,9 +68,10 @@
 //! generation, expiries, revocation and keys) that also requires the record
 //! to be unrevoked and unexpired at the `now` it is given, and rewrites the
 //! value under every lookup key of the new record, deleting keys only the
-//! old one held. A data write (keys unchanged, index entry left as it is)
-//! is a smaller script: one `GET` and a `SET … KEEPTTL` per lookup key that
-//! still exists; when it finds the record changed, the full script follows
+//! old one held. Both read only the stored header (`GETRANGE`), never the
+//! whole value. A data write (keys unchanged, index entry left as it is)
+//! is a smaller script: one `GETRANGE` and a `SET … KEEPTTL` per lookup key
+//! that still exists; when it finds the record changed, the full script follows
 //! and says why (a lost race, a record gone, a damaged value), within the
 //! same timeout. The id's key changes only with the current lookup key, and
 //! the index entry only in steps. A revocation rewrites every

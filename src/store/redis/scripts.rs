@@ -1,8 +1,8 @@
 //! The Lua scripts behind every write, and behind the reads that go through
 //! an id (`FETCH`): each is one atomic, conditional operation on the
 //! server, and reads only the header line of the values it touches (see
-//! [`value`](crate::store::value); the compare-and-swap of a write only
-//! its start), and for the per-subject cap the first
+//! [`value`](crate::store::value); the compare-and-swap of a write reads it
+//! alone, with `GETRANGE`), and for the per-subject cap the first
 //! two fields of the state line after it (`created_at`, `last_seen_at`). A lookup by lookup key
 //! uses no script. Scripts on a subject's index read and drop a bounded
 //! number of entries (see the [module docs](super#per-subject-index)).
@@ -170,21 +170,19 @@ end
 return out
 "#;
 
-/// ARGV: P, id, the start of the header of the record the caller read
-/// (see [`header_start`](crate::store::value::header_start)), ttl (ms),
-/// value, the index score of the new record or '' (its entry's score is
+/// ARGV: P, id, the header of the record the caller read (see
+/// [`header`](crate::store::value::header)), ttl (ms), value, the index score of the new record or '' (its entry's score is
 /// high enough already: see `index_score`), the subject or '' (none), how many lookup keys the new
 /// record holds (n), its n lookup keys (the current one first), then the
 /// lookup keys of the record the caller read when they differ (none given
 /// when they are the same). 1 applied, 0 not, -1 a new key is another
 /// record's, -2 the stored value is corrupt.
 ///
-/// The compare-and-swap is on the start of the value under the caller's
-/// current lookup key, which stands for its whole header line (see
-/// [`header_start`](crate::store::value::header_start)): the id, the
-/// generation, the expiries, the revocation, and so the lookup keys. Only that start is
-/// read (`GETRANGE`), not the value. When it is byte for byte the one the
-/// caller read, the caller's own checks of that record (active at the
+/// The compare-and-swap is on the whole header line of the value under the
+/// caller's current lookup key: it holds the id, the generation (every
+/// write bumps it), the expiries, the revocation and the lookup keys. Only
+/// the header is read (`GETRANGE`, its length), not the value. When the
+/// stored header is byte for byte the one the caller read, the caller's own checks of that record (active at the
 /// write's time, its keys) are the store's, and the script only writes: `s:<id>` only when the current key
 /// changes, and the index entry only when given a score. (A data write that
 /// keeps the keys and the entry is [`TOUCH`], and this script only when
@@ -229,11 +227,10 @@ end
 "#;
 
 /// A data write's [`REPLACE`], with only what it needs. ARGV: the full name
-/// of the caller's current lookup key, the start of the header of the
-/// record the caller read (see
-/// [`header_start`](crate::store::value::header_start)), its length less
-/// one (`GETRANGE`'s end, in decimal: Lua would format a number with
-/// `printf`), the value, then the full names of the record's other lookup
+/// of the caller's current lookup key, the header of the record the caller
+/// read (see [`header`](crate::store::value::header)), its length less one
+/// (`GETRANGE`'s end, in decimal: Lua would format a number with `printf`),
+/// the value, then the full names of the record's other lookup
 /// keys. 1 applied, 0 not (the caller then sends [`REPLACE`], which tells a lost
 /// race from a record gone or damaged).
 ///
@@ -243,7 +240,7 @@ end
 /// replace that last wrote them (`XX` for the other keys: a copy that is
 /// gone is not written back without one). The current key exists, since its
 /// `GETRANGE` just read it in the same script (a key that does not exist
-/// reads as the empty string, never a version).
+/// reads as the empty string, never a header).
 ///
 /// Two commands and no value read into Lua: Redis spends most of a write's
 /// time on a script's fixed cost and on each `redis.call`, and Lua hashes
@@ -257,7 +254,7 @@ end
 return 0
 "#;
 
-/// [`REPLACE`] when the versions differ: the [`PRELUDE`] is defined only on
+/// [`REPLACE`] when the headers differ: the [`PRELUDE`] is defined only on
 /// this path, so the usual write does not pay for it.
 const REPLACE_SLOW: &str = r#"
 local r = parse(redis.call('GET', name))

@@ -21,7 +21,7 @@ use crate::record::{
     VersionCount,
 };
 use crate::store::value::{
-    decode, encode, header_start, hex_of, lookup_key_of_hex, push_hex, revocation_field, to_micros,
+    decode, encode, header, hex_of, lookup_key_of_hex, push_hex, revocation_field, to_micros,
 };
 use crate::store::{SessionStore, StoreError, SubjectCap, check_successor};
 
@@ -686,10 +686,9 @@ impl SessionStore for RedisStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         check_successor(current, next)?;
-        // The script compares the stored value's start only (see `header_start`):
-        // the conditions it holds (not revoked, active at `now`) are
-        // checked here, in the stored precision (whole microseconds), as
-        // the slow path would.
+        // The script compares headers only: the conditions the header holds
+        // (not revoked, active at `now`) are checked here, in the stored
+        // precision (whole microseconds), as the slow path would.
         let now_micros = to_micros(now);
         if current.revoked.is_some()
             || now_micros >= to_micros(current.expires_at)
@@ -697,7 +696,7 @@ impl SessionStore for RedisStore {
         {
             return Ok(false);
         }
-        let expected = header_start(current);
+        let expected = header(current);
         let value = encode(next);
         // The subject's index entry moves when the idle expiry passes its
         // score, and at every rotation whatever the score; re-adding it
@@ -716,11 +715,12 @@ impl SessionStore for RedisStore {
         let deadline = self.deadline();
         // A data write (same keys, index entry left as it is): the small
         // script, which only compares and sets. When it does not apply, the
-        // full one below tells why (it cannot apply either: a stored header
-        // start never returns to one a write replaced; see `header_start`).
+        // full one below tells why (it cannot apply either: the stored
+        // header never returns to one a write replaced, since every replace
+        // bumps the generation and a revocation is never undone).
         if score.is_empty() && same_keys {
             let names: Vec<String> = lookup_keys(next).map(|k| self.lookup_key(&k)).collect();
-            // `GETRANGE`'s end: a header start is never empty.
+            // `GETRANGE`'s end: a header is never empty.
             let end = expected.len().saturating_sub(1).to_string();
             let mut args: Vec<&[u8]> = vec![names[0].as_bytes(), &expected, end.as_bytes(), &value];
             args.extend(names[1..].iter().map(|n| n.as_bytes()));
