@@ -446,7 +446,12 @@ async fn finish<B: Send>(
             ));
             match written.await {
                 Ok(cookie) => set_cookie = cookie,
-                Err(error) => response = own(write_error_response(session.manager(), error)),
+                Err(error) => {
+                    // The layer's own answer: it depends on the cookie
+                    // whether or not a handler looked at the session.
+                    response = own(write_error_response(session.manager(), error));
+                    vary_cookie(response.headers_mut());
+                }
             }
         }
     }

@@ -11,7 +11,9 @@ use axum::routing::get;
 use common::{Counts, Harness, request, ring};
 use http::{HeaderValue, Request, StatusCode, header};
 use tower::ServiceExt as _;
-use tower_hmac_session::{KeyRing, MemoryStore, SessionConfig, SessionLayer, SessionManager};
+use tower_hmac_session::{
+    KeyRing, MemoryStore, Session, SessionConfig, SessionLayer, SessionManager,
+};
 
 #[tokio::test]
 async fn login_and_logout_responses_are_not_stored_by_any_cache() {
@@ -149,6 +151,33 @@ async fn vary_cookie_on_the_layers_own_503() {
     assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.header("vary"), Some("Cookie"));
     assert_eq!(res.body, "session store unavailable");
+}
+
+#[tokio::test]
+async fn vary_cookie_on_the_layers_own_503_when_no_extractor_ran() {
+    // A handler that takes the session from the request's extensions (as a
+    // plain tower service would), not through the extractor, and writes to
+    // it; the write fails: the layer's 503 depends on the cookie all the
+    // same.
+    let mut h = Harness::new();
+    h.router = common::app(h.clock.clone())
+        .route(
+            "/raw-write",
+            get(|req: Request<Body>| async move {
+                let session = req.extensions().get::<Session>().unwrap().clone();
+                session.insert("theme", "dark").unwrap();
+                "written"
+            }),
+        )
+        .layer(SessionLayer::new(h.manager.clone()));
+    let secret = h.login("alice").await;
+    h.store
+        .fail_writes
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let res = h.call("GET", "/raw-write", Some(&secret)).await;
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.header("vary"), Some("Cookie"));
+    assert!(res.raw_set_cookies.is_empty());
 }
 
 #[tokio::test]
