@@ -486,7 +486,9 @@ impl Session {
     }
 
     /// Logs out: revokes the request's session (reason `logout`) and stages
-    /// the removal of the cookie. Returns whether a session was revoked.
+    /// the removal of the cookie. Returns whether this call revoked a
+    /// session: `false` too when another request (or an admin) revoked it,
+    /// or it ended, while this one ran; its cookie is removed all the same.
     /// Without a session nothing is revoked and the cookie is left alone:
     /// a stale tab's logout must not erase a cookie a login just set.
     ///
@@ -510,15 +512,15 @@ impl Session {
         let revoked = match self.stored_id() {
             Some(id) => {
                 let revocation = Revocation::new(RevocationReason::Logout);
-                manager
+                let outcome = manager
                     .call(
                         "revoke",
                         manager.store().revoke(&id, None, self.now(), &revocation),
                     )
                     .await?;
-                tracing::info!(session.id = %id, "session logged out");
+                tracing::info!(session.id = %id, ?outcome, "session logged out");
                 self.end();
-                true
+                outcome == RevokeOutcome::Revoked
             }
             None => false,
         };

@@ -5,7 +5,7 @@ mod common;
 
 use common::{COOKIE, Harness, T0};
 use http::StatusCode;
-use tower_hmac_session::{RevocationReason, SessionSecret};
+use tower_hmac_session::{RevocationReason, RevokeOutcome, Session, SessionLayer, SessionSecret};
 
 #[tokio::test]
 async fn login_sets_a_cookie_with_the_secure_defaults() {
@@ -54,6 +54,39 @@ async fn the_cookie_resolves_the_session() {
     let anonymous = h.call("GET", "/me", None).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
     assert_eq!(h.call("GET", "/maybe", None).await.body, "anonymous");
+}
+
+#[tokio::test]
+async fn a_logout_racing_another_revocation_says_it_revoked_nothing() {
+    // An admin revokes the session while the logout request runs (after the
+    // layer resolved it): the logout revokes nothing, and still clears the
+    // cookie of a session that is over.
+    let mut h = Harness::new();
+    let manager = h.manager.clone();
+    h.router = common::app(h.clock.clone())
+        .route(
+            "/logout-after-admin",
+            axum::routing::post(move |session: Session| {
+                let manager = manager.clone();
+                async move {
+                    let id = session.id().unwrap();
+                    let admin = manager.revoke(&id, RevocationReason::Admin).await.unwrap();
+                    assert_eq!(admin, RevokeOutcome::Revoked);
+                    session.logout().await.map(|r| r.to_string())
+                }
+            }),
+        )
+        .layer(SessionLayer::new(h.manager.clone()));
+    let secret = h.login("alice").await;
+    let res = h.call("POST", "/logout-after-admin", Some(&secret)).await;
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "false"));
+    assert!(res.clears_cookie(), "{:?}", res.raw_set_cookies);
+    // The admin's revocation stands.
+    let record = &h.records()[0];
+    assert_eq!(
+        record.revoked.as_ref().unwrap().revocation.reason,
+        RevocationReason::Admin
+    );
 }
 
 #[tokio::test]
