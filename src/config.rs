@@ -395,7 +395,8 @@ pub struct SessionConfigBuilder {
 }
 
 impl SessionConfigBuilder {
-    /// Idle expiry (default 7 days). Must exceed `touch_interval`.
+    /// Idle expiry (default 7 days), at least a second (records keep it in
+    /// whole seconds). Must exceed `touch_interval`.
     pub fn idle_timeout(mut self, value: Duration) -> Self {
         self.config.idle_timeout = value;
         self
@@ -507,7 +508,7 @@ impl SessionConfigBuilder {
 
     /// Idle timeout of a session before login (default 30 minutes): what a
     /// `Session::insert` without a login keeps (OAuth state, a CSRF token, a
-    /// flash message, a cart) lives this long unused.
+    /// flash message, a cart) lives this long unused. At least a second.
     pub fn pre_login_idle_timeout(mut self, value: Duration) -> Self {
         self.config.pre_login_idle_timeout = value;
         self
@@ -605,6 +606,13 @@ impl SessionConfigBuilder {
         }
         if c.idle_timeout.is_zero() || c.absolute_lifetime.is_zero() {
             return lifetime("idle_timeout and absolute_lifetime must be positive");
+        }
+        // Records keep idle timeouts in whole seconds (as a login's are
+        // checked): under one would make every login fail.
+        if c.idle_timeout < Duration::from_secs(1)
+            || c.pre_login_idle_timeout < Duration::from_secs(1)
+        {
+            return lifetime("idle timeouts must be at least a second");
         }
         if c.access_ttl.is_some_and(|d| d.is_zero()) {
             return lifetime("access_ttl must be positive (or None to disable rotation)");
@@ -777,6 +785,25 @@ mod tests {
             "dev-session=v; Max-Age=1; Path=/; HttpOnly; SameSite=Lax"
         );
         assert!(b().access_ttl(None).build().is_ok());
+        // Idle timeouts are kept in whole seconds: under one is refused
+        // (rather than every login failing later), one is fine.
+        let short = ConfigError::Lifetime("idle timeouts must be at least a second");
+        let sub_second = b()
+            .idle_timeout(Duration::from_millis(900))
+            .touch_interval(Duration::from_millis(100))
+            .access_ttl(None);
+        assert_eq!(sub_second.build().unwrap_err(), short);
+        let pre_login = b().pre_login_idle_timeout(Duration::from_millis(999));
+        assert_eq!(pre_login.build().unwrap_err(), short);
+        assert!(
+            b().idle_timeout(Duration::from_secs(1))
+                .touch_interval(Duration::from_millis(500))
+                .access_ttl(None)
+                .pre_login_idle_timeout(Duration::from_secs(1))
+                .pre_login_absolute_lifetime(Duration::from_secs(1))
+                .build()
+                .is_ok()
+        );
         assert!(
             b().absolute_lifetime(Duration::from_secs(200 * 366 * 24 * 3600))
                 .build()

@@ -144,6 +144,11 @@ impl LoginOptions {
                 "a login's idle timeout (at least a second) and absolute lifetime must be positive",
             );
         }
+        // As the config requires of its own: a session that ends before a
+        // request may slide it would end however often it is used.
+        if idle <= config.touch_interval() {
+            return Err("a login's idle timeout must exceed the touch interval");
+        }
         if absolute < idle {
             return Err("a login's absolute lifetime must be at least its idle timeout");
         }
@@ -237,6 +242,28 @@ fn from_proxy_header(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_login_lifetimes_are_checked_like_the_configs() {
+        let config = SessionConfig::default(); // touch interval 5 min
+        let check = |idle: u64, absolute: u64| {
+            LoginOptions::new()
+                .idle_timeout(Duration::from_secs(idle))
+                .absolute_lifetime(Duration::from_secs(absolute))
+                .lifetimes(&config)
+        };
+        let within = Err("a login's idle timeout must exceed the touch interval");
+        assert_eq!(check(300, 3600), within);
+        assert_eq!(check(60, 3600), within);
+        assert_eq!(
+            check(301, 3600),
+            Ok((Duration::from_secs(301), Duration::from_secs(3600)))
+        );
+        assert!(check(3600, 600).is_err());
+        assert!(check(0, 600).is_err());
+        // The config's own lifetimes pass.
+        assert!(LoginOptions::new().lifetimes(&config).is_ok());
+    }
 
     #[test]
     fn proxy_headers_are_read_from_the_right() {
