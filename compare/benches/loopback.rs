@@ -34,6 +34,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -201,49 +204,15 @@ struct Target {
     cookies: std::path::PathBuf,
 }
 
-/// CPU time this process has used (user + system), from `/proc/self/stat`.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    // The kernel's USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
-}
-
 /// CPU time the store's server processes have used: every process named
 /// `postgres` (the backends persist: the pools keep their connections) or
-/// `redis-server`, from `/proc/<pid>/stat`.
+/// `redis-server`.
 fn store_cpu_time(store: &str) -> Duration {
-    let comm = if store == "Redis" {
+    cpu::of_processes(if store == "Redis" {
         "redis-server"
     } else {
         "postgres"
-    };
-    let mut ticks = 0;
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if !head.ends_with(&format!("({comm}")) {
-            continue;
-        }
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        ticks += [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-            .sum::<u64>();
-    }
-    Duration::from_millis(ticks * 10)
+    })
 }
 
 /// One wrk run: requests per second, and the CPU time per request in
@@ -256,7 +225,7 @@ struct Run {
 
 /// Requests per second `wrk` reports; every response must be 2xx.
 fn wrk(target: &Target, path: &str, script: &std::path::Path) -> Run {
-    let before = cpu_time();
+    let before = cpu::own();
     let store_before = store_cpu_time(target.store);
     let out = Command::new("wrk")
         .args([
@@ -281,7 +250,7 @@ fn wrk(target: &Target, path: &str, script: &std::path::Path) -> Run {
     let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / (rate * f64::from(seconds()));
     Run {
         rate,
-        cpu_per_request: per_request(cpu_time().saturating_sub(before)),
+        cpu_per_request: per_request(cpu::own().saturating_sub(before)),
         store_cpu_per_request: per_request(
             store_cpu_time(target.store).saturating_sub(store_before),
         ),

@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tower_hmac_session::SessionStore;
 
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "../../tests/common/records.rs"]
 mod records;
 use tower_sessions::session::{Id, Record};
@@ -52,41 +54,6 @@ fn redis_url() -> String {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// CPU time this process has used (user + system), from `/proc/self/stat`.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
-/// CPU time every `redis-server` process has used, from `/proc/<pid>/stat`.
-fn redis_cpu_time() -> Duration {
-    let mut ticks = 0;
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if head.ends_with("(redis-server") {
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            ticks += [11, 12]
-                .iter()
-                .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-                .sum::<u64>();
-        }
-    }
-    Duration::from_millis(ticks * 10)
-}
-
 /// One store call, given the call's number.
 type Call = Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
@@ -101,7 +68,11 @@ struct Run {
 async fn run(call: Call) -> Run {
     let total = calls();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (cpu, redis_cpu, start) = (cpu_time(), redis_cpu_time(), Instant::now());
+    let (cpu, redis_cpu, start) = (
+        cpu::own(),
+        cpu::of_processes("redis-server"),
+        Instant::now(),
+    );
     let tasks: Vec<_> = (0..TASKS)
         .map(|_| {
             let (call, next) = (call.clone(), next.clone());
@@ -123,8 +94,8 @@ async fn run(call: Call) -> Run {
     let per_call = |d: Duration| d.as_secs_f64() * 1e6 / total as f64;
     Run {
         rate: total as f64 / elapsed.as_secs_f64(),
-        cpu: per_call(cpu_time() - cpu),
-        redis_cpu: per_call(redis_cpu_time() - redis_cpu),
+        cpu: per_call(cpu::own().saturating_sub(cpu)),
+        redis_cpu: per_call(cpu::of_processes("redis-server").saturating_sub(redis_cpu)),
     }
 }
 
