@@ -508,7 +508,7 @@ impl SessionConfigBuilder {
 
     /// Idle timeout of a session before login (default 30 minutes): what a
     /// `Session::insert` without a login keeps (OAuth state, a CSRF token, a
-    /// flash message, a cart) lives this long unused. At least a second.
+    /// flash message, a cart) lives this long unused.
     pub fn pre_login_idle_timeout(mut self, value: Duration) -> Self {
         self.config.pre_login_idle_timeout = value;
         self
@@ -587,8 +587,9 @@ impl SessionConfigBuilder {
     /// # Errors
     ///
     /// A cookie that breaks RFC 6265 or the `__Host-`/`__Secure-` rules, a
-    /// zero or over-long lifetime, an idle timeout not above the touch
-    /// interval, or an absolute lifetime below the idle timeout.
+    /// zero or over-long lifetime, an idle timeout under a second or not
+    /// above the touch interval, or an absolute lifetime below the idle
+    /// timeout.
     pub fn build(mut self) -> Result<SessionConfig, ConfigError> {
         self.config.cookie.render_attributes();
         let c = &self.config;
@@ -607,12 +608,10 @@ impl SessionConfigBuilder {
         if c.idle_timeout.is_zero() || c.absolute_lifetime.is_zero() {
             return lifetime("idle_timeout and absolute_lifetime must be positive");
         }
-        // Records keep idle timeouts in whole seconds (as a login's are
-        // checked): under one would make every login fail.
-        if c.idle_timeout < Duration::from_secs(1)
-            || c.pre_login_idle_timeout < Duration::from_secs(1)
-        {
-            return lifetime("idle timeouts must be at least a second");
+        // Records keep a login's idle timeout in whole seconds, and a login
+        // refuses one under a second: such a config would fail every login.
+        if c.idle_timeout < Duration::from_secs(1) {
+            return lifetime("idle_timeout must be at least a second");
         }
         if c.access_ttl.is_some_and(|d| d.is_zero()) {
             return lifetime("access_ttl must be positive (or None to disable rotation)");
@@ -785,16 +784,17 @@ mod tests {
             "dev-session=v; Max-Age=1; Path=/; HttpOnly; SameSite=Lax"
         );
         assert!(b().access_ttl(None).build().is_ok());
-        // Idle timeouts are kept in whole seconds: under one is refused
-        // (rather than every login failing later), one is fine.
-        let short = ConfigError::Lifetime("idle timeouts must be at least a second");
+        // A login's idle timeout is kept in whole seconds: under one is
+        // refused (rather than every login failing later), one is fine.
+        let short = ConfigError::Lifetime("idle_timeout must be at least a second");
         let sub_second = b()
             .idle_timeout(Duration::from_millis(900))
             .touch_interval(Duration::from_millis(100))
             .access_ttl(None);
         assert_eq!(sub_second.build().unwrap_err(), short);
+        // A session before login's is rounded up to a second instead.
         let pre_login = b().pre_login_idle_timeout(Duration::from_millis(999));
-        assert_eq!(pre_login.build().unwrap_err(), short);
+        assert!(pre_login.build().is_ok());
         assert!(
             b().idle_timeout(Duration::from_secs(1))
                 .touch_interval(Duration::from_millis(500))

@@ -488,7 +488,8 @@ impl Session {
     /// Logs out: revokes the request's session (reason `logout`) and stages
     /// the removal of the cookie. Returns whether this call revoked a
     /// session: `false` too when another request (or an admin) revoked it,
-    /// or it ended, while this one ran; its cookie is removed all the same.
+    /// or a purge removed it, while this one ran; its cookie is removed all
+    /// the same.
     /// Without a session nothing is revoked and the cookie is left alone:
     /// a stale tab's logout must not erase a cookie a login just set.
     ///

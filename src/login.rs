@@ -144,11 +144,6 @@ impl LoginOptions {
                 "a login's idle timeout (at least a second) and absolute lifetime must be positive",
             );
         }
-        // As the config requires of its own: a session that ends before a
-        // request may slide it would end however often it is used.
-        if idle <= config.touch_interval() {
-            return Err("a login's idle timeout must exceed the touch interval");
-        }
         if absolute < idle {
             return Err("a login's absolute lifetime must be at least its idle timeout");
         }
@@ -252,15 +247,24 @@ mod tests {
                 .absolute_lifetime(Duration::from_secs(absolute))
                 .lifetimes(&config)
         };
-        let within = Err("a login's idle timeout must exceed the touch interval");
-        assert_eq!(check(300, 3600), within);
-        assert_eq!(check(60, 3600), within);
+        // An idle timeout under the touch interval is fine: the session is
+        // touched at half its idle timeout then (`effective_touch_interval`).
         assert_eq!(
-            check(301, 3600),
-            Ok((Duration::from_secs(301), Duration::from_secs(3600)))
+            check(60, 3600),
+            Ok((Duration::from_secs(60), Duration::from_secs(3600)))
         );
         assert!(check(3600, 600).is_err());
         assert!(check(0, 600).is_err());
+        assert!(check(1, 1).is_ok());
+        // Whole seconds: a fraction is dropped, under one is refused.
+        let fraction = LoginOptions::new()
+            .idle_timeout(Duration::from_millis(1500))
+            .lifetimes(&config);
+        assert_eq!(fraction.unwrap().0, Duration::from_secs(1));
+        let sub_second = LoginOptions::new()
+            .idle_timeout(Duration::from_millis(999))
+            .lifetimes(&config);
+        assert!(sub_second.is_err());
         // The config's own lifetimes pass.
         assert!(LoginOptions::new().lifetimes(&config).is_ok());
     }

@@ -90,6 +90,31 @@ async fn a_logout_racing_another_revocation_says_it_revoked_nothing() {
 }
 
 #[tokio::test]
+async fn a_logout_after_a_purge_removed_the_session_says_it_revoked_nothing() {
+    let mut h = Harness::new();
+    let manager = h.manager.clone();
+    h.router = common::app(h.clock.clone())
+        .route(
+            "/logout-after-purge",
+            axum::routing::post(move |session: Session| {
+                let manager = manager.clone();
+                async move {
+                    let id = session.id().unwrap();
+                    manager.revoke(&id, RevocationReason::Admin).await.unwrap();
+                    assert_eq!(manager.purge_expired().await.unwrap(), 1);
+                    session.logout().await.map(|r| r.to_string())
+                }
+            }),
+        )
+        .layer(SessionLayer::new(h.manager.clone()));
+    let secret = h.login("alice").await;
+    let res = h.call("POST", "/logout-after-purge", Some(&secret)).await;
+    assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "false"));
+    assert!(res.clears_cookie(), "{:?}", res.raw_set_cookies);
+    assert!(h.records().is_empty());
+}
+
+#[tokio::test]
 async fn logout_revokes_the_session_and_clears_the_cookie() {
     let h = Harness::new();
     let secret = h.login("alice").await;

@@ -1768,7 +1768,7 @@ async fn private_store() -> Option<(PrivateRedis, Admin, RedisStore)> {
 }
 
 #[tokio::test]
-async fn a_write_reads_only_a_header_start_and_sets_each_lookup_key() {
+async fn a_write_reads_only_the_header_and_sets_each_lookup_key() {
     let Some((_server, mut admin, store)) = private_store().await else {
         return;
     };
@@ -1784,8 +1784,8 @@ async fn a_write_reads_only_a_header_start_and_sets_each_lookup_key() {
     let start = expiry(&a);
     assert_eq!(score(&mut admin).await, start);
     // Calls of GETRANGE, SET, ZADD, EXISTS and DEL by the write, from INFO
-    // commandstats; never a GET: the compare reads the stored header's
-    // start, not the value.
+    // commandstats; never a GET: the compare reads the stored header
+    // (GETRANGE), not the value.
     let mut last = a.clone();
     let mut write = async |admin: &mut Admin, next: SessionRecord, now| {
         let _: () = redis::cmd("CONFIG")

@@ -4,7 +4,8 @@
 //! which this crate uses, and fred, which theirs uses).
 //!
 //! 64 tasks share one store (4 connections each side, as in the loopback
-//! benchmark) and call it in a loop; each row gives calls per second, this
+//! benchmark; the plain `GET`s: one redis-rs `ConnectionManager`, fred's
+//! `Pool` of 4) and call it in a loop; each row gives calls per second, this
 //! process's CPU time per call (user + system: the client, its connection
 //! tasks and the kernel's loopback work for what it sends) and Redis's, the
 //! median of alternating rounds. Writes change one value of a session: ours
@@ -176,7 +177,7 @@ fn main() {
 
         let mut pairs: Vec<(&str, Call, Call)> = Vec::new();
         pairs.push((
-            "plain GET (redis-rs ConnectionManager / fred Pool)",
+            "plain GET (redis-rs: one ConnectionManager / fred: Pool of 4)",
             {
                 let (rs, key) = (rs.clone(), key.clone());
                 Arc::new(move |_| {
@@ -259,18 +260,21 @@ fn main() {
             },
         ));
 
-        println!(
-            "## Store calls, {TASKS} tasks, {CONNECTIONS} connections, {} calls × {} alternating rounds (median)\n",
-            calls(),
-            rounds()
-        );
-        println!(
-            "| call | ours calls/s | theirs calls/s | ratio | app CPU µs/call (ours / theirs) | Redis CPU µs/call (ours / theirs) |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|");
         // `ONLY=ours:<n>` (or `theirs:<n>`): pair n's one side, once, e.g.
         // to count its system calls (`perf stat`).
-        if let Ok(spec) = std::env::var("ONLY") {
+        let only = std::env::var("ONLY").ok();
+        if only.is_none() {
+            println!(
+                "## Store calls, {TASKS} tasks, {CONNECTIONS} connections, {} calls × {} alternating rounds (median)\n",
+                calls(),
+                rounds()
+            );
+            println!(
+                "| call | ours calls/s | theirs calls/s | ratio | app CPU µs/call (ours / theirs) | Redis CPU µs/call (ours / theirs) |"
+            );
+            println!("|---|---:|---:|---:|---:|---:|");
+        }
+        if let Some(spec) = only {
             let (side, n) = spec.split_once(':').expect("ONLY=ours|theirs:<pair>");
             let (name, ours, theirs) = &pairs[n.parse::<usize>().unwrap()];
             let run = run(if side == "ours" { ours.clone() } else { theirs.clone() }).await;
@@ -278,7 +282,7 @@ fn main() {
                 "{name}, {side}: {:.0} calls/s, {:.2} µs CPU per call, {:.2} µs Redis",
                 run.rate, run.cpu, run.redis_cpu
             );
-            return;
+            pairs.clear();
         }
         for (name, ours, theirs) in &pairs {
             let (mut a, mut b) = (vec![], vec![]);
@@ -314,6 +318,10 @@ fn main() {
                 m(&b, |r| r.redis_cpu)
             );
         }
+        // tower-sessions' records are under their bare ids.
+        let names: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let mut admin = rs.clone();
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&names).query_async(&mut admin).await;
         let _ = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!(

@@ -68,8 +68,8 @@
 //! generation, expiries, revocation and keys) that also requires the record
 //! to be unrevoked and unexpired at the `now` it is given, and rewrites the
 //! value under every lookup key of the new record, deleting keys only the
-//! old one held. Both read only the stored header (`GETRANGE`), never the
-//! whole value. A data write (keys unchanged, index entry left as it is)
+//! old one held. The compare reads only the stored header (`GETRANGE`);
+//! the value is read only when the headers differ, to tell why. A data write (keys unchanged, index entry left as it is)
 //! is a smaller script: one `GETRANGE` and a `SET … KEEPTTL` per lookup key
 //! that still exists; when it finds the record changed, the full script follows
 //! and says why (a lost race, a record gone, a damaged value), within the
