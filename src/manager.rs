@@ -625,10 +625,16 @@ impl SessionManager {
     }
 
     /// Spawns a tokio task that purges expired records every `period`
-    /// (failures are logged, and the task carries on). Abort the returned
-    /// handle to stop it.
+    /// (failures are logged, and the task carries on; a zero period is
+    /// taken as one second). Abort the returned handle to stop it.
     pub fn spawn_purge_task(&self, period: Duration) -> JoinHandle<()> {
         let manager = self.clone();
+        // tokio's interval panics on a zero period.
+        let period = if period.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            period
+        };
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

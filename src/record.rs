@@ -677,7 +677,8 @@ impl VersionCount {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevokeOutcome {
-    /// The session was live and is now revoked.
+    /// The session was not revoked before and now is. A session that
+    /// expired but is still stored (not yet purged) is stamped too.
     Revoked,
     /// The session was revoked before; nothing changed.
     AlreadyRevoked,

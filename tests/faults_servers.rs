@@ -122,7 +122,18 @@ async fn load(
     bound: Duration,
     may_lose: bool,
 ) -> Arc<Seen> {
-    let seen = Arc::new(Seen::default());
+    load_into(h, clients, stop, bound, may_lose, Arc::default()).await
+}
+
+/// [`load`], counting into `seen`, which the fault injector may watch.
+async fn load_into(
+    h: &Harness,
+    clients: &[Arc<Client>],
+    stop: Arc<AtomicBool>,
+    bound: Duration,
+    may_lose: bool,
+    seen: Arc<Seen>,
+) -> Arc<Seen> {
     let mut tasks = Vec::new();
     for client in clients {
         let (h, client, stop, seen) = (
@@ -333,11 +344,19 @@ mod postgres {
         let clients = population(&h, 12).await;
         h.advance(901); // rotations due while backends die
         let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Seen::default());
         let killer = {
-            let (admin, name, stop) = (admin.clone(), name.clone(), stop.clone());
+            let (admin, name, stop, seen) =
+                (admin.clone(), name.clone(), stop.clone(), seen.clone());
             tokio::spawn(async move {
                 let mut killed = 0;
-                for _ in 0..8 {
+                // Eight rounds; on a busy machine the requests may all sit
+                // between statements through them, so go on (up to 200
+                // rounds) until some request has met a terminated backend.
+                for round in 0.. {
+                    if round >= 8 && (seen.unavailable.load(Ordering::SeqCst) > 0 || round >= 200) {
+                        break;
+                    }
                     let k: Vec<bool> = sqlx::query_scalar(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                          WHERE application_name = $1",
@@ -354,12 +373,13 @@ mod postgres {
             })
         };
         // Lookup, write and read-back may each run into the timeout.
-        let seen = load(
+        let seen = load_into(
             &h,
             &clients,
             stop,
             3 * timeout + Duration::from_secs(1),
             false,
+            seen,
         )
         .await;
         let killed = killer.await.unwrap();
@@ -558,14 +578,25 @@ mod redis_faults {
             Ok(s) => s,
             Err(e) => return common::unreachable("a private redis-server", "127.0.0.1", &e),
         };
-        let store = RedisStore::builder(server.url())
-            .prefix("ths:")
-            .connections(2)
-            .timeout(Duration::from_millis(300))
-            .connect_timeout(Duration::from_millis(300))
-            .connect()
-            .await
-            .unwrap();
+        // Short timeouts, for the restarts under load; the first connection
+        // to a server that just started (on a busy machine) may need
+        // several tries, which the test is not about.
+        let mut attempts = 0;
+        let store = loop {
+            let connected = RedisStore::builder(server.url())
+                .prefix("ths:")
+                .connections(2)
+                .timeout(Duration::from_millis(300))
+                .connect_timeout(Duration::from_millis(300))
+                .connect()
+                .await;
+            attempts += 1;
+            match connected {
+                Ok(store) => break store,
+                Err(error) if attempts < 20 => eprintln!("connect, try {attempts}: {error}"),
+                Err(error) => panic!("a private Redis that never answered: {error}"),
+            }
+        };
         let timeout = Duration::from_millis(600);
         let h = harness_on(
             Arc::new(TestStore::wrap(store.clone())),

@@ -31,6 +31,20 @@ pub(super) async fn revoke_reports_each_outcome_and_is_final(store: Store) {
     let check = "revoke_reports_each_outcome_and_is_final";
     let r = with_every_slot(session("alice", 0));
     insert(check, &store, &r).await;
+    // An actor no store may keep (control characters) is refused, by every
+    // store alike, and revokes nothing.
+    let invalid = Revocation::new(RevocationReason::Admin).by("a\nb");
+    assert!(
+        matches!(
+            store.revoke(&r.id, None, t(9), &invalid).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "`{check}`: a revocation with a control character in its actor"
+    );
+    assert!(
+        get(check, &store, &r.id, t(9)).await.is_some(),
+        "`{check}`: a refused revocation revoked"
+    );
     let first = Revocation::new(RevocationReason::ReuseDetected).by("layer ü");
     assert_eq!(
         ok(check, store.revoke(&r.id, None, t(10), &first).await),

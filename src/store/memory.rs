@@ -238,6 +238,7 @@ impl SessionStore for MemoryStore {
         cap: &SubjectCap,
     ) -> Result<Vec<SessionId>, StoreError> {
         record.validate().map_err(StoreError::Invalid)?;
+        cap.revocation.validate().map_err(StoreError::Invalid)?;
         // One lock for the conflict check, the evictions and the insert.
         let mut inner = self.write();
         if inner.conflicts(record) {
@@ -313,6 +314,8 @@ impl SessionStore for MemoryStore {
         now: OffsetDateTime,
         revocation: &Revocation,
     ) -> Result<RevokeOutcome, StoreError> {
+        // As every store does, so all of them keep the same values.
+        revocation.validate().map_err(StoreError::Invalid)?;
         let mut inner = self.write();
         let Some(record) = inner.records.get(id) else {
             return Ok(RevokeOutcome::NotFound);
@@ -333,6 +336,7 @@ impl SessionStore for MemoryStore {
         revocation: &Revocation,
         except: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
+        revocation.validate().map_err(StoreError::Invalid)?;
         let mut inner = self.write();
         let Some(ids) = inner.by_subject.get(subject).cloned() else {
             return Ok(0);

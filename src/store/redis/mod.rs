@@ -56,9 +56,7 @@
 //!
 //! An expired session is dropped from the index, not stamped revoked:
 //! [`revoke_all_for_subject`](crate::SessionStore::revoke_all_for_subject)
-//! revokes and counts the unrevoked sessions the index still holds (idle
-//! expiry not passed by whole seconds), so its count can leave out sessions
-//! that ended long ago, which other stores stamp and count.
+//! revokes and counts the live sessions, as every store does.
 //!
 //! # Writes are small scripts
 //!
