@@ -104,3 +104,17 @@ async fn the_purge_task_runs_every_period() {
     assert!(h.records().is_empty());
     task.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_purge_period_is_a_second_not_a_dead_task() {
+    let h = Harness::new();
+    h.login("alice").await;
+    let task = h.manager.spawn_purge_task(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!task.is_finished(), "the purge task ended (panicked)");
+    h.advance(8 * 24 * 3600);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(h.records().is_empty());
+    assert!(!task.is_finished());
+    task.abort();
+}
