@@ -5,7 +5,7 @@ mod common;
 
 use common::{COOKIE, Harness, T0};
 use http::StatusCode;
-use tower_hmac_session::{RevocationReason, RevokeOutcome, Session, SessionLayer, SessionSecret};
+use tower_hmac_session::{RevocationReason, RevokeOutcome, Session, SessionSecret};
 
 #[tokio::test]
 async fn login_sets_a_cookie_with_the_secure_defaults() {
@@ -63,20 +63,18 @@ async fn a_logout_racing_another_revocation_says_it_revoked_nothing() {
     // cookie of a session that is over.
     let mut h = Harness::new();
     let manager = h.manager.clone();
-    h.router = common::app(h.clock.clone())
-        .route(
-            "/logout-after-admin",
-            axum::routing::post(move |session: Session| {
-                let manager = manager.clone();
-                async move {
-                    let id = session.id().unwrap();
-                    let admin = manager.revoke(&id, RevocationReason::Admin).await.unwrap();
-                    assert_eq!(admin, RevokeOutcome::Revoked);
-                    session.logout().await.map(|r| r.to_string())
-                }
-            }),
-        )
-        .layer(SessionLayer::new(h.manager.clone()));
+    h.add_route(
+        "/logout-after-admin",
+        axum::routing::post(move |session: Session| {
+            let manager = manager.clone();
+            async move {
+                let id = session.id().unwrap();
+                let admin = manager.revoke(&id, RevocationReason::Admin).await.unwrap();
+                assert_eq!(admin, RevokeOutcome::Revoked);
+                session.logout().await.map(|r| r.to_string())
+            }
+        }),
+    );
     let secret = h.login("alice").await;
     let res = h.call("POST", "/logout-after-admin", Some(&secret)).await;
     assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "false"));
@@ -93,20 +91,18 @@ async fn a_logout_racing_another_revocation_says_it_revoked_nothing() {
 async fn a_logout_after_a_purge_removed_the_session_says_it_revoked_nothing() {
     let mut h = Harness::new();
     let manager = h.manager.clone();
-    h.router = common::app(h.clock.clone())
-        .route(
-            "/logout-after-purge",
-            axum::routing::post(move |session: Session| {
-                let manager = manager.clone();
-                async move {
-                    let id = session.id().unwrap();
-                    manager.revoke(&id, RevocationReason::Admin).await.unwrap();
-                    assert_eq!(manager.purge_expired().await.unwrap(), 1);
-                    session.logout().await.map(|r| r.to_string())
-                }
-            }),
-        )
-        .layer(SessionLayer::new(h.manager.clone()));
+    h.add_route(
+        "/logout-after-purge",
+        axum::routing::post(move |session: Session| {
+            let manager = manager.clone();
+            async move {
+                let id = session.id().unwrap();
+                manager.revoke(&id, RevocationReason::Admin).await.unwrap();
+                assert_eq!(manager.purge_expired().await.unwrap(), 1);
+                session.logout().await.map(|r| r.to_string())
+            }
+        }),
+    );
     let secret = h.login("alice").await;
     let res = h.call("POST", "/logout-after-purge", Some(&secret)).await;
     assert_eq!((res.status, res.body.as_str()), (StatusCode::OK, "false"));

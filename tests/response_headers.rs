@@ -160,16 +160,14 @@ async fn vary_cookie_on_the_layers_own_503_when_no_extractor_ran() {
     // it; the write fails: the layer's 503 depends on the cookie all the
     // same.
     let mut h = Harness::new();
-    h.router = common::app(h.clock.clone())
-        .route(
-            "/raw-write",
-            get(|req: Request<Body>| async move {
-                let session = req.extensions().get::<Session>().unwrap().clone();
-                session.insert("theme", "dark").unwrap();
-                "written"
-            }),
-        )
-        .layer(SessionLayer::new(h.manager.clone()));
+    h.add_route(
+        "/raw-write",
+        get(|req: Request<Body>| async move {
+            let session = req.extensions().get::<Session>().unwrap().clone();
+            session.insert("theme", "dark").unwrap();
+            "written"
+        }),
+    );
     let secret = h.login("alice").await;
     h.store
         .fail_writes

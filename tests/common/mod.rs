@@ -436,6 +436,13 @@ impl Harness {
         self.clock.advance(Duration::from_secs(secs));
     }
 
+    /// The test app with one more route, behind the same layer.
+    pub fn add_route(&mut self, path: &str, route: axum::routing::MethodRouter) {
+        self.router = app(self.clock.clone())
+            .route(path, route)
+            .layer(SessionLayer::new(self.manager.clone()));
+    }
+
     pub async fn send(&self, req: Request<Body>) -> TestResponse {
         TestResponse::from(self.router.clone().oneshot(req).await.unwrap()).await
     }
