@@ -63,7 +63,7 @@ enum Bug {
     CapEvictsNewest,
 }
 
-#[derive(Debug)]
+/// Not `Debug`: a store need not be (nothing here requires it).
 struct Broken {
     inner: MemoryStore,
     bug: Bug,
@@ -345,4 +345,24 @@ async fn the_suite_fails_a_store_with_any_of_these_bugs() {
             "{bug:?} should fail `{check}`, but: {message}"
         );
     }
+}
+
+#[test]
+fn a_store_that_is_not_debug_serves_a_manager_that_is() {
+    let store = Broken {
+        inner: MemoryStore::new(),
+        bug: Bug::PurgeExclusive,
+    };
+    let keys = tower_hmac_session::KeyRing::builder()
+        .key(1, [7; 32])
+        .build()
+        .unwrap();
+    let manager = tower_hmac_session::SessionManager::new(
+        store,
+        keys,
+        tower_hmac_session::SessionConfig::default(),
+    );
+    let printed = format!("{manager:?}");
+    assert!(printed.contains("store: dyn SessionStore"), "{printed}");
+    assert!(!printed.contains(&"07".repeat(32)), "{printed}");
 }

@@ -179,9 +179,11 @@ impl StoreError {
 /// different from another.
 ///
 /// Implement it for your own backend and run the
-/// [`conformance`](crate::conformance) suite against it.
+/// [`conformance`](crate::conformance) suite against it. A store need not
+/// be `Debug`; `dyn SessionStore` is (it prints as `dyn SessionStore`), so a
+/// type holding an `Arc<dyn SessionStore>` can derive `Debug`.
 #[async_trait]
-pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
+pub trait SessionStore: Send + Sync + 'static {
     /// Every record active at `now` (not revoked, and expiring neither idly
     /// nor absolutely at or before `now`) that holds one of `candidates` in
     /// any slot (current, previous or superseded) with the candidate's key
@@ -324,6 +326,12 @@ type StoreFuture<'a, T> =
 /// future: an `async fn` here would box a second future around it on every
 /// call, and a manager calls its store through an `Arc`. (The signatures
 /// are the ones `#[async_trait]` gives the trait's methods.)
+impl std::fmt::Debug for dyn SessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dyn SessionStore")
+    }
+}
+
 macro_rules! forward_store {
     ($ty:ty) => {
         impl<S: SessionStore + ?Sized> SessionStore for $ty {
