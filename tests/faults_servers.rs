@@ -353,8 +353,8 @@ mod postgres {
                 // Eight rounds; on a busy machine the requests may all sit
                 // between statements through them, so go on (up to 200
                 // rounds) until some request has met a terminated backend.
-                for round in 0.. {
-                    if round >= 8 && (seen.unavailable.load(Ordering::SeqCst) > 0 || round >= 200) {
+                for round in 0..200 {
+                    if round >= 8 && seen.unavailable.load(Ordering::SeqCst) > 0 {
                         break;
                     }
                     let k: Vec<bool> = sqlx::query_scalar(

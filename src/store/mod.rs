@@ -322,16 +322,18 @@ pub trait SessionStore: Send + Sync + 'static {
 type StoreFuture<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
-/// `SessionStore` for a pointer to a store, handing out the store's own
-/// future: an `async fn` here would box a second future around it on every
-/// call, and a manager calls its store through an `Arc`. (The signatures
-/// are the ones `#[async_trait]` gives the trait's methods.)
+/// A store need not be `Debug`; behind `dyn` it prints as its kind, so a
+/// type holding an `Arc<dyn SessionStore>` can derive `Debug`.
 impl std::fmt::Debug for dyn SessionStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("dyn SessionStore")
     }
 }
 
+/// `SessionStore` for a pointer to a store, handing out the store's own
+/// future: an `async fn` here would box a second future around it on every
+/// call, and a manager calls its store through an `Arc`. (The signatures
+/// are the ones `#[async_trait]` gives the trait's methods.)
 macro_rules! forward_store {
     ($ty:ty) => {
         impl<S: SessionStore + ?Sized> SessionStore for $ty {

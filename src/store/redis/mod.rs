@@ -67,15 +67,16 @@
 //! to be unrevoked and unexpired at the `now` it is given, and rewrites the
 //! value under every lookup key of the new record, deleting keys only the
 //! old one held. The compare reads only the stored header (`GETRANGE`);
-//! the value is read only when the headers differ, to tell why. A data write (keys unchanged, index entry left as it is)
-//! is a smaller script: one `GETRANGE` and a `SET … KEEPTTL` per lookup key
-//! that still exists; when it finds the record changed, the full script follows
-//! and says why (a lost race, a record gone, a damaged value), within the
-//! same timeout. The id's key changes only with the current lookup key, and
-//! the index entry only in steps. A revocation rewrites every
-//! copy, so no lookup key resolves to a live session afterwards. Scripts read only the header (and, to order a
-//! subject's sessions by use, the first two fields of the state line), never
-//! walk a hash.
+//! the value is read only when the headers differ, to tell why. A data
+//! write (keys unchanged, index entry left as it is) is a smaller script:
+//! one `GETRANGE` and a `SET … KEEPTTL` per lookup key that still exists;
+//! when it finds the record changed, the full script follows and says why
+//! (a lost race, a record gone, a damaged value), within the same timeout.
+//! The id's key changes only with the current lookup key, and the index
+//! entry only in steps. A revocation rewrites every copy, so no lookup key
+//! resolves to a live session afterwards. Scripts read only the header (and,
+//! to order a subject's sessions by use, the first two fields of the state
+//! line), never walk a hash.
 //!
 //! # Expiry follows the application's clock
 //!

@@ -171,9 +171,10 @@ return out
 "#;
 
 /// ARGV: P, id, the header of the record the caller read (see
-/// [`header`](crate::store::value::header)), ttl (ms), value, the index score of the new record or '' (its entry's score is
-/// high enough already: see `index_score`), the subject or '' (none), how many lookup keys the new
-/// record holds (n), its n lookup keys (the current one first), then the
+/// [`header`](crate::store::value::header)), ttl (ms), value, the index
+/// score of the new record or '' (its entry's score is high enough already:
+/// see `index_score`), the subject or '' (none), how many lookup keys the
+/// new record holds (n), its n lookup keys (the current one first), then the
 /// lookup keys of the record the caller read when they differ (none given
 /// when they are the same). 1 applied, 0 not, -1 a new key is another
 /// record's, -2 the stored value is corrupt.
@@ -182,8 +183,9 @@ return out
 /// caller's current lookup key: it holds the id, the generation (every
 /// write bumps it), the expiries, the revocation and the lookup keys. Only
 /// the header is read (`GETRANGE`, its length), not the value. When the
-/// stored header is byte for byte the one the caller read, the caller's own checks of that record (active at the
-/// write's time, its keys) are the store's, and the script only writes: `s:<id>` only when the current key
+/// stored header is byte for byte the one the caller read, the caller's own
+/// checks of that record (active at the write's time, its keys) are the
+/// store's, and the script only writes: `s:<id>` only when the current key
 /// changes, and the index entry only when given a score. (A data write that
 /// keeps the keys and the entry is [`TOUCH`], and this script only when
 /// that does not apply.) Anything else takes the slow path, which parses
@@ -230,9 +232,9 @@ end
 /// of the caller's current lookup key, the header of the record the caller
 /// read (see [`header`](crate::store::value::header)), its length less one
 /// (`GETRANGE`'s end, in decimal: Lua would format a number with `printf`),
-/// the value, then the full names of the record's other lookup
-/// keys. 1 applied, 0 not (the caller then sends [`REPLACE`], which tells a lost
-/// race from a record gone or damaged).
+/// the value, then the full names of the record's other lookup keys. 1
+/// applied, 0 not (the caller then sends [`REPLACE`], which tells a lost race
+/// from a record gone or damaged).
 ///
 /// Only for a write that keeps the record's lookup keys and leaves its
 /// index entry as it is (see `index_score`), so the keys keep their

@@ -720,8 +720,9 @@ impl SessionStore for RedisStore {
         // bumps the generation and a revocation is never undone).
         if score.is_empty() && same_keys {
             let names: Vec<String> = lookup_keys(next).map(|k| self.lookup_key(&k)).collect();
-            // `GETRANGE`'s end: a header is never empty.
-            let end = expected.len().saturating_sub(1).to_string();
+            // `GETRANGE`'s end (a header is never empty), on the stack.
+            let mut end = itoa::Buffer::new();
+            let end = end.format(expected.len().saturating_sub(1));
             let mut args: Vec<&[u8]> = vec![names[0].as_bytes(), &expected, end.as_bytes(), &value];
             args.extend(names[1..].iter().map(|n| n.as_bytes()));
             let touch = &self.scripts.touch;
